@@ -1,0 +1,2 @@
+//! The smrdb node process: controllers, catalog, Postgres front end. Built in the
+//! storage issue.

@@ -1,0 +1,1 @@
+//! SQL text to distributed plan. Built in the storage and join issues.
