@@ -1,0 +1,8 @@
+//! # smrdb-harness: experiments and reports
+//!
+//! The library behind `smrdb-bench`. Each experiment is a module with an `Options`
+//! struct, a `run` function returning a serialisable report, and a Markdown rendering.
+
+#![deny(missing_docs)]
+
+pub mod transport_bench;
