@@ -201,6 +201,8 @@ impl fmt::Debug for Msg {
 }
 
 /// Something that happened on an endpoint, returned by [`Endpoint::poll`].
+// Messages are stored inline so that receiving one never allocates.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy)]
 pub enum Event {
     /// The operation posted with this `wr_id` finished locally: its source bytes may be

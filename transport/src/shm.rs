@@ -44,7 +44,7 @@ const SLOT: usize = SLOT_HDR + MAX_MSG;
 const KIND_MSG: u32 = 1;
 const KIND_IMM: u32 = 2;
 
-const _: () = assert!(SLOT % 16 == 0, "slots keep 16-byte alignment");
+const _: () = assert!(SLOT.is_multiple_of(16), "slots keep 16-byte alignment");
 const _: () = assert!(
     MB_HEADER >= HEAD_OFF + 8 && HEAD_OFF - TAIL_OFF >= 64,
     "head and tail on their own cache lines"
@@ -234,7 +234,7 @@ impl Fabric for Shm {
 
     fn establish(&self, mut ctl: Control, grant: Window) -> Result<ShmEndpoint> {
         Window::check_range("granted window", grant.offset, grant.len, self.region.len())?;
-        if grant.offset % page_size() != 0 {
+        if !grant.offset.is_multiple_of(page_size()) {
             return Err(Error::Config(format!(
                 "shm windows must start on a page boundary (offset {})",
                 grant.offset
