@@ -1,0 +1,501 @@
+//! The router thread: owns the endpoints, places sends into peers' rings as credit
+//! allows, validates and fans out what arrives, returns credits as consumers release.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use smrdb_transport::{Endpoint, Error as TError, Event, Fabric, NodeId, Region};
+
+use crate::header::{Header, Kind, FLAG_LAST, HEADER_LEN};
+use crate::ring::{RxRing, TxRing};
+use crate::{
+    Addr, ChunkInner, ChunkRef, Delivery, Inbound, Payload, PeerCounters, RouterError, RxChunk,
+    SendSpec, Shared, Ticket,
+};
+
+/// Work for the router thread.
+pub(crate) enum Cmd {
+    Send {
+        payload: Arc<Payload>,
+        targets: Vec<(usize, Addr)>,
+        spec: SendSpec,
+        ticket: Ticket,
+        since: Instant,
+    },
+    Release {
+        peer: usize,
+        id: u64,
+    },
+    Shutdown,
+}
+
+/// An operation waiting for room in the endpoint's send queue, in posting order.
+enum Op {
+    Write {
+        local_off: usize,
+        len: usize,
+        remote_off: usize,
+        wr_id: u64,
+    },
+    Msg([u8; HEADER_LEN]),
+}
+
+struct Pending {
+    payload: Arc<Payload>,
+    dst: Addr,
+    spec: SendSpec,
+    ticket: Ticket,
+    since: Instant,
+    stalled: bool,
+}
+
+struct Peer<E> {
+    /// Index in the cluster map.
+    index: usize,
+    node: NodeId,
+    ep: Option<E>,
+    dead: Option<String>,
+    tx: TxRing,
+    tx_seq: u64,
+    pending: VecDeque<Pending>,
+    ops: VecDeque<Op>,
+    inflight: HashMap<u64, (Arc<Payload>, Ticket)>,
+    rx: RxRing,
+    rx_seq: u64,
+    /// Offset of this peer's ring in our region.
+    rx_base: usize,
+    credit_due: Option<u64>,
+}
+
+pub(crate) struct Core<F: Fabric> {
+    sh: Arc<Shared>,
+    region: Arc<Region>,
+    peers: Vec<Peer<F::Endpoint>>,
+    /// Cluster-map index -> position in `peers`.
+    pos_of: Vec<Option<usize>>,
+    cmd: Receiver<Cmd>,
+    next_wr: u64,
+    evs: Vec<Event>,
+    _fabric: F,
+}
+
+impl<F: Fabric> Core<F> {
+    pub(crate) fn new(
+        sh: Arc<Shared>,
+        fabric: F,
+        endpoints: Vec<(usize, F::Endpoint)>,
+        cmd: Receiver<Cmd>,
+        ring_bytes: usize,
+    ) -> Core<F> {
+        let mut pos_of = vec![None; sh.map.nodes().len()];
+        let peers: Vec<_> = endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(pos, (index, ep))| {
+                pos_of[index] = Some(pos);
+                Peer {
+                    index,
+                    node: sh.map.nodes()[index].id,
+                    tx: TxRing::new(ep.remote_len() as u64),
+                    ep: Some(ep),
+                    dead: None,
+                    tx_seq: 0,
+                    pending: VecDeque::new(),
+                    ops: VecDeque::new(),
+                    inflight: HashMap::new(),
+                    rx: RxRing::new(ring_bytes as u64),
+                    rx_seq: 0,
+                    rx_base: pos * ring_bytes,
+                    credit_due: None,
+                }
+            })
+            .collect();
+        Core {
+            region: fabric.region().clone(),
+            sh,
+            peers,
+            pos_of,
+            cmd,
+            next_wr: 1,
+            evs: Vec::with_capacity(64),
+            _fabric: fabric,
+        }
+    }
+
+    fn counters(&self, pos: usize) -> &PeerCounters {
+        &self.sh.counters.peers[pos].1
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut idle = 0u32;
+        let mut last_sweep = Instant::now();
+        loop {
+            let mut work = false;
+            loop {
+                match self.cmd.try_recv() {
+                    Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        self.shut_down();
+                        return;
+                    }
+                    Ok(c) => {
+                        work = true;
+                        self.handle(c);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            for pos in 0..self.peers.len() {
+                work |= self.poll(pos);
+                self.queue_credit(pos);
+                work |= self.progress(pos);
+            }
+            if last_sweep.elapsed() >= Duration::from_millis(1) {
+                self.expire();
+                last_sweep = Instant::now();
+            }
+            if work {
+                idle = 0;
+                continue;
+            }
+            idle = idle.saturating_add(1);
+            if idle < 64 {
+                std::thread::yield_now();
+            } else {
+                // Sleep, but wake at once for new work from consumers.
+                let nap = Duration::from_micros(10u64 << (idle - 64).min(4));
+                if let Ok(c) = self.cmd.recv_timeout(nap) {
+                    if matches!(c, Cmd::Shutdown) {
+                        self.shut_down();
+                        return;
+                    }
+                    idle = 0;
+                    self.handle(c);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, c: Cmd) {
+        match c {
+            Cmd::Send {
+                payload,
+                targets,
+                spec,
+                ticket,
+                since,
+            } => {
+                for (index, dst) in targets {
+                    let Some(pos) = self.pos_of[index] else {
+                        ticket.fail(RouterError::NoSuchAddr(dst));
+                        continue;
+                    };
+                    let p = &mut self.peers[pos];
+                    if let Some(why) = &p.dead {
+                        ticket.fail(RouterError::PeerLost {
+                            node: p.node,
+                            reason: why.clone(),
+                        });
+                        continue;
+                    }
+                    p.pending.push_back(Pending {
+                        payload: payload.clone(),
+                        dst,
+                        spec,
+                        ticket: ticket.clone(),
+                        since,
+                        stalled: false,
+                    });
+                }
+            }
+            Cmd::Release { peer, id } => {
+                let p = &mut self.peers[peer];
+                if p.dead.is_none() {
+                    if let Some(h) = p.rx.release(id) {
+                        p.credit_due = Some(h);
+                    }
+                }
+            }
+            Cmd::Shutdown => {}
+        }
+    }
+
+    fn queue_credit(&mut self, pos: usize) {
+        let p = &mut self.peers[pos];
+        if let Some(h) = p.credit_due.take() {
+            if p.dead.is_none() {
+                p.ops
+                    .push_back(Op::Msg(Header::credit(h, p.tx_seq).encode()));
+                p.tx_seq += 1;
+            }
+        }
+    }
+
+    /// Moves sends into the peer's ring as credit allows and posts queued operations.
+    fn progress(&mut self, pos: usize) -> bool {
+        let mut work = false;
+        let sh = self.sh.clone();
+        let c = &sh.counters.peers[pos].1;
+        let p = &mut self.peers[pos];
+        if p.dead.is_some() {
+            return false;
+        }
+        while let Some(front) = p.pending.front_mut() {
+            let len = front.payload.len;
+            let Some(place) = p.tx.place(len as u64) else {
+                if !front.stalled {
+                    front.stalled = true;
+                    c.stalls.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            };
+            p.tx.commit(place);
+            c.tx_ring_high_water
+                .fetch_max(p.tx.high_water(), Ordering::Relaxed);
+            let s = p.pending.pop_front().expect("front exists");
+            let wr_id = self.next_wr;
+            self.next_wr += 1;
+            let h = Header {
+                kind: Kind::Data,
+                flags: if s.spec.last { FLAG_LAST } else { 0 },
+                tag: s.spec.tag,
+                src: s.spec.src,
+                dst: s.dst,
+                query: s.spec.query,
+                object: s.spec.object,
+                chunk: s.spec.chunk,
+                len: len as u32,
+                ring_offset: place.offset,
+                ring_end: place.end,
+                seq: p.tx_seq,
+            };
+            p.tx_seq += 1;
+            p.ops.push_back(Op::Write {
+                local_off: s.payload.range.offset(),
+                len,
+                remote_off: place.offset as usize,
+                wr_id,
+            });
+            p.ops.push_back(Op::Msg(h.encode()));
+            p.inflight.insert(wr_id, (s.payload, s.ticket));
+            work = true;
+        }
+        let Some(ep) = p.ep.as_mut() else {
+            return work;
+        };
+        while let Some(op) = p.ops.front() {
+            let r = match *op {
+                Op::Write {
+                    local_off,
+                    len,
+                    remote_off,
+                    wr_id,
+                } => ep.post_write(local_off, len, remote_off, wr_id).map(|()| {
+                    c.writes.fetch_add(1, Ordering::Relaxed);
+                    c.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
+                }),
+                Op::Msg(ref b) => ep.post_send(b, 0).map(|()| {
+                    c.messages_sent.fetch_add(1, Ordering::Relaxed);
+                }),
+            };
+            match r {
+                Ok(()) => {
+                    p.ops.pop_front();
+                    work = true;
+                }
+                Err(TError::Full { .. }) => break,
+                Err(e) => {
+                    let why = e.to_string();
+                    self.kill(pos, why);
+                    return true;
+                }
+            }
+        }
+        work
+    }
+
+    fn poll(&mut self, pos: usize) -> bool {
+        let mut evs = std::mem::take(&mut self.evs);
+        evs.clear();
+        let r = match self.peers[pos].ep.as_mut() {
+            Some(ep) => ep.poll(&mut evs),
+            None => Ok(0),
+        };
+        let work = !evs.is_empty();
+        for ev in &evs {
+            match *ev {
+                Event::Completed { wr_id: 0 } => {}
+                Event::Completed { wr_id } => {
+                    if let Some((_, ticket)) = self.peers[pos].inflight.remove(&wr_id) {
+                        ticket.complete_one();
+                    }
+                }
+                Event::Message(m) => self.on_message(pos, m.as_bytes()),
+                Event::WriteImm { .. } => {
+                    self.refuse(pos, "unexpected write-with-immediate".into())
+                }
+            }
+        }
+        self.evs = evs;
+        if let Err(e) = r {
+            let why = e.to_string();
+            self.kill(pos, why);
+            return true;
+        }
+        work
+    }
+
+    fn refuse(&self, pos: usize, why: String) {
+        self.counters(pos).refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = self.peers[pos].node, "refused a message: {why}");
+    }
+
+    fn on_message(&mut self, pos: usize, bytes: &[u8]) {
+        self.counters(pos)
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        let h = match Header::decode(bytes) {
+            Ok(h) => h,
+            Err(e) => return self.refuse(pos, e.to_string()),
+        };
+        let expected = self.peers[pos].rx_seq;
+        if h.seq != expected {
+            let which = if h.seq < expected { "stale" } else { "future" };
+            return self.refuse(
+                pos,
+                format!("{which} sequence {} (expected {expected})", h.seq),
+            );
+        }
+        self.peers[pos].rx_seq += 1;
+        match h.kind {
+            Kind::Credit => {
+                if let Err(e) = self.peers[pos].tx.credit(h.ring_end) {
+                    self.refuse(pos, e);
+                }
+            }
+            Kind::Data => self.on_data(pos, &h),
+        }
+    }
+
+    fn on_data(&mut self, pos: usize, h: &Header) {
+        let sh = self.sh.clone();
+        let index = self.peers[pos].index;
+        if !sh.lives_on(h.src, index) {
+            return self.refuse(
+                pos,
+                format!(
+                    "source {:?} does not live on node {}",
+                    h.src, self.peers[pos].node
+                ),
+            );
+        }
+        let here = match h.dst {
+            Addr::ALL_TSTORES | Addr::ALL_CONTROLLERS => true,
+            a => match (a.as_tstore(), a.as_controller()) {
+                (Some(t), _) => sh.map.tstores_of(sh.me_index).contains(&t),
+                (_, Some(n)) => n == sh.me,
+                _ => false,
+            },
+        };
+        let targets = match sh.local_targets(h.dst) {
+            Ok(t) if here => t,
+            _ => return self.refuse(pos, format!("destination {:?} is not on this node", h.dst)),
+        };
+        let p = &mut self.peers[pos];
+        let (off, id) = match p.rx.accept(h.ring_offset, u64::from(h.len), h.ring_end) {
+            Ok((off, id)) => (off as usize, id),
+            Err(e) => return self.refuse(pos, e),
+        };
+        let c = &sh.counters.peers[pos].1;
+        c.bytes_received
+            .fetch_add(u64::from(h.len), Ordering::Relaxed);
+        c.rx_ring_high_water
+            .fetch_max(p.rx.high_water(), Ordering::Relaxed);
+        let chunk = Arc::new(RxChunk {
+            region: self.region.clone(),
+            off: p.rx_base + off,
+            len: h.len as usize,
+            peer: pos,
+            id,
+            release: sh.cmd.clone(),
+        });
+        let spec = SendSpec {
+            src: h.src,
+            dst: h.dst,
+            tag: h.tag,
+            query: h.query,
+            object: h.object,
+            chunk: h.chunk,
+            last: h.is_last(),
+        };
+        for t in targets {
+            let _ = sh.inboxes[t].send(Inbound::Data(Delivery {
+                from: p.node,
+                spec,
+                data: ChunkRef(ChunkInner::Remote(chunk.clone())),
+            }));
+        }
+    }
+
+    /// Fails sends that waited for ring space longer than the back-pressure timeout.
+    fn expire(&mut self) {
+        let limit = self.sh.backpressure;
+        let ring = self.sh.ring_bytes;
+        for p in &mut self.peers {
+            while p.pending.front().is_some_and(|s| s.since.elapsed() > limit) {
+                let s = p.pending.pop_front().expect("front exists");
+                s.ticket.fail(RouterError::Backpressure {
+                    what: format!(
+                        "the ring at node {} ({} of {} bytes still unreleased)",
+                        p.node,
+                        p.tx.in_use(),
+                        ring
+                    ),
+                    waited: limit,
+                });
+            }
+        }
+    }
+
+    /// A peer is gone: fail everything to it, tell every local consumer.
+    fn kill(&mut self, pos: usize, why: String) {
+        let p = &mut self.peers[pos];
+        if p.dead.is_some() {
+            return;
+        }
+        tracing::warn!(peer = p.node, "peer lost: {why}");
+        p.dead = Some(why.clone());
+        p.ep = None;
+        p.ops.clear();
+        let err = RouterError::PeerLost {
+            node: p.node,
+            reason: why.clone(),
+        };
+        for s in p.pending.drain(..) {
+            s.ticket.fail(err.clone());
+        }
+        for (_, (_, t)) in p.inflight.drain() {
+            t.fail(err.clone());
+        }
+        for tx in &self.sh.inboxes {
+            let _ = tx.send(Inbound::PeerLost {
+                node: p.node,
+                reason: why.clone(),
+            });
+        }
+    }
+
+    fn shut_down(&mut self) {
+        for p in &mut self.peers {
+            for s in p.pending.drain(..) {
+                s.ticket.fail(RouterError::Shutdown);
+            }
+            for (_, (_, t)) in p.inflight.drain() {
+                t.fail(RouterError::Shutdown);
+            }
+            p.ep = None;
+        }
+    }
+}
