@@ -5,4 +5,5 @@
 
 #![deny(missing_docs)]
 
+pub mod broadcast_bench;
 pub mod transport_bench;

@@ -522,14 +522,18 @@ fn perftest_pair(tool: &str, args: &[String]) -> Result<String> {
 /// value in that column.
 fn perftest_value(out: &str, col: &str) -> Option<f64> {
     let mut idx = None;
+    let col = col.replace(' ', "_");
     for line in out.lines() {
+        // Multi-word headings ("BW average[MB/sec]", "99% percentile[usec]") are one
+        // column each.
+        let line = line.replace("BW ", "BW_").replace("% percentile", "%_percentile");
         let toks: Vec<&str> = line.split_whitespace().collect();
         if let Some(i) = idx {
             if toks.first().is_some_and(|t| t.parse::<u64>().is_ok()) {
                 return toks.get(i).and_then(|t: &&str| t.parse().ok());
             }
         } else if toks.contains(&"#bytes") {
-            idx = toks.iter().position(|t| t.starts_with(col));
+            idx = toks.iter().position(|t| t.starts_with(col.as_str()));
         }
     }
     None
@@ -622,9 +626,9 @@ pub fn markdown(r: &Report) -> String {
 }
 
 fn human(b: usize) -> String {
-    if b >= 1 << 20 && b % (1 << 20) == 0 {
+    if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
         format!("{} MiB", b >> 20)
-    } else if b >= 1024 && b % 1024 == 0 {
+    } else if b >= 1024 && b.is_multiple_of(1024) {
         format!("{} KiB", b >> 10)
     } else {
         format!("{b} B")

@@ -217,6 +217,9 @@ pub struct RouterConfig {
     pub backpressure_timeout: Duration,
     /// How long to wait for every peer to connect.
     pub connect_timeout: Duration,
+    /// Core to pin the router thread to (see [`placement::Placement::plan`]); `None`
+    /// leaves it to the OS.
+    pub router_core: Option<usize>,
 }
 
 impl RouterConfig {
@@ -233,6 +236,7 @@ impl RouterConfig {
             mode: Mode::Smr,
             backpressure_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(30),
+            router_core: None,
         }
     }
 }
@@ -843,9 +847,17 @@ impl Router {
             next_object: AtomicU64::new(1),
         });
         let core = core::Core::<F>::new(shared.clone(), fabric, endpoints, cmd_rx, ring_bytes);
+        let pin = cfg.router_core;
         let thread = std::thread::Builder::new()
             .name(format!("smrdb-router-{}", cfg.me))
-            .spawn(move || core.run())
+            .spawn(move || {
+                if let Some(c) = pin {
+                    if let Err(e) = placement::Placement::detect().pin_current_thread(c) {
+                        tracing::warn!("router thread not pinned: {e}");
+                    }
+                }
+                core.run()
+            })
             .map_err(|e| RouterError::Config(format!("cannot spawn the router thread: {e}")))?;
         Ok((
             Router {

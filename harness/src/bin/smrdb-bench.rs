@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use smrdb_harness::transport_bench;
+use smrdb_harness::{broadcast_bench, transport_bench};
+use smrdb_router::Mode;
 use smrdb_transport::FabricKind;
 
 #[derive(Parser)]
@@ -21,6 +22,71 @@ enum Cmd {
     /// (internal) the echo peer of `transport`.
     #[command(hide = true)]
     TransportPeer(TransportArgs),
+    /// SMR vs naive broadcast: every node broadcasts an object to every Tstore.
+    Broadcast(BroadcastArgs),
+    /// (internal) one node process of `broadcast`.
+    #[command(hide = true)]
+    BroadcastNode(BroadcastArgs),
+}
+
+#[derive(Args)]
+struct BroadcastArgs {
+    /// shm, tcp or verbs.
+    #[arg(long, default_value = "shm")]
+    fabric: FabricKind,
+    /// verbs device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Nodes (one process each).
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Tstores per node; a comma-separated list runs each value side by side.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    tstores: Vec<u32>,
+    /// Object size per node, MiB.
+    #[arg(long, default_value_t = 64)]
+    size_mib: usize,
+    /// smr, naive, or both (side by side).
+    #[arg(long, default_value = "both")]
+    mode: String,
+    /// Timed repeats (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Receive ring per peer, MiB.
+    #[arg(long, default_value_t = 16)]
+    ring_mib: usize,
+    /// Chunk size, KiB.
+    #[arg(long, default_value_t = 1024)]
+    chunk_kib: usize,
+    /// Write every run's report as a JSON array to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// (node processes) this node's id.
+    #[arg(long, hide = true)]
+    id: Option<u32>,
+}
+
+impl BroadcastArgs {
+    fn modes(&self) -> Result<Vec<Mode>> {
+        Ok(match self.mode.as_str() {
+            "both" => vec![Mode::Smr, Mode::Naive],
+            m => vec![m.parse().map_err(|e| anyhow::anyhow!("{e}"))?],
+        })
+    }
+
+    fn options(&self, tstores: u32, mode: Mode) -> broadcast_bench::Options {
+        broadcast_bench::Options {
+            fabric: self.fabric,
+            device: self.device.clone(),
+            nodes: self.nodes,
+            tstores,
+            size_mib: self.size_mib,
+            mode,
+            repeats: self.repeats.max(1),
+            ring_mib: self.ring_mib.max(1),
+            chunk_kib: self.chunk_kib.max(4),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -95,6 +161,43 @@ fn main() -> Result<()> {
             }
         }
         Cmd::TransportPeer(a) => transport_bench::run_peer(&a.options())?,
+        Cmd::Broadcast(a) => {
+            let mut reports = Vec::new();
+            for &t in &a.tstores {
+                for mode in a.modes()? {
+                    let r = broadcast_bench::run(&a.options(t, mode))
+                        .with_context(|| format!("broadcast T={t} {mode:?} on {}", a.fabric))?;
+                    anyhow::ensure!(
+                        r.checksums_agree,
+                        "Tstores saw different bytes (T={t}, {mode:?})"
+                    );
+                    reports.push(r);
+                }
+            }
+            println!("{}", broadcast_bench::markdown(&reports));
+            for pair in reports.chunks(2) {
+                if let [s, n] = pair {
+                    if s.mode == Mode::Smr && n.mode == Mode::Naive {
+                        println!(
+                            "T={}: naive/SMR wire bytes = {:.3}, time = {:.2}",
+                            s.tstores,
+                            n.wire_bytes as f64 / s.wire_bytes as f64,
+                            n.median_s / s.median_s
+                        );
+                    }
+                }
+            }
+            if let Some(p) = &a.json {
+                std::fs::write(p, serde_json::to_string_pretty(&reports)?)
+                    .with_context(|| format!("write {}", p.display()))?;
+                println!("wrote {}", p.display());
+            }
+        }
+        Cmd::BroadcastNode(a) => {
+            let modes = a.modes()?;
+            let id = a.id.context("--id is required")?;
+            broadcast_bench::run_node(&a.options(a.tstores[0], modes[0]), id)?;
+        }
     }
     Ok(())
 }
