@@ -1,0 +1,47 @@
+# smrdb: the two commands of the README, and their parts.
+#   make demo   the main job: a local run on the shm fabric with a report
+#   make test   every test: cargo tests on the host (shm, tcp), the verbs suite in the
+#               Soft-RoCE micro-VM
+# Both install missing Debian packages first (soft-roce-setup/deps.sh says which).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+REPORT_DIR ?= reports/$(shell date -u +%Y%m%d-%H%M%S)-$(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
+
+.PHONY: all deps build test test-host test-vm demo bench-vm clean
+
+all: build
+
+deps:
+	soft-roce-setup/deps.sh all
+
+build: deps
+	$(CARGO) build --release --workspace --all-targets
+
+test: deps
+	$(CARGO) test --release --workspace
+	soft-roce-setup/verbs-tests.sh
+
+test-host: deps
+	$(CARGO) test --release --workspace
+
+test-vm: deps
+	soft-roce-setup/verbs-tests.sh
+
+demo: deps
+	$(CARGO) build --release -p smrdb-harness
+	mkdir -p $(REPORT_DIR)
+	./target/release/smrdb-bench transport --fabric shm --json $(REPORT_DIR)/transport-shm.json | tee $(REPORT_DIR)/report.md
+	@echo "report: $(REPORT_DIR)/report.md"
+
+# The transport figures on rxe, smrdb next to perftest, in one VM boot.
+bench-vm: deps
+	$(CARGO) build --release -p smrdb-harness
+	mkdir -p $(REPORT_DIR)
+	SMRDB_VM_OUTDIR=$(abspath $(REPORT_DIR)) soft-roce-setup/vm.sh -- sh -c '\
+	  ./target/release/smrdb-bench transport --fabric verbs --vs-perftest --mib-per-size 32 \
+	    --lat-iters 2000 --json "$$SMRDB_VM_OUT/transport-verbs.json"'
+	@echo "report: $(REPORT_DIR)/transport-verbs.json"
+
+clean:
+	$(CARGO) clean
