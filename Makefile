@@ -5,6 +5,7 @@
 # Both install missing Debian packages first (soft-roce-setup/deps.sh says which).
 
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 CARGO ?= cargo
 REPORT_DIR ?= reports/$(shell date -u +%Y%m%d-%H%M%S)-$(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 
@@ -31,7 +32,10 @@ test-vm: deps
 demo: deps
 	$(CARGO) build --release -p smrdb-harness
 	mkdir -p $(REPORT_DIR)
-	./target/release/smrdb-bench transport --fabric shm --json $(REPORT_DIR)/transport-shm.json | tee $(REPORT_DIR)/report.md
+	@echo "# smrdb demo ($$(git rev-parse --short HEAD 2>/dev/null), $$(date -u +%F))" > $(REPORT_DIR)/report.md
+	./target/release/smrdb-bench transport --fabric shm --mib-per-size 128 --json $(REPORT_DIR)/transport-shm.json | tee -a $(REPORT_DIR)/report.md
+	@echo "### broadcast on shm: SMR vs naive, 3 nodes (processes), 32 MiB per node" >> $(REPORT_DIR)/report.md
+	./target/release/smrdb-bench broadcast --fabric shm --nodes 3 --tstores 1,2,4 --size-mib 32 --repeats 3 --json $(REPORT_DIR)/broadcast-shm.json | tee -a $(REPORT_DIR)/report.md
 	@echo "report: $(REPORT_DIR)/report.md"
 
 # The transport figures on rxe, smrdb next to perftest, in one VM boot.
