@@ -38,14 +38,19 @@ demo: deps
 	./target/release/smrdb-bench broadcast --fabric shm --nodes 3 --tstores 1,2,4 --size-mib 32 --repeats 3 --json $(REPORT_DIR)/broadcast-shm.json | tee -a $(REPORT_DIR)/report.md
 	@echo "report: $(REPORT_DIR)/report.md"
 
-# The transport figures on rxe, smrdb next to perftest, in one VM boot.
+# The verbs figures on rxe, in one boot of the Soft-RoCE VM: transport next to
+# ib_write_bw / ib_write_lat, and SMR vs naive broadcast (3 node processes). Sizes are
+# small because rxe under qemu/TCG moves tens of MB/s.
 bench-vm: deps
 	$(CARGO) build --release -p smrdb-harness
 	mkdir -p $(REPORT_DIR)
 	SMRDB_VM_OUTDIR=$(abspath $(REPORT_DIR)) soft-roce-setup/vm.sh -- sh -c '\
-	  ./target/release/smrdb-bench transport --fabric verbs --vs-perftest --mib-per-size 32 \
-	    --lat-iters 2000 --json "$$SMRDB_VM_OUT/transport-verbs.json"'
-	@echo "report: $(REPORT_DIR)/transport-verbs.json"
+	  set -e; \
+	  ./target/release/smrdb-bench transport --fabric verbs --vs-perftest --mib-per-size 16 --repeats 3 \
+	    --lat-iters 2000 --json "$$SMRDB_VM_OUT/transport-verbs.json"; \
+	  ./target/release/smrdb-bench broadcast --fabric verbs --nodes 3 --tstores 1,2,4 --size-mib 8 \
+	    --repeats 3 --ring-mib 4 --json "$$SMRDB_VM_OUT/broadcast-verbs.json"' | tee $(REPORT_DIR)/report-verbs.md
+	@echo "report: $(REPORT_DIR)/report-verbs.md"
 
 clean:
 	$(CARGO) clean
