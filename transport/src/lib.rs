@@ -49,6 +49,7 @@
 
 pub mod auth;
 mod backoff;
+pub mod fault;
 mod liveness;
 pub mod region;
 pub mod shm;
@@ -139,6 +140,8 @@ pub struct FabricConfig {
     pub connect_timeout: Duration,
     /// shm: directory of the shared-memory files.
     pub shm_dir: std::path::PathBuf,
+    /// Faults to inject when the fabric is wrapped in [`fault::Faulty`] (tests).
+    pub faults: Option<fault::FaultPlan>,
 }
 
 impl FabricConfig {
@@ -157,6 +160,7 @@ impl FabricConfig {
             queue_depth: 256,
             connect_timeout: Duration::from_secs(10),
             shm_dir: std::path::PathBuf::from("/dev/shm"),
+            faults: None,
         }
     }
 }
