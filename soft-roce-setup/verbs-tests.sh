@@ -6,7 +6,8 @@
 #   soft-roce-setup/verbs-tests.sh --guest L  (inside the VM) run the list L
 #
 # Each line of the list is "BINARY FILTER": the binary runs with that filter, one test
-# thread, SMRDB_REQUIRE_VERBS=1 (a missing device fails instead of skipping).
+# thread, --include-ignored (verbs tests are #[ignore]d on hosts without a device) and
+# SMRDB_REQUIRE_VERBS=1 (a missing device fails instead of skipping).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -20,7 +21,7 @@ if [ "${1:-}" = "--guest" ]; then
     [ -n "$bin" ] || continue
     echo "== $(basename "$bin") $filter (device $SMRDB_VERBS_DEVICE)"
     ran=$((ran + 1))
-    if ! "$bin" $filter --test-threads=1; then fail=$((fail + 1)); fi
+    if ! "$bin" $filter --include-ignored --test-threads=1; then fail=$((fail + 1)); fi
   done < "$list"
   echo "verbs-tests: $ran binaries run in the VM, $fail failed"
   [ "$ran" -gt 0 ] && [ "$fail" -eq 0 ]

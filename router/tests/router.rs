@@ -618,46 +618,53 @@ fn verbs_available() -> bool {
 }
 
 macro_rules! suite {
-    ($m:ident, $F:ty, $avail:expr) => {
+    ($m:ident, $F:ty, $avail:expr $(, #[$attr:meta])*) => {
         mod $m {
             use super::*;
             #[test]
+            $(#[$attr])*
             fn broadcast_smr_sends_one_copy_per_node() {
                 if $avail {
                     broadcast_every_node::<$F>(Mode::Smr)
                 }
             }
             #[test]
+            $(#[$attr])*
             fn broadcast_naive_sends_one_copy_per_tstore() {
                 if $avail {
                     broadcast_every_node::<$F>(Mode::Naive)
                 }
             }
             #[test]
+            $(#[$attr])*
             fn small_ring_stalls_and_resumes() {
                 if $avail {
                     super::small_ring_stalls_and_resumes::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn point_to_point_reaches_one_consumer() {
                 if $avail {
                     super::point_to_point_reaches_one_consumer::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn never_releasing_consumer_is_backpressure() {
                 if $avail {
                     super::never_releasing_consumer_is_backpressure::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn peer_dies_mid_broadcast() {
                 if $avail {
                     super::peer_dies_mid_broadcast::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn crafted_headers_are_refused() {
                 if $avail {
                     super::crafted_headers_are_refused::<$F>()
@@ -670,4 +677,4 @@ macro_rules! suite {
 suite!(shm, Shm, true);
 suite!(tcp, Tcp, true);
 #[cfg(feature = "verbs")]
-suite!(verbs, smrdb_transport::verbs::Verbs, verbs_available());
+suite!(verbs, smrdb_transport::verbs::Verbs, verbs_available(), #[ignore = "needs an RDMA device: soft-roce-setup/verbs-tests.sh runs it in the Soft-RoCE VM"]);

@@ -568,64 +568,74 @@ fn verbs_available() -> bool {
 }
 
 macro_rules! suite {
-    ($m:ident, $F:ty, $name:literal, $avail:expr) => {
+    ($m:ident, $F:ty, $name:literal, $avail:expr $(, #[$attr:meta])*) => {
         mod $m {
             use super::*;
             #[test]
+            $(#[$attr])*
             fn writes_land_byte_exact() {
                 if $avail {
                     super::writes_land_byte_exact::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn message_never_overtakes_write() {
                 if $avail {
                     super::message_never_overtakes_write::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn many_outstanding() {
                 if $avail {
                     super::many_outstanding::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn out_of_range_rejected() {
                 if $avail {
                     super::out_of_range_rejected::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn write_imm_delivers_after_bytes() {
                 if $avail {
                     super::write_imm_delivers_after_bytes::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn messages_both_directions() {
                 if $avail {
                     super::messages_both_directions::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn wait_times_out() {
                 if $avail {
                     super::wait_times_out::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn dropped_peer_is_an_error() {
                 if $avail {
                     super::dropped_peer_is_an_error::<$F>()
                 }
             }
             #[test]
+            $(#[$attr])*
             fn killed_peer_process_is_an_error() {
                 if $avail {
                     super::killed_peer_process_is_an_error::<$F>($name)
                 }
             }
             #[test]
+            $(#[$attr])*
             fn wrong_secret_refused() {
                 if $avail {
                     super::wrong_secret_refused::<$F>()
