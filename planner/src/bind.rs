@@ -17,14 +17,13 @@ pub(crate) fn ident(i: &ast::Ident) -> String {
 
 /// The table name of an object name (`t`, `public.t`).
 pub(crate) fn object_name(n: &ast::ObjectName) -> Result<String, PlanError> {
-    let parts: Vec<String> = n
-        .0
-        .iter()
-        .map(|p| match p {
-            ast::ObjectNamePart::Identifier(i) => Ok(ident(i)),
-            other => Err(PlanError::Unsupported(format!("object name {other}"))),
-        })
-        .collect::<Result<_, _>>()?;
+    let parts: Vec<String> =
+        n.0.iter()
+            .map(|p| match p {
+                ast::ObjectNamePart::Identifier(i) => Ok(ident(i)),
+                other => Err(PlanError::Unsupported(format!("object name {other}"))),
+            })
+            .collect::<Result<_, _>>()?;
     match parts.as_slice() {
         [t] => Ok(t.clone()),
         [s, t] if s == "public" => Ok(t.clone()),
@@ -132,7 +131,10 @@ pub(crate) fn map_children(
             list,
             negated,
         },
-        Expr::Cast { expr, to } => Expr::Cast { expr: b!(expr)?, to },
+        Expr::Cast { expr, to } => Expr::Cast {
+            expr: b!(expr)?,
+            to,
+        },
         Expr::Between {
             expr,
             low,
@@ -251,7 +253,10 @@ impl<'a> Binder<'a> {
     fn column(&self, qual: Option<&[ast::Ident]>, name: &ast::Ident) -> Result<Expr, PlanError> {
         let n = ident(name);
         if let Some(q) = qual {
-            let q = ident(q.last().ok_or_else(|| PlanError::Internal("empty".into()))?);
+            let q = ident(
+                q.last()
+                    .ok_or_else(|| PlanError::Internal("empty".into()))?,
+            );
             let ok = self.scope.alias.as_deref() == Some(q.as_str())
                 || (self.scope.alias.is_none() && self.scope.table.as_deref() == Some(q.as_str()));
             if !ok {
@@ -283,7 +288,10 @@ impl<'a> Binder<'a> {
     }
 
     fn is_unknown_lit(e: &Expr) -> bool {
-        matches!(e, Expr::Literal(Value::Text(_)) | Expr::Literal(Value::Null))
+        matches!(
+            e,
+            Expr::Literal(Value::Text(_)) | Expr::Literal(Value::Null)
+        )
     }
 
     /// Makes string literals on one side take the other side's type.
@@ -567,7 +575,10 @@ impl<'a> Binder<'a> {
                 }
                 (
                     l.args.iter().collect::<Vec<_>>(),
-                    matches!(l.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct)),
+                    matches!(
+                        l.duplicate_treatment,
+                        Some(ast::DuplicateTreatment::Distinct)
+                    ),
                 )
             }
             FunctionArguments::Subquery(_) => {

@@ -7,7 +7,10 @@ use crate::bind::{ident, object_name, sql_type, Binder, Scope};
 use crate::select::plan_query;
 use crate::{Catalog, CopySource, CsvFormat, InsertSource, Plan, PlanError};
 
-pub(crate) fn create_table(ct: &ast::CreateTable, catalog: &dyn Catalog) -> Result<Plan, PlanError> {
+pub(crate) fn create_table(
+    ct: &ast::CreateTable,
+    catalog: &dyn Catalog,
+) -> Result<Plan, PlanError> {
     if ct.query.is_some() {
         return Err(PlanError::Unsupported("CREATE TABLE AS".into()));
     }
@@ -34,9 +37,7 @@ pub(crate) fn create_table(ct: &ast::CreateTable, catalog: &dyn Catalog) -> Resu
                 ast::ColumnOption::Unique {
                     is_primary: true, ..
                 } => nullable = false,
-                other => {
-                    return Err(PlanError::Unsupported(format!("column option {other}")))
-                }
+                other => return Err(PlanError::Unsupported(format!("column option {other}"))),
             }
         }
         cols.push(ColumnDef::new(n, t, nullable));
@@ -72,7 +73,10 @@ pub(crate) fn drop_table(
     Ok(Plan::DropTable { names, if_exists })
 }
 
-fn table_of(catalog: &dyn Catalog, name: &ast::ObjectName) -> Result<(String, TableSchema), PlanError> {
+fn table_of(
+    catalog: &dyn Catalog,
+    name: &ast::ObjectName,
+) -> Result<(String, TableSchema), PlanError> {
     let n = object_name(name)?;
     let s = catalog
         .table(&n)
@@ -142,11 +146,15 @@ pub(crate) fn insert(ins: &ast::Insert, catalog: &dyn Catalog) -> Result<Plan, P
     let (table, schema) = table_of(catalog, name)?;
     let targets = target_columns(&schema, &ins.columns)?;
     let Some(src) = &ins.source else {
-        return Err(PlanError::Unsupported("INSERT without VALUES or SELECT".into()));
+        return Err(PlanError::Unsupported(
+            "INSERT without VALUES or SELECT".into(),
+        ));
     };
     if let ast::SetExpr::Values(values) = src.body.as_ref() {
         if src.order_by.is_some() || src.limit_clause.is_some() || src.with.is_some() {
-            return Err(PlanError::Unsupported("VALUES with ORDER BY / LIMIT".into()));
+            return Err(PlanError::Unsupported(
+                "VALUES with ORDER BY / LIMIT".into(),
+            ));
         }
         let scope = Scope::empty();
         let mut rows = Vec::with_capacity(values.rows.len());
@@ -312,18 +320,14 @@ fn single_table(t: &ast::TableWithJoins) -> Result<(String, Option<String>), Pla
         return Err(PlanError::Unsupported("joins in UPDATE / DELETE".into()));
     }
     match &t.relation {
-        ast::TableFactor::Table { name, alias, .. } => Ok((
-            object_name(name)?,
-            alias.as_ref().map(|a| ident(&a.name)),
-        )),
+        ast::TableFactor::Table { name, alias, .. } => {
+            Ok((object_name(name)?, alias.as_ref().map(|a| ident(&a.name))))
+        }
         other => Err(PlanError::Unsupported(format!("target {other}"))),
     }
 }
 
-fn scope_for(
-    catalog: &dyn Catalog,
-    t: &ast::TableWithJoins,
-) -> Result<(String, Scope), PlanError> {
+fn scope_for(catalog: &dyn Catalog, t: &ast::TableWithJoins) -> Result<(String, Scope), PlanError> {
     let (name, alias) = single_table(t)?;
     let schema = catalog
         .table(&name)
@@ -361,14 +365,14 @@ pub(crate) fn update(
     let mut out: Vec<(usize, Expr)> = Vec::new();
     for a in assignments {
         let col = match &a.target {
-            ast::AssignmentTarget::ColumnName(n) => n
-                .0
-                .last()
-                .and_then(|p| match p {
-                    ast::ObjectNamePart::Identifier(i) => Some(ident(i)),
-                    _ => None,
-                })
-                .ok_or_else(|| PlanError::Unsupported(format!("assignment to {n}")))?,
+            ast::AssignmentTarget::ColumnName(n) => {
+                n.0.last()
+                    .and_then(|p| match p {
+                        ast::ObjectNamePart::Identifier(i) => Some(ident(i)),
+                        _ => None,
+                    })
+                    .ok_or_else(|| PlanError::Unsupported(format!("assignment to {n}")))?
+            }
             ast::AssignmentTarget::Tuple(_) => {
                 return Err(PlanError::Unsupported("tuple assignment".into()))
             }

@@ -42,7 +42,9 @@ fn output_name(e: &ast::Expr) -> String {
 
 fn check_query_shape(q: &ast::Query) -> Result<&ast::Select, PlanError> {
     if q.with.is_some() {
-        return Err(PlanError::Unsupported("WITH (common table expressions)".into()));
+        return Err(PlanError::Unsupported(
+            "WITH (common table expressions)".into(),
+        ));
     }
     if q.fetch.is_some()
         || !q.locks.is_empty()
@@ -76,7 +78,9 @@ fn check_query_shape(q: &ast::Query) -> Result<&ast::Select, PlanError> {
         || s.value_table_mode.is_some()
         || s.exclude.is_some()
     {
-        return Err(PlanError::Unsupported("non-PostgreSQL SELECT clauses".into()));
+        return Err(PlanError::Unsupported(
+            "non-PostgreSQL SELECT clauses".into(),
+        ));
     }
     if !s.named_window.is_empty() {
         return Err(PlanError::Unsupported("WINDOW clause".into()));
@@ -148,7 +152,9 @@ fn plan_values(q: &ast::Query, s: &ast::Select) -> Result<Plan, PlanError> {
     if !matches!(&s.group_by, ast::GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty())
         || s.having.is_some()
     {
-        return Err(PlanError::Unsupported("GROUP BY / HAVING without FROM".into()));
+        return Err(PlanError::Unsupported(
+            "GROUP BY / HAVING without FROM".into(),
+        ));
     }
     let scope = Scope::empty();
     let mut columns = Vec::new();
@@ -276,7 +282,9 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
     for it in &s.projection {
         match it {
             SelectItem::UnnamedExpr(e) => items.push((Item::Ast(e), output_name(e))),
-            SelectItem::ExprWithAlias { expr, alias } => items.push((Item::Ast(expr), ident(alias))),
+            SelectItem::ExprWithAlias { expr, alias } => {
+                items.push((Item::Ast(expr), ident(alias)))
+            }
             SelectItem::Wildcard(opts) | SelectItem::QualifiedWildcard(_, opts) => {
                 if opts.opt_ilike.is_some()
                     || opts.opt_exclude.is_some()
@@ -321,7 +329,11 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
     // GROUP BY (ordinals and output aliases allowed).
     let group_asts: Vec<&ast::Expr> = match &s.group_by {
         ast::GroupByExpr::Expressions(g, m) if m.is_empty() => g.iter().collect(),
-        _ => return Err(PlanError::Unsupported("GROUP BY ALL / ROLLUP / CUBE".into())),
+        _ => {
+            return Err(PlanError::Unsupported(
+                "GROUP BY ALL / ROLLUP / CUBE".into(),
+            ))
+        }
     };
     let mut groups: Vec<Expr> = Vec::new();
     for g in group_asts {
@@ -346,8 +358,7 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
                     // An output alias?
                     if let ast::Expr::Identifier(i) = g {
                         let n = ident(i);
-                        if let Some((Item::Ast(e), _)) = items.iter().find(|(_, name)| *name == n)
-                        {
+                        if let Some((Item::Ast(e), _)) = items.iter().find(|(_, name)| *name == n) {
                             return Binder::new(&scope, "GROUP BY").bind(e);
                         }
                     }
@@ -409,9 +420,7 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
                     }
                     Ok(k - 1)
                 }
-                ast::Expr::Identifier(i)
-                    if items.iter().any(|(_, name)| *name == ident(i)) =>
-                {
+                ast::Expr::Identifier(i) if items.iter().any(|(_, name)| *name == ident(i)) => {
                     let n = ident(i);
                     Ok(items.iter().position(|(_, name)| *name == n).unwrap_or(0))
                 }

@@ -39,7 +39,13 @@ const COLS: [&str; 7] = ["id", "a", "b", "x", "s", "d", "f"];
 fn schema() -> TableSchema {
     use DataType::*;
     let t = [BigInt, Int, BigInt, Double, Text, Date, Boolean];
-    TableSchema::new(COLS.iter().zip(t).enumerate().map(|(i, (n, t))| ColumnDef::new(*n, t, i != 0)).collect())
+    TableSchema::new(
+        COLS.iter()
+            .zip(t)
+            .enumerate()
+            .map(|(i, (n, t))| ColumnDef::new(*n, t, i != 0))
+            .collect(),
+    )
 }
 
 fn gen_row(r: &mut Rng, id: i64) -> Vec<Value> {
@@ -90,7 +96,12 @@ fn sql(e: &E) -> String {
         E::Or(l, r) => format!("({} OR {})", sql(l), sql(r)),
         E::Not(x) => format!("(NOT {})", sql(x)),
         E::IsNull(x, n) => format!("({} IS {}NULL)", sql(x), if *n { "NOT " } else { "" }),
-        E::In(x, l, n) => format!("({} {}IN ({}))", sql(x), if *n { "NOT " } else { "" }, l.iter().map(sql).collect::<Vec<_>>().join(", ")),
+        E::In(x, l, n) => format!(
+            "({} {}IN ({}))",
+            sql(x),
+            if *n { "NOT " } else { "" },
+            l.iter().map(sql).collect::<Vec<_>>().join(", ")
+        ),
         E::Between(x, lo, hi) => format!("({} BETWEEN {} AND {})", sql(x), sql(lo), sql(hi)),
         E::Like(x, p, n) => format!("({} {}LIKE '{p}')", sql(x), if *n { "NOT " } else { "" }),
         E::Case(c, t, f) => format!("CASE WHEN {} THEN {} ELSE {} END", sql(c), sql(t), sql(f)),
@@ -141,11 +152,24 @@ fn eval(e: &E, row: &[Value]) -> Value {
             }
             if matches!(l, Value::Double(_)) || matches!(r, Value::Double(_)) {
                 let (x, y) = (num(&l).unwrap(), num(&r).unwrap());
-                return Value::Double(match op { '+' => x + y, '-' => x - y, _ => x * y });
+                return Value::Double(match op {
+                    '+' => x + y,
+                    '-' => x - y,
+                    _ => x * y,
+                });
             }
             let (x, y) = (l.as_i64().unwrap(), r.as_i64().unwrap());
-            let z = match op { '+' => x + y, '-' => x - y, '*' => x * y, _ => x % y };
-            if matches!(l, Value::BigInt(_)) || matches!(r, Value::BigInt(_)) { Value::BigInt(z) } else { Value::Int(z as i32) }
+            let z = match op {
+                '+' => x + y,
+                '-' => x - y,
+                '*' => x * y,
+                _ => x % y,
+            };
+            if matches!(l, Value::BigInt(_)) || matches!(r, Value::BigInt(_)) {
+                Value::BigInt(z)
+            } else {
+                Value::Int(z as i32)
+            }
         }
         E::Neg(x) => match eval(x, row) {
             Value::Int(v) => Value::Int(-v),
@@ -178,7 +202,10 @@ fn eval(e: &E, row: &[Value]) -> Value {
             let mut acc = Some(false);
             for i in l {
                 match cmp(&v, &eval(i, row)) {
-                    Some(Ordering::Equal) => { acc = Some(true); break; }
+                    Some(Ordering::Equal) => {
+                        acc = Some(true);
+                        break;
+                    }
                     None => acc = None,
                     _ => {}
                 }
@@ -199,26 +226,64 @@ fn eval(e: &E, row: &[Value]) -> Value {
             Value::Text(s) => Value::Bool(like(&s, p) != *n),
             _ => Value::Null,
         },
-        E::Case(c, t, f) => if truth(&eval(c, row)) == Some(true) { eval(t, row) } else { eval(f, row) },
-        E::Coalesce(a, b) => { let v = eval(a, row); if v.is_null() { eval(b, row) } else { v } }
+        E::Case(c, t, f) => {
+            if truth(&eval(c, row)) == Some(true) {
+                eval(t, row)
+            } else {
+                eval(f, row)
+            }
+        }
+        E::Coalesce(a, b) => {
+            let v = eval(a, row);
+            if v.is_null() {
+                eval(b, row)
+            } else {
+                v
+            }
+        }
     }
 }
 
 fn lit_int(r: &mut Rng) -> E {
     let v = r.int(-6, 6);
-    E::Lit(Value::Int(v as i32), if v < 0 { format!("({v})") } else { v.to_string() })
+    E::Lit(
+        Value::Int(v as i32),
+        if v < 0 {
+            format!("({v})")
+        } else {
+            v.to_string()
+        },
+    )
 }
 
 fn gen_int(r: &mut Rng, depth: u32) -> E {
-    if depth == 0 { return match r.below(3) { 0 => E::Col(1), 1 => E::Col(2), _ => lit_int(r) }; }
+    if depth == 0 {
+        return match r.below(3) {
+            0 => E::Col(1),
+            1 => E::Col(2),
+            _ => lit_int(r),
+        };
+    }
     match r.below(8) {
         0 => E::Col(1),
         1 => E::Col(2),
-        2 => E::Arith(['+', '-', '*'][r.below(3) as usize], Box::new(gen_int(r, depth - 1)), Box::new(gen_int(r, depth - 1))),
-        3 => E::Arith('%', Box::new(gen_int(r, depth - 1)), Box::new(E::Lit(Value::Int(3), "3".into()))),
+        2 => E::Arith(
+            ['+', '-', '*'][r.below(3) as usize],
+            Box::new(gen_int(r, depth - 1)),
+            Box::new(gen_int(r, depth - 1)),
+        ),
+        3 => E::Arith(
+            '%',
+            Box::new(gen_int(r, depth - 1)),
+            Box::new(E::Lit(Value::Int(3), "3".into())),
+        ),
         4 => E::Neg(Box::new(gen_int(r, depth - 1))),
         5 => E::Coalesce(Box::new(E::Col(1)), Box::new(lit_int(r))),
-        6 => E::Case(Box::new(gen_bool(r, depth - 1)), Box::new(gen_int(r, depth - 1)), Box::new(gen_int(r, depth - 1))),
+        6 => E::Case(
+            Box::new(gen_bool(r, depth - 1)),
+            Box::new(gen_int(r, depth - 1)),
+            Box::new(gen_int(r, depth - 1)),
+        ),
         _ => lit_int(r),
     }
 }
@@ -226,8 +291,16 @@ fn gen_int(r: &mut Rng, depth: u32) -> E {
 fn gen_double(r: &mut Rng, depth: u32) -> E {
     match r.below(3) {
         0 => E::Col(3),
-        1 => E::Arith('*', Box::new(E::Col(3)), Box::new(E::Lit(Value::Double(0.5), "0.5".into()))),
-        _ => E::Arith('+', Box::new(E::Col(3)), Box::new(gen_int(r, depth.saturating_sub(1)))),
+        1 => E::Arith(
+            '*',
+            Box::new(E::Col(3)),
+            Box::new(E::Lit(Value::Double(0.5), "0.5".into())),
+        ),
+        _ => E::Arith(
+            '+',
+            Box::new(E::Col(3)),
+            Box::new(gen_int(r, depth.saturating_sub(1))),
+        ),
     }
 }
 
@@ -238,7 +311,10 @@ fn lit_text(r: &mut Rng) -> E {
 
 fn lit_date(r: &mut Rng) -> E {
     let d = 19700 + r.int(-1, 7) as i32;
-    E::Lit(Value::Date(d), format!("'{}'", smrdb_tstore::types::format_date(d)))
+    E::Lit(
+        Value::Date(d),
+        format!("'{}'", smrdb_tstore::types::format_date(d)),
+    )
 }
 
 fn gen_bool(r: &mut Rng, depth: u32) -> E {
@@ -249,19 +325,41 @@ fn gen_bool(r: &mut Rng, depth: u32) -> E {
         0 => E::Cmp(op, Box::new(gen_int(r, d1)), Box::new(gen_int(r, d1))),
         1 => E::Cmp(op, Box::new(E::Col(4)), Box::new(lit_text(r))),
         2 => E::Cmp(op, Box::new(E::Col(5)), Box::new(lit_date(r))),
-        3 => E::Cmp(op, Box::new(gen_double(r, d1)), Box::new(E::Lit(Value::Double(1.25), "1.25".into()))),
+        3 => E::Cmp(
+            op,
+            Box::new(gen_double(r, d1)),
+            Box::new(E::Lit(Value::Double(1.25), "1.25".into())),
+        ),
         4 => E::IsNull(Box::new(E::Col(r.below(7) as usize)), r.chance(50)),
         5 => E::Col(6),
         6 => E::And(Box::new(gen_bool(r, d1)), Box::new(gen_bool(r, d1))),
         7 => E::Or(Box::new(gen_bool(r, d1)), Box::new(gen_bool(r, d1))),
         8 => E::Not(Box::new(gen_bool(r, d1))),
-        9 => if r.chance(50) {
-            E::In(Box::new(E::Col(1)), (0..1 + r.below(3)).map(|_| lit_int(r)).collect(), r.chance(40))
-        } else {
-            E::In(Box::new(E::Col(4)), (0..1 + r.below(3)).map(|_| lit_text(r)).collect(), r.chance(40))
-        },
-        10 => E::Between(Box::new(gen_int(r, d1)), Box::new(lit_int(r)), Box::new(lit_int(r))),
-        _ => E::Like(Box::new(E::Col(4)), ["a%", "%b%", "_", "%", "S_ITH"][r.below(5) as usize].into(), r.chance(30)),
+        9 => {
+            if r.chance(50) {
+                E::In(
+                    Box::new(E::Col(1)),
+                    (0..1 + r.below(3)).map(|_| lit_int(r)).collect(),
+                    r.chance(40),
+                )
+            } else {
+                E::In(
+                    Box::new(E::Col(4)),
+                    (0..1 + r.below(3)).map(|_| lit_text(r)).collect(),
+                    r.chance(40),
+                )
+            }
+        }
+        10 => E::Between(
+            Box::new(gen_int(r, d1)),
+            Box::new(lit_int(r)),
+            Box::new(lit_int(r)),
+        ),
+        _ => E::Like(
+            Box::new(E::Col(4)),
+            ["a%", "%b%", "_", "%", "S_ITH"][r.below(5) as usize].into(),
+            r.chance(30),
+        ),
     }
 }
 
@@ -279,7 +377,9 @@ fn gen_any(r: &mut Rng) -> E {
 fn canon(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
-        Value::Int(_) | Value::BigInt(_) | Value::Double(_) => format!("n{:.6}", v.as_f64().unwrap() + 0.0),
+        Value::Int(_) | Value::BigInt(_) | Value::Double(_) => {
+            format!("n{:.6}", v.as_f64().unwrap() + 0.0)
+        }
         Value::Text(s) => format!("s{s}"),
         Value::Date(d) => format!("d{d}"),
         Value::Bool(b) => format!("b{b}"),
@@ -293,17 +393,41 @@ fn canon_row(r: &[Value]) -> String {
 fn sort_cmp(a: &Value, b: &Value, desc: bool, nulls_first: bool) -> Ordering {
     match (a.is_null(), b.is_null()) {
         (true, true) => Ordering::Equal,
-        (true, false) => if nulls_first { Ordering::Less } else { Ordering::Greater },
-        (false, true) => if nulls_first { Ordering::Greater } else { Ordering::Less },
+        (true, false) => {
+            if nulls_first {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            }
+        }
+        (false, true) => {
+            if nulls_first {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            }
+        }
         _ => {
             let o = a.sql_cmp(b).unwrap();
-            if desc { o.reverse() } else { o }
+            if desc {
+                o.reverse()
+            } else {
+                o
+            }
         }
     }
 }
 
 #[derive(Clone, Copy)]
-enum Agg { CountStar, Count(usize), Sum(usize), SumExpr, Min(usize), Max(usize), Avg(usize) }
+enum Agg {
+    CountStar,
+    Count(usize),
+    Sum(usize),
+    SumExpr,
+    Min(usize),
+    Max(usize),
+    Avg(usize),
+}
 
 fn agg_sql(a: Agg) -> String {
     match a {
@@ -318,23 +442,45 @@ fn agg_sql(a: Agg) -> String {
 }
 
 fn agg_eval(a: Agg, rows: &[&Vec<Value>]) -> Value {
-    let vals = |c: usize| rows.iter().map(move |r| r[c].clone()).filter(|v| !v.is_null());
+    let vals = |c: usize| {
+        rows.iter()
+            .map(move |r| r[c].clone())
+            .filter(|v| !v.is_null())
+    };
     match a {
         Agg::CountStar => Value::BigInt(rows.len() as i64),
         Agg::Count(c) => Value::BigInt(vals(c).count() as i64),
         Agg::Sum(c) | Agg::Avg(c) => {
             let v: Vec<f64> = vals(c).map(|v| v.as_f64().unwrap()).collect();
-            if v.is_empty() { Value::Null } else {
+            if v.is_empty() {
+                Value::Null
+            } else {
                 let s: f64 = v.iter().sum();
-                if matches!(a, Agg::Avg(_)) { Value::Double(s / v.len() as f64) } else { Value::Double(s) }
+                if matches!(a, Agg::Avg(_)) {
+                    Value::Double(s / v.len() as f64)
+                } else {
+                    Value::Double(s)
+                }
             }
         }
         Agg::SumExpr => {
-            let v: Vec<i64> = rows.iter().filter(|r| !r[1].is_null() && !r[2].is_null()).map(|r| r[1].as_i64().unwrap() * 2 + r[2].as_i64().unwrap()).collect();
-            if v.is_empty() { Value::Null } else { Value::BigInt(v.iter().sum()) }
+            let v: Vec<i64> = rows
+                .iter()
+                .filter(|r| !r[1].is_null() && !r[2].is_null())
+                .map(|r| r[1].as_i64().unwrap() * 2 + r[2].as_i64().unwrap())
+                .collect();
+            if v.is_empty() {
+                Value::Null
+            } else {
+                Value::BigInt(v.iter().sum())
+            }
         }
-        Agg::Min(c) => vals(c).min_by(|x, y| x.sql_cmp(y).unwrap()).unwrap_or(Value::Null),
-        Agg::Max(c) => vals(c).max_by(|x, y| x.sql_cmp(y).unwrap()).unwrap_or(Value::Null),
+        Agg::Min(c) => vals(c)
+            .min_by(|x, y| x.sql_cmp(y).unwrap())
+            .unwrap_or(Value::Null),
+        Agg::Max(c) => vals(c)
+            .max_by(|x, y| x.sql_cmp(y).unwrap())
+            .unwrap_or(Value::Null),
     }
 }
 
@@ -349,44 +495,94 @@ struct Query {
 
 fn gen_query(r: &mut Rng, data: &[Vec<Value>]) -> Query {
     let filter = r.chance(70).then(|| gen_bool(r, 2));
-    let kept: Vec<&Vec<Value>> = data.iter().filter(|row| filter.as_ref().is_none_or(|f| truth(&eval(f, row)) == Some(true))).collect();
-    let where_sql = filter.as_ref().map(|f| format!(" WHERE {}", sql(f))).unwrap_or_default();
+    let kept: Vec<&Vec<Value>> = data
+        .iter()
+        .filter(|row| {
+            filter
+                .as_ref()
+                .is_none_or(|f| truth(&eval(f, row)) == Some(true))
+        })
+        .collect();
+    let where_sql = filter
+        .as_ref()
+        .map(|f| format!(" WHERE {}", sql(f)))
+        .unwrap_or_default();
     let (mut sql_text, rows, ncols);
     if r.chance(45) {
         // Aggregate query.
-        let keys: Vec<usize> = [1usize, 4, 5, 6].into_iter().filter(|_| r.chance(35)).collect();
+        let keys: Vec<usize> = [1usize, 4, 5, 6]
+            .into_iter()
+            .filter(|_| r.chance(35))
+            .collect();
         let key_mod = r.chance(20);
-        let aggs: Vec<Agg> = (0..1 + r.below(3)).map(|_| match r.below(7) {
-            0 => Agg::CountStar,
-            1 => Agg::Count(r.below(7) as usize),
-            2 => Agg::Sum([1, 2, 3][r.below(3) as usize]),
-            3 => Agg::SumExpr,
-            4 => Agg::Min(1 + r.below(6) as usize),
-            5 => Agg::Max(1 + r.below(6) as usize),
-            _ => Agg::Avg([1, 2, 3][r.below(3) as usize]),
-        }).collect();
+        let aggs: Vec<Agg> = (0..1 + r.below(3))
+            .map(|_| match r.below(7) {
+                0 => Agg::CountStar,
+                1 => Agg::Count(r.below(7) as usize),
+                2 => Agg::Sum([1, 2, 3][r.below(3) as usize]),
+                3 => Agg::SumExpr,
+                4 => Agg::Min(1 + r.below(6) as usize),
+                5 => Agg::Max(1 + r.below(6) as usize),
+                _ => Agg::Avg([1, 2, 3][r.below(3) as usize]),
+            })
+            .collect();
         let mut items: Vec<String> = keys.iter().map(|k| COLS[*k].to_string()).collect();
-        if key_mod { items.push("a % 3 AS am".into()); }
-        items.extend(aggs.iter().enumerate().map(|(i, a)| format!("{} AS g{i}", agg_sql(*a))));
+        if key_mod {
+            items.push("a % 3 AS am".into());
+        }
+        items.extend(
+            aggs.iter()
+                .enumerate()
+                .map(|(i, a)| format!("{} AS g{i}", agg_sql(*a))),
+        );
         let nkeys = keys.len() + key_mod as usize;
-        let group: Vec<String> = (0..nkeys).map(|i| if r.chance(50) { (i + 1).to_string() } else if i < keys.len() { COLS[keys[i]].into() } else { "am".into() }).collect();
+        let group: Vec<String> = (0..nkeys)
+            .map(|i| {
+                if r.chance(50) {
+                    (i + 1).to_string()
+                } else if i < keys.len() {
+                    COLS[keys[i]].into()
+                } else {
+                    "am".into()
+                }
+            })
+            .collect();
         let having = r.chance(30).then(|| r.int(0, 3));
         sql_text = format!("SELECT {} FROM t{where_sql}", items.join(", "));
-        if !group.is_empty() { sql_text += &format!(" GROUP BY {}", group.join(", ")); }
-        if let Some(h) = having { sql_text += &format!(" HAVING COUNT(*) > {h}"); }
+        if !group.is_empty() {
+            sql_text += &format!(" GROUP BY {}", group.join(", "));
+        }
+        if let Some(h) = having {
+            sql_text += &format!(" HAVING COUNT(*) > {h}");
+        }
         let mut groups: Vec<(Vec<Value>, Vec<&Vec<Value>>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for row in &kept {
             let mut k: Vec<Value> = keys.iter().map(|c| row[*c].clone()).collect();
-            if key_mod { k.push(match &row[1] { Value::Int(v) => Value::Int(v % 3), _ => Value::Null }); }
+            if key_mod {
+                k.push(match &row[1] {
+                    Value::Int(v) => Value::Int(v % 3),
+                    _ => Value::Null,
+                });
+            }
             let ck = canon_row(&k);
-            let g = *index.entry(ck).or_insert_with(|| { groups.push((k.clone(), vec![])); groups.len() - 1 });
+            let g = *index.entry(ck).or_insert_with(|| {
+                groups.push((k.clone(), vec![]));
+                groups.len() - 1
+            });
             groups[g].1.push(row);
         }
-        if nkeys == 0 { groups = vec![(vec![], kept.clone())]; }
-        rows = groups.iter()
+        if nkeys == 0 {
+            groups = vec![(vec![], kept.clone())];
+        }
+        rows = groups
+            .iter()
             .filter(|(_, rs)| having.is_none_or(|h| rs.len() as i64 > h))
-            .map(|(k, rs)| { let mut o = k.clone(); o.extend(aggs.iter().map(|a| agg_eval(*a, rs))); o })
+            .map(|(k, rs)| {
+                let mut o = k.clone();
+                o.extend(aggs.iter().map(|a| agg_eval(*a, rs)));
+                o
+            })
             .collect::<Vec<_>>();
         ncols = nkeys + aggs.len();
     } else {
@@ -398,9 +594,20 @@ fn gen_query(r: &mut Rng, data: &[Vec<Value>]) -> Query {
             rows = kept.iter().map(|r| (*r).clone()).collect();
             ncols = 7;
         } else {
-            let items: Vec<String> = exprs.iter().enumerate().map(|(i, e)| format!("{} {}c{i}", sql(e), if r.chance(50) { "AS " } else { "" })).collect();
-            sql_text = format!("SELECT {}{} FROM t{where_sql}", if distinct { "DISTINCT " } else { "" }, items.join(", "));
-            let mut out: Vec<Vec<Value>> = kept.iter().map(|row| exprs.iter().map(|e| eval(e, row)).collect()).collect();
+            let items: Vec<String> = exprs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{} {}c{i}", sql(e), if r.chance(50) { "AS " } else { "" }))
+                .collect();
+            sql_text = format!(
+                "SELECT {}{} FROM t{where_sql}",
+                if distinct { "DISTINCT " } else { "" },
+                items.join(", ")
+            );
+            let mut out: Vec<Vec<Value>> = kept
+                .iter()
+                .map(|row| exprs.iter().map(|e| eval(e, row)).collect())
+                .collect();
             if distinct {
                 let mut seen = std::collections::HashSet::new();
                 out.retain(|r| seen.insert(canon_row(r)));
@@ -415,31 +622,71 @@ fn gen_query(r: &mut Rng, data: &[Vec<Value>]) -> Query {
         for _ in 0..1 + r.below(3) {
             let c = r.below(ncols as u64) as usize;
             let desc = r.chance(50);
-            let nf = match r.below(3) { 0 => None, 1 => Some(true), _ => Some(false) };
-            parts.push(format!("{}{}{}", c + 1, if desc { " DESC" } else if r.chance(30) { " ASC" } else { "" },
-                match nf { None => "", Some(true) => " NULLS FIRST", Some(false) => " NULLS LAST" }));
+            let nf = match r.below(3) {
+                0 => None,
+                1 => Some(true),
+                _ => Some(false),
+            };
+            parts.push(format!(
+                "{}{}{}",
+                c + 1,
+                if desc {
+                    " DESC"
+                } else if r.chance(30) {
+                    " ASC"
+                } else {
+                    ""
+                },
+                match nf {
+                    None => "",
+                    Some(true) => " NULLS FIRST",
+                    Some(false) => " NULLS LAST",
+                }
+            ));
             order.push((c, desc, nf.unwrap_or(desc)));
         }
         sql_text += &format!(" ORDER BY {}", parts.join(", "));
     }
     let limit = r.chance(30).then(|| r.below(6) as usize);
     let offset = if r.chance(20) { r.below(4) as usize } else { 0 };
-    if let Some(l) = limit { sql_text += &format!(" LIMIT {l}"); }
-    if offset > 0 { sql_text += &format!(" OFFSET {offset}"); }
-    Query { sql: sql_text, rows, order, offset, limit }
+    if let Some(l) = limit {
+        sql_text += &format!(" LIMIT {l}");
+    }
+    if offset > 0 {
+        sql_text += &format!(" OFFSET {offset}");
+    }
+    Query {
+        sql: sql_text,
+        rows,
+        order,
+        offset,
+        limit,
+    }
 }
 
-fn run(plan: &smrdb_planner::QueryPlan, sch: &TableSchema, data: &[Vec<Value>], n: usize, chunk: usize) -> Vec<Vec<Value>> {
-    let mut slices: Vec<Slice> = (0..n).map(|_| Slice::with_chunk_rows(sch.clone(), chunk).unwrap()).collect();
+fn run(
+    plan: &smrdb_planner::QueryPlan,
+    sch: &TableSchema,
+    data: &[Vec<Value>],
+    n: usize,
+    chunk: usize,
+) -> Vec<Vec<Value>> {
+    let mut slices: Vec<Slice> = (0..n)
+        .map(|_| Slice::with_chunk_rows(sch.clone(), chunk).unwrap())
+        .collect();
     let mut parts: Vec<Vec<Vec<Value>>> = vec![vec![]; n];
-    for (i, r) in data.iter().enumerate() { parts[i % n].push(r.clone()); }
+    for (i, r) in data.iter().enumerate() {
+        parts[i % n].push(r.clone());
+    }
     for (s, p) in slices.iter_mut().zip(&parts) {
         let h = p.len() / 3;
         s.insert(&p[..h]).unwrap();
         s.insert(&p[h..]).unwrap();
     }
     let mut gathered = Vec::new();
-    for s in &slices { gathered.extend(s.execute(&plan.fragment).unwrap()); }
+    for s in &slices {
+        gathered.extend(s.execute(&plan.fragment).unwrap());
+    }
     let out = plan.finish.apply(gathered).unwrap();
     for (f, (name, t)) in out.schema().fields().iter().zip(&plan.columns) {
         assert_eq!((f.name(), f.data_type()), (name, &t.to_arrow()));
@@ -458,7 +705,10 @@ fn differential() {
         for _ in 0..150 {
             let q = gen_query(&mut r, &data);
             let plan = match plan_sql(&q.sql, &cat) {
-                Ok(mut p) => match p.remove(0) { Plan::Query(p) => p, other => panic!("{}: {other:?}", q.sql) },
+                Ok(mut p) => match p.remove(0) {
+                    Plan::Query(p) => p,
+                    other => panic!("{}: {other:?}", q.sql),
+                },
                 Err(e) => panic!("{}: {e}", q.sql),
             };
             let n = 1 + r.below(5) as usize;
@@ -467,25 +717,51 @@ fn differential() {
             let ctx = format!("{} (size {size}, {n} slices, chunk {chunk})", q.sql);
             // Every returned row is a reference row (as a multiset).
             let mut pool: HashMap<String, usize> = HashMap::new();
-            for row in &q.rows { *pool.entry(canon_row(row)).or_default() += 1; }
+            for row in &q.rows {
+                *pool.entry(canon_row(row)).or_default() += 1;
+            }
             for row in &got {
-                let c = pool.get_mut(&canon_row(row)).unwrap_or_else(|| panic!("{ctx}: unexpected row {row:?}\nref {:?}", q.rows));
+                let c = pool
+                    .get_mut(&canon_row(row))
+                    .unwrap_or_else(|| panic!("{ctx}: unexpected row {row:?}\nref {:?}", q.rows));
                 assert!(*c > 0, "{ctx}: extra row {row:?}");
                 *c -= 1;
             }
             let total = q.rows.len();
-            let expect_n = total.saturating_sub(q.offset).min(q.limit.unwrap_or(usize::MAX));
+            let expect_n = total
+                .saturating_sub(q.offset)
+                .min(q.limit.unwrap_or(usize::MAX));
             assert_eq!(got.len(), expect_n, "{ctx}: got {got:?}\nref {:?}", q.rows);
             // Order: the returned rows are sorted and their keys are the reference's.
             if !q.order.is_empty() {
                 let ord = |a: &Vec<Value>, b: &Vec<Value>| {
-                    q.order.iter().map(|&(c, d, nf)| sort_cmp(&a[c], &b[c], d, nf)).find(|o| *o != Ordering::Equal).unwrap_or(Ordering::Equal)
+                    q.order
+                        .iter()
+                        .map(|&(c, d, nf)| sort_cmp(&a[c], &b[c], d, nf))
+                        .find(|o| *o != Ordering::Equal)
+                        .unwrap_or(Ordering::Equal)
                 };
-                for w in got.windows(2) { assert_ne!(ord(&w[0], &w[1]), Ordering::Greater, "{ctx}: not sorted {got:?}"); }
+                for w in got.windows(2) {
+                    assert_ne!(
+                        ord(&w[0], &w[1]),
+                        Ordering::Greater,
+                        "{ctx}: not sorted {got:?}"
+                    );
+                }
                 let mut sorted = q.rows.clone();
                 sorted.sort_by(ord);
-                let keys = |rs: &[Vec<Value>]| rs.iter().map(|r| q.order.iter().map(|&(c, _, _)| canon(&r[c])).collect::<Vec<_>>()).collect::<Vec<_>>();
-                let want: Vec<Vec<Value>> = sorted.into_iter().skip(q.offset).take(expect_n).collect();
+                let keys = |rs: &[Vec<Value>]| {
+                    rs.iter()
+                        .map(|r| {
+                            q.order
+                                .iter()
+                                .map(|&(c, _, _)| canon(&r[c]))
+                                .collect::<Vec<_>>()
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let want: Vec<Vec<Value>> =
+                    sorted.into_iter().skip(q.offset).take(expect_n).collect();
                 assert_eq!(keys(&got), keys(&want), "{ctx}");
             }
             checked += 1;

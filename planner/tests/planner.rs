@@ -52,8 +52,16 @@ fn query(sql: &str) -> QueryPlan {
 }
 
 /// Splits rows round-robin over `n` slices and runs the plan distributed.
-fn run(q: &QueryPlan, sch: &TableSchema, rows: &[Vec<Value>], n: usize, chunk: usize) -> Result<Vec<Vec<Value>>, PlanError> {
-    let mut slices: Vec<Slice> = (0..n).map(|_| Slice::with_chunk_rows(sch.clone(), chunk).unwrap()).collect();
+fn run(
+    q: &QueryPlan,
+    sch: &TableSchema,
+    rows: &[Vec<Value>],
+    n: usize,
+    chunk: usize,
+) -> Result<Vec<Vec<Value>>, PlanError> {
+    let mut slices: Vec<Slice> = (0..n)
+        .map(|_| Slice::with_chunk_rows(sch.clone(), chunk).unwrap())
+        .collect();
     let mut parts: Vec<Vec<Vec<Value>>> = vec![vec![]; n];
     for (i, r) in rows.iter().enumerate() {
         parts[i % n].push(r.clone());
@@ -82,24 +90,52 @@ fn patent_example() {
     let q = query("SELECT * FROM people WHERE name = 'SMITH' AND age > 35");
     assert!(q.fragment.filter.is_some());
     let sch = cat().table("people").unwrap();
-    let rows: Vec<Vec<Value>> = [("SMITH", Some(40)), ("SMITH", Some(30)), ("JONES", Some(50)), ("SMITH", None), ("SMITH", Some(36))]
-        .iter()
-        .map(|(n, a)| vec![Value::Text(n.to_string()), a.map(Value::Int).unwrap_or(Value::Null)])
-        .collect();
+    let rows: Vec<Vec<Value>> = [
+        ("SMITH", Some(40)),
+        ("SMITH", Some(30)),
+        ("JONES", Some(50)),
+        ("SMITH", None),
+        ("SMITH", Some(36)),
+    ]
+    .iter()
+    .map(|(n, a)| {
+        vec![
+            Value::Text(n.to_string()),
+            a.map(Value::Int).unwrap_or(Value::Null),
+        ]
+    })
+    .collect();
     for n in 1..=3 {
         let mut got = run(&q, &sch, &rows, n, 2).unwrap();
         got.sort_by_key(|r| format!("{r:?}"));
-        assert_eq!(got, vec![vec![Value::Text("SMITH".into()), Value::Int(36)], vec![Value::Text("SMITH".into()), Value::Int(40)]]);
+        assert_eq!(
+            got,
+            vec![
+                vec![Value::Text("SMITH".into()), Value::Int(36)],
+                vec![Value::Text("SMITH".into()), Value::Int(40)]
+            ]
+        );
     }
-    assert_eq!(q.columns, vec![("name".into(), DataType::Text), ("age".into(), DataType::Int)]);
+    assert_eq!(
+        q.columns,
+        vec![
+            ("name".into(), DataType::Text),
+            ("age".into(), DataType::Int)
+        ]
+    );
 }
 
 #[test]
 fn projection_pushdown_and_agg_split() {
     let q = query("SELECT a + 1 AS y FROM t AS z WHERE z.s = 'q' ORDER BY y DESC LIMIT 3");
-    assert_eq!(q.fragment.projection.len(), 1, "only a+1 leaves the Tstores");
+    assert_eq!(
+        q.fragment.projection.len(),
+        1,
+        "only a+1 leaves the Tstores"
+    );
     assert!(q.fragment.partial_agg.is_none());
-    let q = query("SELECT s, SUM(a) / COUNT(*), AVG(x) FROM t GROUP BY 1 HAVING MAX(d) > '2024-01-01'");
+    let q =
+        query("SELECT s, SUM(a) / COUNT(*), AVG(x) FROM t GROUP BY 1 HAVING MAX(d) > '2024-01-01'");
     let agg = q.fragment.partial_agg.as_ref().unwrap();
     assert_eq!(agg.group_by.len(), 1);
     assert_eq!(agg.aggs.len(), 4);
@@ -115,12 +151,40 @@ fn exact_avg_and_empty_inputs() {
     let sch = schema();
     let q = query("SELECT COUNT(*), SUM(a), AVG(a), MIN(s), MAX(d) FROM t");
     let got = run(&q, &sch, &[], 3, 2).unwrap();
-    assert_eq!(got, vec![vec![Value::BigInt(0), Value::Null, Value::Null, Value::Null, Value::Null]]);
+    assert_eq!(
+        got,
+        vec![vec![
+            Value::BigInt(0),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null
+        ]]
+    );
     let rows: Vec<Vec<Value>> = (0..7)
-        .map(|i| vec![Value::BigInt(i), Value::Int(i as i32), Value::Null, Value::Null, Value::Text(format!("s{i}")), Value::Date(i as i32), Value::Null])
+        .map(|i| {
+            vec![
+                Value::BigInt(i),
+                Value::Int(i as i32),
+                Value::Null,
+                Value::Null,
+                Value::Text(format!("s{i}")),
+                Value::Date(i as i32),
+                Value::Null,
+            ]
+        })
         .collect();
     let got = run(&q, &sch, &rows, 4, 1).unwrap();
-    assert_eq!(got, vec![vec![Value::BigInt(7), Value::BigInt(21), Value::Double(3.0), Value::Text("s0".into()), Value::Date(6)]]);
+    assert_eq!(
+        got,
+        vec![vec![
+            Value::BigInt(7),
+            Value::BigInt(21),
+            Value::Double(3.0),
+            Value::Text("s0".into()),
+            Value::Date(6)
+        ]]
+    );
     // AVG over slices of different sizes is the global mean, not a mean of means.
     let q = query("SELECT AVG(a) FROM t WHERE a <> 0");
     let got = run(&q, &sch, &rows, 4, 1).unwrap();
@@ -143,7 +207,10 @@ fn statements() {
         p => panic!("{p:?}"),
     }
     match one("DROP TABLE IF EXISTS a, b").unwrap() {
-        Plan::DropTable { names, if_exists } => assert_eq!((names, if_exists), (vec!["a".to_string(), "b".to_string()], true)),
+        Plan::DropTable { names, if_exists } => assert_eq!(
+            (names, if_exists),
+            (vec!["a".to_string(), "b".to_string()], true)
+        ),
         p => panic!("{p:?}"),
     }
     match one("INSERT INTO t (id, a, d, x, s, f) VALUES (1, -5, DATE '2024-02-29', 2, 'hi', true), (2, 1+2, '2024-01-01', -1.5, NULL, 'false')").unwrap() {
@@ -157,18 +224,33 @@ fn statements() {
         p => panic!("{p:?}"),
     }
     match one("INSERT INTO t (s, id) SELECT s, b FROM t WHERE a > 1").unwrap() {
-        Plan::Insert { source: InsertSource::Query { targets, plan }, .. } => {
-            assert_eq!(targets, vec![Some(1), None, None, None, Some(0), None, None]);
+        Plan::Insert {
+            source: InsertSource::Query { targets, plan },
+            ..
+        } => {
+            assert_eq!(
+                targets,
+                vec![Some(1), None, None, None, Some(0), None, None]
+            );
             assert_eq!(plan.columns.len(), 2);
         }
         p => panic!("{p:?}"),
     }
-    match one("COPY t (id, s) FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER '|', NULL 'NA')").unwrap() {
-        Plan::Copy { table, source, format } => {
+    match one("COPY t (id, s) FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER '|', NULL 'NA')")
+        .unwrap()
+    {
+        Plan::Copy {
+            table,
+            source,
+            format,
+        } => {
             assert_eq!(table, "t");
             assert_eq!(source, smrdb_planner::CopySource::Stdin);
             assert!(format.header);
-            assert_eq!((format.delimiter, format.null.as_str(), format.quote), (b'|', "NA", b'"'));
+            assert_eq!(
+                (format.delimiter, format.null.as_str(), format.quote),
+                (b'|', "NA", b'"')
+            );
             assert_eq!(format.columns, Some(vec![0, 4]));
         }
         p => panic!("{p:?}"),
@@ -176,41 +258,91 @@ fn statements() {
     match one("COPY t FROM '/tmp/x.csv' WITH (FORMAT csv)").unwrap() {
         Plan::Copy { source, format, .. } => {
             assert_eq!(source, smrdb_planner::CopySource::File("/tmp/x.csv".into()));
-            assert_eq!((format.header, format.delimiter, format.null.as_str(), format.columns), (false, b',', "", None));
+            assert_eq!(
+                (
+                    format.header,
+                    format.delimiter,
+                    format.null.as_str(),
+                    format.columns
+                ),
+                (false, b',', "", None)
+            );
         }
         p => panic!("{p:?}"),
     }
     match one("UPDATE t SET a = a + 1, s = 'x', d = '2024-03-01' WHERE id = 3").unwrap() {
-        Plan::Update { assignments, filter, .. } => {
+        Plan::Update {
+            assignments,
+            filter,
+            ..
+        } => {
             assert_eq!(assignments.len(), 3);
-            assert_eq!(assignments[2].1, smrdb_tstore::Expr::Literal(Value::date("2024-03-01").unwrap()));
+            assert_eq!(
+                assignments[2].1,
+                smrdb_tstore::Expr::Literal(Value::date("2024-03-01").unwrap())
+            );
             assert!(filter.is_some());
         }
         p => panic!("{p:?}"),
     }
-    assert!(matches!(one("DELETE FROM t WHERE f").unwrap(), Plan::Delete { filter: Some(_), .. }));
-    assert!(matches!(one("DELETE FROM t").unwrap(), Plan::Delete { filter: None, .. }));
+    assert!(matches!(
+        one("DELETE FROM t WHERE f").unwrap(),
+        Plan::Delete {
+            filter: Some(_),
+            ..
+        }
+    ));
+    assert!(matches!(
+        one("DELETE FROM t").unwrap(),
+        Plan::Delete { filter: None, .. }
+    ));
     match one("SET extra_float_digits = 3").unwrap() {
-        Plan::Set { name, value } => assert_eq!((name.as_str(), value.as_str()), ("extra_float_digits", "3")),
+        Plan::Set { name, value } => {
+            assert_eq!((name.as_str(), value.as_str()), ("extra_float_digits", "3"))
+        }
         p => panic!("{p:?}"),
     }
     match one("SET application_name TO 'psql'").unwrap() {
-        Plan::Set { name, value } => assert_eq!((name.as_str(), value.as_str()), ("application_name", "psql")),
+        Plan::Set { name, value } => assert_eq!(
+            (name.as_str(), value.as_str()),
+            ("application_name", "psql")
+        ),
         p => panic!("{p:?}"),
     }
-    assert!(matches!(one("SHOW server_version").unwrap(), Plan::Show { name } if name == "server_version"));
-    for (s, k) in [("BEGIN", "BEGIN"), ("COMMIT", "COMMIT"), ("ROLLBACK", "ROLLBACK")] {
-        assert!(matches!(one(s).unwrap(), Plan::Transaction { kind } if kind == k), "{s}");
+    assert!(
+        matches!(one("SHOW server_version").unwrap(), Plan::Show { name } if name == "server_version")
+    );
+    for (s, k) in [
+        ("BEGIN", "BEGIN"),
+        ("COMMIT", "COMMIT"),
+        ("ROLLBACK", "ROLLBACK"),
+    ] {
+        assert!(
+            matches!(one(s).unwrap(), Plan::Transaction { kind } if kind == k),
+            "{s}"
+        );
     }
     match one("SELECT 1 + 2 AS three, 'a', NULL, 7 / 2.0, CAST('2024-01-05' AS DATE)").unwrap() {
         Plan::Values { columns, rows } => {
             assert_eq!(columns[0], ("three".to_string(), DataType::Int));
             assert_eq!(columns[2].1, DataType::Text);
-            assert_eq!(rows, vec![vec![Value::Int(3), Value::Text("a".into()), Value::Null, Value::Double(3.5), Value::date("2024-01-05").unwrap()]]);
+            assert_eq!(
+                rows,
+                vec![vec![
+                    Value::Int(3),
+                    Value::Text("a".into()),
+                    Value::Null,
+                    Value::Double(3.5),
+                    Value::date("2024-01-05").unwrap()
+                ]]
+            );
         }
         p => panic!("{p:?}"),
     }
-    assert_eq!(plan_sql("BEGIN; SELECT 1; COMMIT", &cat()).unwrap().len(), 3);
+    assert_eq!(
+        plan_sql("BEGIN; SELECT 1; COMMIT", &cat()).unwrap().len(),
+        3
+    );
 }
 
 fn err(sql: &str) -> PlanError {
@@ -236,7 +368,11 @@ fn errors() {
         ("CREATE TABLE u (a INT, a INT)", "42701", "a"),
         ("SELECT a FROM t JOIN people ON true", "0A000", "join"),
         ("SELECT a FROM t, people", "0A000", "join"),
-        ("SELECT a FROM t WHERE a IN (SELECT a FROM t)", "0A000", "subquer"),
+        (
+            "SELECT a FROM t WHERE a IN (SELECT a FROM t)",
+            "0A000",
+            "subquer",
+        ),
         ("SELECT COUNT(DISTINCT a) FROM t", "0A000", "DISTINCT"),
         ("SELECT ROW_NUMBER() OVER () FROM t", "0A000", "window"),
         ("SELECT a FROM t UNION SELECT a FROM t", "0A000", "UNION"),
@@ -259,7 +395,11 @@ fn errors() {
         ("INSERT INTO t (id, a) VALUES (1, 'abc')", "22P02", ""),
         ("INSERT INTO t (id, a) VALUES (1, true)", "42804", ""),
         ("INSERT INTO t (id, a) VALUES (1, 3000000000)", "22003", ""),
-        ("INSERT INTO t (id, d) VALUES (1, '2023-02-29')", "22P02", ""),
+        (
+            "INSERT INTO t (id, d) VALUES (1, '2023-02-29')",
+            "22P02",
+            "",
+        ),
         ("INSERT INTO t (id, a) VALUES (1, 1/0)", "22012", ""),
         ("INSERT INTO t (id, f) SELECT id, a FROM t", "42804", ""),
         ("UPDATE t SET zz = 1", "42703", "zz"),
@@ -272,7 +412,12 @@ fn errors() {
     for (sql, state, needle) in cases {
         let e = err(sql);
         assert_eq!(e.sqlstate(), *state, "{sql}: {e}");
-        assert!(e.to_string().to_lowercase().contains(&needle.to_lowercase()), "{sql}: {e} lacks {needle}");
+        assert!(
+            e.to_string()
+                .to_lowercase()
+                .contains(&needle.to_lowercase()),
+            "{sql}: {e} lacks {needle}"
+        );
     }
     // Execution-time errors map the same way.
     let e: PlanError = smrdb_tstore::Error::DivisionByZero.into();
