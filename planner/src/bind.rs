@@ -274,9 +274,14 @@ impl<'a> Binder<'a> {
             .ok_or(PlanError::UndefinedColumn(n))
     }
 
-    /// Coerces a TEXT literal to `t` (plan-time cast of an "unknown" literal).
+    /// Coerces a TEXT literal to `t` (plan-time cast of an "unknown" literal); a NULL
+    /// literal takes type `t` too (`1 / NULL` is an INT, as in PostgreSQL).
     fn coerce_lit(e: Expr, t: DataType) -> Result<Expr, PlanError> {
         match e {
+            Expr::Literal(Value::Null) if t != DataType::Text => Ok(Expr::Cast {
+                expr: Box::new(Expr::Literal(Value::Null)),
+                to: t,
+            }),
             Expr::Literal(Value::Text(s)) if t != DataType::Text => Ok(Expr::Literal(
                 Value::Text(s).coerce_to(t).map_err(|e| match e {
                     smrdb_tstore::Error::TypeMismatch(m) => PlanError::InvalidText(m),
@@ -294,13 +299,13 @@ impl<'a> Binder<'a> {
         )
     }
 
-    /// Makes string literals on one side take the other side's type.
+    /// Makes string and NULL literals on one side take the other side's type.
     fn harmonize(&self, l: Expr, r: Expr) -> Result<(Expr, Expr), PlanError> {
-        if matches!(l, Expr::Literal(Value::Text(_))) && !Self::is_unknown_lit(&r) {
+        if Self::is_unknown_lit(&l) && !Self::is_unknown_lit(&r) {
             let t = self.ty(&r)?;
             return Ok((Self::coerce_lit(l, t)?, r));
         }
-        if matches!(r, Expr::Literal(Value::Text(_))) && !Self::is_unknown_lit(&l) {
+        if Self::is_unknown_lit(&r) && !Self::is_unknown_lit(&l) {
             let t = self.ty(&l)?;
             return Ok((l, Self::coerce_lit(r, t)?));
         }
@@ -320,7 +325,18 @@ impl<'a> Binder<'a> {
         if has_columns(&e) {
             return Ok(e);
         }
-        Ok(Expr::Literal(e.eval_scalar()?))
+        let v = e.eval_scalar()?;
+        if v.is_null() {
+            // Keep the type: a bare NULL literal would be TEXT.
+            let t = e.data_type(&smrdb_tstore::TableSchema { columns: vec![] })?;
+            if t != DataType::Text {
+                return Ok(Expr::Cast {
+                    expr: Box::new(Expr::Literal(Value::Null)),
+                    to: t,
+                });
+            }
+        }
+        Ok(Expr::Literal(v))
     }
 
     /// Binds a scalar expression.

@@ -261,6 +261,20 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
                     return Err(PlanError::Unsupported("column aliases in FROM".into()));
                 }
             }
+            // `SELECT a FROM WHERE ...`: the parser takes an unquoted keyword as a
+            // table name; PostgreSQL calls that a syntax error.
+            if let [ast::ObjectNamePart::Identifier(i)] = name.0.as_slice() {
+                const RESERVED: &[&str] = &[
+                    "where", "group", "order", "having", "limit", "offset", "select", "from",
+                    "union", "join", "on", "and", "or", "not",
+                ];
+                if i.quote_style.is_none() && RESERVED.contains(&i.value.to_lowercase().as_str()) {
+                    return Err(PlanError::Syntax(format!(
+                        "syntax error at or near \"{}\"",
+                        i.value
+                    )));
+                }
+            }
             (object_name(name)?, alias.as_ref().map(|a| ident(&a.name)))
         }
         TableFactor::Derived { .. } => {

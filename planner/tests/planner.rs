@@ -423,3 +423,25 @@ fn errors() {
     let e: PlanError = smrdb_tstore::Error::DivisionByZero.into();
     assert_eq!(e.sqlstate(), "22012");
 }
+
+#[test]
+fn null_literal_takes_the_other_operands_type() {
+    // Expect: `1 / NULL` is an INT column holding NULL, as in PostgreSQL (not TEXT).
+    match one("SELECT 1 / NULL AS x").unwrap() {
+        Plan::Values { columns, rows } => {
+            assert_eq!(columns, vec![("x".to_string(), DataType::Int)]);
+            assert_eq!(rows, vec![vec![Value::Null]]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn keyword_after_from_is_a_syntax_error() {
+    // Expect: 42601, not "relation where does not exist".
+    let e = one("SELECT a FROM WHERE a > 1").unwrap_err();
+    assert_eq!(e.sqlstate(), "42601", "{e}");
+    // A quoted identifier may be called that.
+    let e = one("SELECT a FROM \"where\"").unwrap_err();
+    assert_eq!(e.sqlstate(), "42P01", "{e}");
+}

@@ -682,8 +682,9 @@ pub(crate) fn cast_array(a: ArrayRef, to: DataType) -> Result<ArrayRef> {
             Ok(Arc::new(s))
         }
         (DataType::Double, DataType::Int | DataType::BigInt) => {
-            // SQL rounds (half away from zero) rather than truncating.
-            let r: Float64Array = a.as_primitive::<Float64Type>().unary(f64::round);
+            // PostgreSQL rounds to the nearest integer, ties to even (rint), rather
+            // than truncating: -4.5 -> -4, 2.5 -> 2, 3.5 -> 4.
+            let r: Float64Array = a.as_primitive::<Float64Type>().unary(f64::round_ties_even);
             let r: ArrayRef = Arc::new(r);
             cast_to(&r, &to.to_arrow())
                 .map_err(|_| Error::Overflow(format!("value out of range for {to}")))

@@ -251,7 +251,7 @@ fn eval_inner(e: &Expr, row: &[Value], s: &TableSchema) -> Result<Value, RefErr>
             let v = eval(expr, row, s)?;
             match (&v, to) {
                 (Value::Double(d), DataType::Int | DataType::BigInt) => {
-                    Value::BigInt(d.round() as i64)
+                    Value::BigInt(d.round_ties_even() as i64)
                         .coerce_to(*to)
                         .map_err(|_| RefErr::Overflow)?
                 }
