@@ -39,6 +39,9 @@ pub struct Options {
     pub depth: usize,
     /// Also run perftest (verbs only).
     pub vs_perftest: bool,
+    /// Every write lands at remote offset 0, as perftest's do (otherwise writes walk
+    /// through a 64 MiB window, as a ring does).
+    pub same_offset: bool,
 }
 
 /// What the run measured (also the `--json` file).
@@ -161,46 +164,65 @@ fn peer_with<F: Fabric>(o: &Options) -> Result<()> {
     let ctl = smrdb_transport::Control::accept(&l, &cfg, 2, F::KIND)?;
     let mut ep = fabric.establish(ctl, Window { offset: 0, len: w })?;
     let mut evs = Vec::with_capacity(64);
-    let mut queue = std::collections::VecDeque::new();
-    let mut last_event = Instant::now();
+    let mut more = Vec::with_capacity(64);
+    // Empty polls since the last event, and when the quiet started (the clock is read
+    // only every SPIN_CHECK empty polls: in the VM it is HPET, a system call plus an
+    // emulated device read, which would add microseconds to every spin).
+    let mut idle = 0u64;
+    let mut quiet_since: Option<Instant> = None;
+    let mut spinning = true;
     loop {
         evs.clear();
         // Spin while messages flow (as perftest does, so latency is not a wake-up
         // measurement); after 5 ms of quiet, block instead, so that during bandwidth
         // runs the peer does not steal the core the driver (or the tcp reader thread)
         // needs on a small machine.
-        let r = if last_event.elapsed() < Duration::from_millis(5) {
+        let r = if spinning {
             ep.poll(&mut evs)
         } else {
             ep.wait(&mut evs, Duration::from_secs(1))
         };
         match r {
             Ok(0) | Err(Error::Timeout { .. }) => {
+                idle += 1;
+                if spinning && idle % SPIN_CHECK == 0 {
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    spinning = since.elapsed() < Duration::from_millis(5);
+                }
                 std::hint::spin_loop();
                 continue;
             }
-            Ok(_) => last_event = Instant::now(),
+            Ok(_) => {
+                idle = 0;
+                quiet_since = None;
+                spinning = true;
+            }
             Err(Error::PeerLost { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        queue.extend(evs.drain(..));
-        while let Some(ev) = queue.pop_front() {
-            let Event::Message(m) = ev else { continue };
-            if m.as_bytes() == b"quit" {
-                return Ok(());
-            }
-            // Echo it; while the send queue is full, keep polling (and keep what
-            // arrives meanwhile).
-            loop {
-                match ep.post_send(m.as_bytes(), 0) {
-                    Ok(()) => break,
-                    Err(Error::Full { .. }) => {
-                        ep.poll(&mut evs)?;
-                        queue.extend(evs.drain(..));
+        // Echo each message straight from `evs`; what arrives while the send queue is
+        // full goes to `more` and is handled next.
+        loop {
+            for ev in &evs {
+                let Event::Message(m) = ev else { continue };
+                if m.as_bytes() == b"quit" {
+                    return Ok(());
+                }
+                loop {
+                    match ep.post_send(m.as_bytes(), 0) {
+                        Ok(()) => break,
+                        Err(Error::Full { .. }) => {
+                            ep.poll(&mut more)?;
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
+            if more.is_empty() {
+                break;
+            }
+            std::mem::swap(&mut evs, &mut more);
+            more.clear();
         }
     }
 }
@@ -260,7 +282,8 @@ fn round_trip<E: Endpoint>(
     done: &mut usize,
 ) -> Result<()> {
     post(ep, evs, done, |e| e.post_send(msg, 0))?;
-    let start = Instant::now();
+    let mut start = None;
+    let mut spins = 0u64;
     loop {
         evs.clear();
         ep.poll(evs)?;
@@ -275,9 +298,52 @@ fn round_trip<E: Endpoint>(
         if got {
             return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(30) {
+        // The clock only now and then (see SPIN_CHECK).
+        spins += 1;
+        if spins % SPIN_CHECK == 0
+            && start.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(30)
+        {
             bail!("no echo from the peer within 30 s");
         }
+    }
+}
+
+/// Spinning loops read the clock once per this many polls.
+const SPIN_CHECK: u64 = 1024;
+
+/// A cheap timestamp for timing single round trips (perftest's way: the TSC), turned
+/// into time by [`Ticks::per_us`] measured over the whole run. Elsewhere: nanoseconds
+/// of `Instant`.
+struct Ticks {
+    t0: Instant,
+    c0: u64,
+}
+
+impl Ticks {
+    fn start() -> Ticks {
+        Ticks {
+            t0: Instant::now(),
+            c0: Ticks::now_raw(),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn now_raw() -> u64 {
+        // SAFETY: RDTSC has no preconditions on x86_64.
+        unsafe { std::arch::x86_64::_rdtsc() }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn now_raw() -> u64 {
+        use std::sync::OnceLock;
+        static T0: OnceLock<Instant> = OnceLock::new();
+        T0.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+
+    /// Ticks per microsecond since `start`.
+    fn per_us(&self) -> f64 {
+        let ticks = Ticks::now_raw().wrapping_sub(self.c0) as f64;
+        ticks / (self.t0.elapsed().as_secs_f64() * 1e6)
     }
 }
 
@@ -330,15 +396,18 @@ fn run_with<F: Fabric>(o: &Options) -> Result<Report> {
     // Latency: warm up, then measure round trips.
     let mut msg = [0u8; MSG_LEN];
     let warm = (o.lat_iters / 10).max(10);
-    let mut rtts = Vec::with_capacity(o.lat_iters);
+    let mut ticks = Vec::with_capacity(o.lat_iters);
+    let clock = Ticks::start();
     for i in 0..warm + o.lat_iters {
         msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let t = Instant::now();
+        let t = Ticks::now_raw();
         round_trip(&mut ep, &msg, &mut evs, &mut done)?;
         if i >= warm {
-            rtts.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+            ticks.push(Ticks::now_raw().wrapping_sub(t));
         }
     }
+    let per_us = clock.per_us();
+    let mut rtts: Vec<f64> = ticks.iter().map(|&t| t as f64 / per_us / 2.0).collect();
     rtts.sort_by(f64::total_cmp);
     let msg_latency_us = Latency {
         p50: percentile(&rtts, 0.50),
@@ -358,7 +427,11 @@ fn run_with<F: Fabric>(o: &Options) -> Result<Report> {
             let mut posted = 0usize;
             let base_done = done;
             for i in 0..count {
-                let off = (i * size) % (window - window % size);
+                let off = if o.same_offset {
+                    0
+                } else {
+                    (i * size) % (window - window % size)
+                };
                 post(&mut ep, &mut evs, &mut done, |e| {
                     e.post_write(0, size, off, i as u64)
                 })?;

@@ -122,6 +122,10 @@ struct TransportArgs {
     /// verbs: also run ib_write_bw / ib_write_lat on the same device and print ratios.
     #[arg(long)]
     vs_perftest: bool,
+    /// Every write lands at remote offset 0 (perftest's pattern) instead of walking a
+    /// 64 MiB window.
+    #[arg(long)]
+    same_offset: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -139,6 +143,7 @@ impl TransportArgs {
             lat_iters: self.lat_iters.max(10),
             depth: self.depth.max(1),
             vs_perftest: self.vs_perftest,
+            same_offset: self.same_offset,
         }
     }
 }

@@ -1,0 +1,320 @@
+//! The cluster file: one TOML (or JSON, by extension `.json`) file every process of a
+//! cluster reads. See `node/examples/cluster.toml` for a documented example.
+//!
+//! ```toml
+//! secret = "change me"          # cluster secret (HMAC bootstrap; never sent)
+//! fabric = "shm"                # shm | tcp | verbs
+//! # verbs_device = "rxe0"       # verbs only; default: first device / $SMRDB_VERBS_DEVICE
+//! # verbs_gid_index = 1         # verbs only; default: a RoCE v2 IPv4 GID
+//! ring_mib = 16                 # receive ring per remote peer
+//! arena_mib = 64                # outgoing arena
+//! chunk_kib = 1024              # largest chunk a message is cut into
+//! task_timeout_s = 60           # how long the primary waits for Tstore replies
+//! connect_timeout_s = 60        # how long a node waits for its peers at start
+//!
+//! [primary]
+//! node = 0
+//! pg_host = "127.0.0.1"
+//! pg_port = 5432
+//!
+//! [[nodes]]
+//! id = 0
+//! router = "127.0.0.1:7100"     # the node's router listens here for peers
+//! tstores = 2
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use smrdb_router::{NodeSpec, RouterConfig};
+use smrdb_transport::{FabricConfig, FabricKind};
+
+use crate::error::{Error, Result};
+
+fn default_ring() -> usize {
+    16
+}
+fn default_arena() -> usize {
+    64
+}
+fn default_chunk() -> usize {
+    1024
+}
+fn default_task_timeout() -> u64 {
+    60
+}
+fn default_connect_timeout() -> u64 {
+    60
+}
+fn default_pg_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// The whole cluster file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The cluster secret every node proves it knows.
+    pub secret: String,
+    /// The fabric.
+    pub fabric: FabricKind,
+    /// verbs: device name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verbs_device: Option<String>,
+    /// verbs: GID index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verbs_gid_index: Option<u32>,
+    /// Receive ring per remote peer, MiB.
+    #[serde(default = "default_ring")]
+    pub ring_mib: usize,
+    /// Outgoing arena, MiB.
+    #[serde(default = "default_arena")]
+    pub arena_mib: usize,
+    /// Largest message chunk, KiB.
+    #[serde(default = "default_chunk")]
+    pub chunk_kib: usize,
+    /// Seconds the primary waits for the replies to one task.
+    #[serde(default = "default_task_timeout")]
+    pub task_timeout_s: u64,
+    /// Seconds a node waits for every peer at start.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_s: u64,
+    /// The primary node.
+    pub primary: Primary,
+    /// Every node, in Tstore-id order (node i's Tstores follow node i-1's).
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// Which node is primary and where it speaks Postgres.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Primary {
+    /// Node id of the primary.
+    pub node: u32,
+    /// Host (address) of the Postgres listener.
+    #[serde(default = "default_pg_host")]
+    pub pg_host: String,
+    /// Port of the Postgres listener.
+    #[serde(default = "default_pg_port")]
+    pub pg_port: u16,
+}
+
+/// One node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// Node id (unique).
+    pub id: u32,
+    /// `host:port` its router listens on for peers.
+    pub router: String,
+    /// Number of Tstores (worker threads) on it.
+    pub tstores: u32,
+}
+
+impl ClusterFile {
+    /// Reads and validates a cluster file: JSON when the name ends in `.json`, TOML
+    /// otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the file and the problem.
+    pub fn load(path: &Path) -> Result<ClusterFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        let cf = Self::parse(&text, is_json)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(cf)
+    }
+
+    /// Parses and validates cluster-file text.
+    ///
+    /// # Errors
+    /// [`Error::Config`].
+    pub fn parse(text: &str, json: bool) -> Result<ClusterFile> {
+        let cf: ClusterFile = if json {
+            serde_json::from_str(text).map_err(|e| Error::Config(e.to_string()))?
+        } else {
+            toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?
+        };
+        cf.validate()?;
+        Ok(cf)
+    }
+
+    /// Writes the file (TOML, or JSON for a `.json` name).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?
+        } else {
+            toml::to_string(self).map_err(|e| Error::Config(e.to_string()))?
+        };
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+
+    /// Checks the file's consistency.
+    ///
+    /// # Errors
+    /// [`Error::Config`] describing the first problem.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.secret.is_empty() {
+            return bad("the cluster secret is empty".into());
+        }
+        if self.nodes.is_empty() {
+            return bad("no nodes".into());
+        }
+        let mut ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.nodes.len() {
+            return bad("duplicate node ids".into());
+        }
+        if self.nodes.iter().any(|n| n.id >= 0x7fff_0000) {
+            return bad("node ids must be below 2147418112".into());
+        }
+        if !self.nodes.iter().any(|n| n.id == self.primary.node) {
+            return bad(format!("primary node {} is not a node", self.primary.node));
+        }
+        if self.total_tstores() == 0 {
+            return bad("the cluster has no Tstores".into());
+        }
+        for n in &self.nodes {
+            if !n.router.contains(':') {
+                return bad(format!(
+                    "node {}: router address {:?} is not host:port",
+                    n.id, n.router
+                ));
+            }
+        }
+        if self.ring_mib == 0 || self.arena_mib == 0 || self.chunk_kib == 0 {
+            return bad("ring_mib, arena_mib and chunk_kib must be > 0".into());
+        }
+        if self.chunk_kib > self.ring_mib * 1024 {
+            return bad("chunk_kib must not exceed the ring".into());
+        }
+        if self.task_timeout_s == 0 || self.connect_timeout_s == 0 {
+            return bad("timeouts must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Total Tstores of the cluster.
+    pub fn total_tstores(&self) -> u32 {
+        self.nodes.iter().map(|n| n.tstores).sum()
+    }
+
+    /// The entry of node `id`.
+    pub fn node(&self, id: u32) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Per-task reply timeout.
+    pub fn task_timeout(&self) -> Duration {
+        Duration::from_secs(self.task_timeout_s)
+    }
+
+    /// The router settings of node `me`.
+    pub fn router_config(&self, me: u32) -> RouterConfig {
+        let mut fc = FabricConfig::new(self.fabric, self.secret.as_bytes().to_vec());
+        if self.verbs_device.is_some() {
+            fc.device = self.verbs_device.clone();
+        }
+        if self.verbs_gid_index.is_some() {
+            fc.gid_index = self.verbs_gid_index;
+        }
+        fc.connect_timeout = Duration::from_secs(self.connect_timeout_s.min(20));
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| NodeSpec {
+                id: n.id,
+                addr: n.router.clone(),
+                tstores: n.tstores,
+            })
+            .collect();
+        let mut rc = RouterConfig::new(me, nodes, fc);
+        rc.ring_bytes = self.ring_mib << 20;
+        rc.arena_bytes = self.arena_mib << 20;
+        rc.max_chunk = self.chunk_kib << 10;
+        rc.connect_timeout = Duration::from_secs(self.connect_timeout_s);
+        rc.backpressure_timeout = self.task_timeout();
+        rc
+    }
+
+    /// The cluster file of a local cluster on loopback: `nodes` nodes with `tstores`
+    /// Tstores each, routers on `router_ports`, node 0 primary on `pg_port`.
+    pub fn local(
+        fabric: FabricKind,
+        nodes: u32,
+        tstores: u32,
+        pg_port: u16,
+        router_ports: &[u16],
+        secret: String,
+    ) -> ClusterFile {
+        ClusterFile {
+            secret,
+            fabric,
+            verbs_device: None,
+            verbs_gid_index: None,
+            ring_mib: 8,
+            arena_mib: 32,
+            chunk_kib: 1024,
+            task_timeout_s: default_task_timeout(),
+            connect_timeout_s: default_connect_timeout(),
+            primary: Primary {
+                node: 0,
+                pg_host: default_pg_host(),
+                pg_port,
+            },
+            nodes: (0..nodes)
+                .map(|i| NodeEntry {
+                    id: i,
+                    router: format!("127.0.0.1:{}", router_ports[i as usize]),
+                    tstores,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_round_trips() {
+        let text = include_str!("../examples/cluster.toml");
+        let cf = ClusterFile::parse(text, false).unwrap();
+        assert_eq!(cf.nodes.len(), 2);
+        assert_eq!(cf.total_tstores(), 4);
+        let again = ClusterFile::parse(&toml::to_string(&cf).unwrap(), false).unwrap();
+        assert_eq!(cf, again);
+        let json = serde_json::to_string(&cf).unwrap();
+        assert_eq!(ClusterFile::parse(&json, true).unwrap(), cf);
+        let rc = cf.router_config(1);
+        assert_eq!(rc.me, 1);
+        assert_eq!(rc.ring_bytes, cf.ring_mib << 20);
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        let text = include_str!("../examples/cluster.toml");
+        for (from, to) in [
+            ("node = 0", "node = 9"),
+            ("fabric = \"shm\"", "fabric = \"ipoib\""),
+            ("id = 1", "id = 0"),
+            ("secret = ", "unknown_key = 1\nsecret = "),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let t = text.replacen(from, to, 1);
+            assert!(ClusterFile::parse(&t, false).is_err(), "{to} accepted");
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The primary controller: sends task requests to Tstores through the router and
+//! gathers exactly one reply per Tstore.
+//!
+//! Callers (statement threads) register a pending task, send, and wait on a channel;
+//! the controller thread ([`Dispatcher::run_controller`]) owns the controller inbox,
+//! reassembles replies and routes each to its task. A lost node fails every task
+//! waiting on one of its Tstores, and every later task that needs it, with an error
+//! naming the node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use smrdb_router::{Addr, Inbound, Inbox, RouterError, RouterHandle};
+
+use crate::error::{Error, Result};
+use crate::proto::{self, Body, Reassembler, Reply, Request, TAG_TASK};
+
+enum Event {
+    Reply(u32, Reply),
+    Lost(u32, String),
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Every Tstore of the cluster (one broadcast).
+    All,
+    /// One Tstore.
+    One(u32),
+}
+
+/// The primary's task dispatcher.
+pub struct Dispatcher {
+    router: RouterHandle,
+    pending: Mutex<HashMap<u64, Sender<Event>>>,
+    lost: Mutex<BTreeMap<u32, String>>,
+    next_task: AtomicU64,
+    timeout: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Dispatcher {
+    /// A dispatcher over `router` waiting up to `timeout` for the replies of a task.
+    pub fn new(router: RouterHandle, timeout: Duration) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            router,
+            pending: Mutex::new(HashMap::new()),
+            lost: Mutex::new(BTreeMap::new()),
+            next_task: AtomicU64::new(1),
+            timeout,
+        })
+    }
+
+    /// The router.
+    pub fn router(&self) -> &RouterHandle {
+        &self.router
+    }
+
+    /// Total Tstores of the cluster.
+    pub fn total_tstores(&self) -> u32 {
+        self.router.map().total_tstores()
+    }
+
+    /// The node holding Tstore `id`.
+    pub fn node_of(&self, id: u32) -> Option<u32> {
+        let m = self.router.map();
+        m.owner_of(id).map(|i| m.nodes()[i].id)
+    }
+
+    /// Nodes known to be lost, with the reason.
+    pub fn lost_nodes(&self) -> BTreeMap<u32, String> {
+        lock(&self.lost).clone()
+    }
+
+    fn check_alive(&self, tstores: &BTreeSet<u32>) -> Result<()> {
+        let lost = lock(&self.lost);
+        for &t in tstores {
+            if let Some(n) = self.node_of(t) {
+                if let Some(reason) = lost.get(&n) {
+                    return Err(Error::NodeLost {
+                        node: n,
+                        reason: format!("{reason} (restart the cluster to recover)"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `req` to `target` and returns one reply per Tstore reached (sorted by
+    /// Tstore id). An `Error` reply is returned as is (see [`first_error`]).
+    ///
+    /// # Errors
+    /// Lost nodes, router failures, timeouts.
+    pub fn call(&self, target: Target, req: Request) -> Result<Vec<(u32, Reply)>> {
+        match target {
+            Target::All => self.exchange(vec![(Addr::ALL_TSTORES, req)]),
+            Target::One(t) => self.exchange(vec![(Addr::tstore(t), req)]),
+        }
+    }
+
+    /// Sends a different request to each listed Tstore (one message each) under one
+    /// task id and gathers the replies.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::call`].
+    pub fn call_each(&self, reqs: Vec<(u32, Request)>) -> Result<Vec<(u32, Reply)>> {
+        self.exchange(
+            reqs.into_iter()
+                .map(|(t, r)| (Addr::tstore(t), r))
+                .collect(),
+        )
+    }
+
+    fn exchange(&self, msgs: Vec<(Addr, Request)>) -> Result<Vec<(u32, Reply)>> {
+        let total = self.total_tstores();
+        let mut expect = BTreeSet::new();
+        for (a, _) in &msgs {
+            if *a == Addr::ALL_TSTORES {
+                expect.extend(0..total);
+            } else {
+                match a.as_tstore() {
+                    Some(t) if t < total => {
+                        if !expect.insert(t) {
+                            return Err(Error::Protocol(format!("two requests for tstore {t}")));
+                        }
+                    }
+                    _ => return Err(Error::Protocol(format!("no such tstore {a:?}"))),
+                }
+            }
+        }
+        if expect.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_alive(&expect)?;
+        let task = self.next_task.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        lock(&self.pending).insert(task, tx);
+        let res = self.send_and_wait(task, msgs, expect, rx);
+        lock(&self.pending).remove(&task);
+        res
+    }
+
+    fn send_and_wait(
+        &self,
+        task: u64,
+        msgs: Vec<(Addr, Request)>,
+        mut expect: BTreeSet<u32>,
+        rx: Receiver<Event>,
+    ) -> Result<Vec<(u32, Reply)>> {
+        let me = Addr::controller(self.router.me());
+        for (dst, req) in msgs {
+            let bytes = proto::encode(task, Body::Request(req))?;
+            self.router
+                .send_bytes(me, dst, TAG_TASK, task, &bytes)
+                .map_err(|e| match e {
+                    RouterError::PeerLost { node, reason } => Error::NodeLost { node, reason },
+                    e => Error::Router(e),
+                })?;
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut replies = Vec::with_capacity(expect.len());
+        while !expect.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Event::Reply(t, r)) => {
+                    if expect.remove(&t) {
+                        replies.push((t, r));
+                    } else {
+                        tracing::warn!(
+                            "task {task}: unexpected or duplicate reply from tstore {t}"
+                        );
+                    }
+                }
+                Ok(Event::Lost(node, reason)) => {
+                    if expect.iter().any(|&t| self.node_of(t) == Some(node)) {
+                        return Err(Error::NodeLost { node, reason });
+                    }
+                }
+                Err(_) => {
+                    let missing: Vec<String> = expect
+                        .iter()
+                        .map(|t| format!("tstore {t} (node {})", self.node_of(*t).unwrap_or(0)))
+                        .collect();
+                    return Err(Error::Timeout {
+                        what: format!("replies from {}", missing.join(", ")),
+                        secs: self.timeout.as_secs(),
+                    });
+                }
+            }
+        }
+        replies.sort_by_key(|(t, _)| *t);
+        Ok(replies)
+    }
+
+    /// The controller thread's loop on the primary: routes replies to their tasks and
+    /// turns lost peers into task failures. Returns when `stop` is set or the router
+    /// shuts down.
+    pub fn run_controller(&self, inbox: Inbox, stop: Arc<AtomicBool>) {
+        let mut asm = Reassembler::new();
+        while !stop.load(Ordering::Relaxed) {
+            let d = match inbox.recv(Duration::from_millis(200)) {
+                Ok(Inbound::Data(d)) => d,
+                Ok(Inbound::PeerLost { node, reason }) => {
+                    tracing::error!("node {node} is lost: {reason}");
+                    asm.forget(node);
+                    lock(&self.lost).insert(node, reason.clone());
+                    for tx in lock(&self.pending).values() {
+                        let _ = tx.send(Event::Lost(node, reason.clone()));
+                    }
+                    continue;
+                }
+                Err(RouterError::Timeout { .. }) => continue,
+                Err(_) => break,
+            };
+            if d.spec.tag != TAG_TASK {
+                tracing::warn!("controller: ignoring a message with tag {:#x}", d.spec.tag);
+                continue;
+            }
+            let obj = match asm.push(d) {
+                Ok(Some(o)) => o,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("controller: {e}");
+                    continue;
+                }
+            };
+            let Some(t) = obj.src.as_tstore() else {
+                tracing::warn!("controller: message from {:?} ignored", obj.src);
+                continue;
+            };
+            if self.node_of(t) != Some(obj.from) {
+                tracing::warn!("controller: tstore {t} does not live on node {}", obj.from);
+                continue;
+            }
+            match proto::decode(&obj.bytes, obj.query) {
+                Ok(env) => match env.body {
+                    Body::Reply(r) => {
+                        let tx = lock(&self.pending).get(&env.task).cloned();
+                        match tx {
+                            Some(tx) => {
+                                let _ = tx.send(Event::Reply(t, r));
+                            }
+                            None => {
+                                tracing::debug!("late reply to task {} from tstore {t}", env.task)
+                            }
+                        }
+                    }
+                    Body::Request(_) => {
+                        tracing::warn!("controller: request from tstore {t} ignored")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("controller: bad message from tstore {t}: {e}");
+                    // Fail the task rather than wait for its timeout.
+                    let tx = lock(&self.pending).get(&obj.query).cloned();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(Event::Reply(
+                            t,
+                            Reply::Error {
+                                sqlstate: "08P01".into(),
+                                message: format!("bad reply from tstore {t}: {e}"),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first `Error` reply as an [`Error::Sql`], if any.
+pub fn first_error(replies: &[(u32, Reply)]) -> Result<()> {
+    for (_, r) in replies {
+        if let Reply::Error { sqlstate, message } = r {
+            return Err(Error::sql(sqlstate, message.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The secondary controller's loop: nothing is addressed to it in this protocol, so it
+/// logs what arrives. Returns `Some(reason)` when the primary is lost (the node
+/// cannot be reached any more and should exit), `None` when stopped.
+pub fn run_secondary_controller(
+    inbox: Inbox,
+    primary: u32,
+    stop: Arc<AtomicBool>,
+) -> Option<String> {
+    while !stop.load(Ordering::Relaxed) {
+        match inbox.recv(Duration::from_millis(200)) {
+            Ok(Inbound::Data(d)) => {
+                tracing::info!(
+                    "controller: message tag {:#x} from {:?} on node {} ({} bytes)",
+                    d.spec.tag,
+                    d.spec.src,
+                    d.from,
+                    d.data.bytes().len()
+                );
+            }
+            Ok(Inbound::PeerLost { node, reason }) => {
+                tracing::warn!("node {node} is lost: {reason}");
+                if node == primary {
+                    return Some(reason);
+                }
+            }
+            Err(RouterError::Timeout { .. }) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}

@@ -1,0 +1,742 @@
+//! The statement engine on the primary: plans SQL with [`smrdb_planner`] against the
+//! catalog and executes each plan through the [`Dispatcher`].
+//!
+//! * writes (DDL, INSERT, UPDATE, DELETE, COPY) are serialised by one lock;
+//! * new rows go round-robin over all N·T Tstores from the table's persisted cursor,
+//!   batched into one message per target Tstore; rows are validated and coerced on
+//!   the primary first, so a bad value rejects the statement before any Tstore
+//!   changes;
+//! * UPDATE / DELETE / SELECT / CREATE / DROP are broadcast to every Tstore;
+//! * the system table [`SYSTEM_TABLE`] is answered from statistics every Tstore
+//!   reports.
+//!
+//! Statements are not transactional across Tstores: a failure on one Tstore (a lost
+//! node, a disk error, a runtime error such as division by zero in an UPDATE) can
+//! leave the others changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::RecordBatch;
+use smrdb_planner::{Catalog as PlannerCatalog, CopySource, InsertSource, Plan, QueryPlan};
+use smrdb_tstore::{
+    decode_batches, AggCall, AggFunc, ColumnDef, DataType, Expr, Fragment, PartialAgg, Slice,
+    TableSchema, Value,
+};
+
+use crate::catalog::Catalog;
+use crate::copy::{self, CopyFormat};
+use crate::dispatch::{first_error, Dispatcher, Target};
+use crate::error::{store_sqlstate, Error, Result};
+use crate::proto::{Reply, Request};
+
+/// Name of the system table: one row per (Tstore, table).
+pub const SYSTEM_TABLE: &str = "smrdb_tstores";
+
+/// Schema of [`SYSTEM_TABLE`]: node, tstore, core, table, rows, bytes.
+pub fn system_schema() -> TableSchema {
+    TableSchema::new(vec![
+        ColumnDef::new("node", DataType::Int, false),
+        ColumnDef::new("tstore", DataType::Int, false),
+        ColumnDef::new("core", DataType::Int, true),
+        ColumnDef::new("table", DataType::Text, false),
+        ColumnDef::new("rows", DataType::BigInt, false),
+        ColumnDef::new("bytes", DataType::BigInt, false),
+    ])
+}
+
+/// A command tag (`INSERT 0 3`, `UPDATE 2`, `CREATE TABLE`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandTag {
+    /// The command word(s).
+    pub command: String,
+    /// The OID field (INSERT only, always 0).
+    pub oid: Option<u32>,
+    /// Row count, when the command reports one.
+    pub rows: Option<u64>,
+}
+
+impl CommandTag {
+    fn new(command: &str) -> Self {
+        CommandTag {
+            command: command.into(),
+            oid: None,
+            rows: None,
+        }
+    }
+    fn rows(command: &str, n: u64) -> Self {
+        CommandTag {
+            rows: Some(n),
+            ..Self::new(command)
+        }
+    }
+}
+
+impl std::fmt::Display for CommandTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.command)?;
+        if let Some(o) = self.oid {
+            write!(f, " {o}")?;
+        }
+        if let Some(r) = self.rows {
+            write!(f, " {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What one statement produced.
+#[derive(Debug)]
+pub enum Output {
+    /// A result set.
+    Rows {
+        /// Column names and types.
+        columns: Vec<(String, DataType)>,
+        /// The rows (one batch, exactly `columns`).
+        batch: RecordBatch,
+        /// `SELECT` or `SHOW`.
+        command: &'static str,
+    },
+    /// A command without rows.
+    Command(CommandTag),
+    /// BEGIN / COMMIT / ROLLBACK (accepted; every statement autocommits).
+    Transaction {
+        /// Whether a transaction block starts (BEGIN) or ends.
+        begin: bool,
+        /// The tag.
+        tag: CommandTag,
+    },
+    /// `COPY ... FROM STDIN`: the front end collects the data and calls
+    /// [`Engine::copy_in`].
+    CopyIn {
+        /// Target table.
+        table: String,
+        /// Input format.
+        format: CopyFormat,
+        /// Number of columns.
+        columns: usize,
+    },
+}
+
+/// Per-connection settings (`SET` / `SHOW`).
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// Settings changed with SET, by lower-case name.
+    pub vars: BTreeMap<String, String>,
+}
+
+/// The statement engine.
+pub struct Engine {
+    disp: Arc<Dispatcher>,
+    catalog: Mutex<Catalog>,
+    write: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The planner's view of the catalog at one moment.
+struct View {
+    tables: BTreeMap<String, (TableSchema, u64)>,
+}
+
+impl PlannerCatalog for View {
+    fn table(&self, name: &str) -> Option<TableSchema> {
+        if name == SYSTEM_TABLE {
+            return Some(system_schema());
+        }
+        self.tables.get(name).map(|t| t.0.clone())
+    }
+    fn row_count(&self, name: &str) -> Option<u64> {
+        self.tables.get(name).map(|t| t.1)
+    }
+}
+
+fn undefined_table(name: &str) -> Error {
+    Error::sql("42P01", format!("relation \"{name}\" does not exist"))
+}
+
+fn count(replies: &[(u32, Reply)]) -> u64 {
+    replies
+        .iter()
+        .map(|(_, r)| match r {
+            Reply::Ack { count } => *count,
+            _ => 0,
+        })
+        .sum()
+}
+
+impl Engine {
+    /// An engine over `disp` and `catalog`.
+    pub fn new(disp: Arc<Dispatcher>, catalog: Catalog) -> Engine {
+        Engine {
+            disp,
+            catalog: Mutex::new(catalog),
+            write: Mutex::new(()),
+        }
+    }
+
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.disp
+    }
+
+    fn view(&self) -> View {
+        View {
+            tables: lock(&self.catalog)
+                .tables()
+                .map(|t| (t.name.clone(), (t.schema.clone(), t.cursor)))
+                .collect(),
+        }
+    }
+
+    fn schema_of(&self, table: &str) -> Result<TableSchema> {
+        lock(&self.catalog)
+            .get(table)
+            .map(|t| t.schema.clone())
+            .ok_or_else(|| undefined_table(table))
+    }
+
+    /// Plans one statement (no `;`-separated lists: see
+    /// [`crate::sqltext::split_statements`]).
+    ///
+    /// # Errors
+    /// The planner's error.
+    pub fn plan(&self, sql: &str) -> Result<Vec<Plan>> {
+        Ok(smrdb_planner::plan_sql(sql, &self.view())?)
+    }
+
+    /// Result columns of a statement, if it returns rows (for Describe).
+    ///
+    /// # Errors
+    /// The planner's error.
+    pub fn describe(&self, sql: &str) -> Result<Option<Vec<(String, DataType)>>> {
+        let plans = self.plan(sql)?;
+        Ok(match plans.last() {
+            Some(Plan::Query(q)) => Some(q.columns.clone()),
+            Some(Plan::Values { columns, .. }) => Some(columns.clone()),
+            Some(Plan::Show { name }) => Some(vec![(name.to_lowercase(), DataType::Text)]),
+            _ => None,
+        })
+    }
+
+    /// Plans and runs one statement.
+    ///
+    /// # Errors
+    /// Planning and execution errors, with SQLSTATEs.
+    pub fn execute_sql(&self, sql: &str, session: &mut Session) -> Result<Vec<Output>> {
+        let plans = self.plan(sql)?;
+        let mut out = Vec::with_capacity(plans.len());
+        for p in plans {
+            out.push(self.execute(p, session)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs one plan.
+    ///
+    /// # Errors
+    /// Execution errors, with SQLSTATEs.
+    pub fn execute(&self, plan: Plan, session: &mut Session) -> Result<Output> {
+        match plan {
+            Plan::CreateTable {
+                name,
+                schema,
+                if_not_exists,
+            } => self.create_table(&name, schema, if_not_exists),
+            Plan::DropTable { names, if_exists } => self.drop_tables(&names, if_exists),
+            Plan::Insert { table, source } => {
+                let rows = match source {
+                    InsertSource::Values(rows) => rows,
+                    InsertSource::Query { plan, targets } => {
+                        let batch = self.query(&plan)?;
+                        let src = batch_rows(&batch)?;
+                        src.into_iter()
+                            .map(|r| {
+                                targets
+                                    .iter()
+                                    .map(|t| {
+                                        t.and_then(|i| r.get(i).cloned()).unwrap_or(Value::Null)
+                                    })
+                                    .collect()
+                            })
+                            .collect()
+                    }
+                };
+                let n = self.insert_rows(&table, rows)?;
+                Ok(Output::Command(CommandTag {
+                    command: "INSERT".into(),
+                    oid: Some(0),
+                    rows: Some(n),
+                }))
+            }
+            Plan::Copy {
+                table,
+                source,
+                format,
+            } => {
+                let schema = self.schema_of(&table)?;
+                let format = CopyFormat {
+                    text: format.quote == 0,
+                    columns: format.columns,
+                    header: format.header,
+                    delimiter: format.delimiter,
+                    null: format.null,
+                    quote: format.quote,
+                };
+                match source {
+                    CopySource::Stdin => Ok(Output::CopyIn {
+                        table,
+                        format,
+                        columns: schema.columns.len(),
+                    }),
+                    CopySource::File(path) => {
+                        let data = std::fs::read(&path).map_err(|e| {
+                            Error::sql(
+                                "58P01",
+                                format!("could not open file \"{path}\" for reading: {e}"),
+                            )
+                        })?;
+                        let n = self.copy_in(&table, &format, &data)?;
+                        Ok(Output::Command(CommandTag::rows("COPY", n)))
+                    }
+                }
+            }
+            Plan::Update {
+                table,
+                assignments,
+                filter,
+            } => {
+                let _w = lock(&self.write);
+                let schema = self.schema_of(&table)?;
+                // All or nothing: every Tstore first evaluates the new values (without
+                // changing anything); only if none fails do they apply them. Writes are
+                // serialised by `self.write`, so nothing changes in between.
+                self.dry_run_update(&table, &schema, &assignments, &filter)?;
+                let r = self.disp.call(
+                    Target::All,
+                    Request::Update {
+                        table,
+                        assignments,
+                        filter,
+                    },
+                )?;
+                first_error(&r)?;
+                Ok(Output::Command(CommandTag::rows("UPDATE", count(&r))))
+            }
+            Plan::Delete { table, filter } => {
+                let _w = lock(&self.write);
+                self.schema_of(&table)?;
+                let r = self
+                    .disp
+                    .call(Target::All, Request::Delete { table, filter })?;
+                first_error(&r)?;
+                Ok(Output::Command(CommandTag::rows("DELETE", count(&r))))
+            }
+            Plan::Query(q) => {
+                let batch = self.query(&q)?;
+                Ok(Output::Rows {
+                    columns: q.columns.clone(),
+                    batch,
+                    command: "SELECT",
+                })
+            }
+            Plan::Values { columns, rows } => {
+                // Internal column names: SQL allows duplicate output names
+                // (`SELECT 1, 2`); the client sees `columns`.
+                let schema = TableSchema::new(
+                    columns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (_, t))| ColumnDef::new(format!("c{i}"), *t, true))
+                        .collect(),
+                );
+                let batch = rows_to_batch(&schema, &rows)?;
+                Ok(Output::Rows {
+                    columns,
+                    batch,
+                    command: "SELECT",
+                })
+            }
+            Plan::Set { name, value } => {
+                session.vars.insert(name.to_lowercase(), value);
+                Ok(Output::Command(CommandTag::new("SET")))
+            }
+            Plan::Show { name } => {
+                let key = name.to_lowercase();
+                let value = session
+                    .vars
+                    .get(&key)
+                    .cloned()
+                    .or_else(|| default_setting(&key).map(str::to_string))
+                    .ok_or_else(|| {
+                        Error::sql(
+                            "42704",
+                            format!("unrecognized configuration parameter \"{name}\""),
+                        )
+                    })?;
+                let schema =
+                    TableSchema::new(vec![ColumnDef::new(key.clone(), DataType::Text, true)]);
+                let batch = rows_to_batch(&schema, &[vec![Value::Text(value)]])?;
+                Ok(Output::Rows {
+                    columns: vec![(key, DataType::Text)],
+                    batch,
+                    command: "SHOW",
+                })
+            }
+            Plan::Transaction { kind } => {
+                let k = kind.to_uppercase();
+                let (begin, tag) = if k.starts_with("BEGIN") || k.starts_with("START") {
+                    (true, "BEGIN")
+                } else if k.starts_with("ROLLBACK") || k.starts_with("ABORT") {
+                    (false, "ROLLBACK")
+                } else {
+                    (false, "COMMIT")
+                };
+                Ok(Output::Transaction {
+                    begin,
+                    tag: CommandTag::new(tag),
+                })
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(Error::sql(
+                "0A000",
+                format!("statement not supported by this node: {other:?}"),
+            )),
+        }
+    }
+
+    fn create_table(&self, name: &str, schema: TableSchema, if_not_exists: bool) -> Result<Output> {
+        let _w = lock(&self.write);
+        let tag = Output::Command(CommandTag::new("CREATE TABLE"));
+        if name == SYSTEM_TABLE || lock(&self.catalog).get(name).is_some() {
+            if if_not_exists {
+                return Ok(tag);
+            }
+            return Err(Error::sql(
+                "42P07",
+                format!("relation \"{name}\" already exists"),
+            ));
+        }
+        // Validate the schema the way a Tstore will, before any Tstore sees it.
+        Slice::new(schema.clone()).map_err(|e| Error::sql(store_sqlstate(&e), e.to_string()))?;
+        let r = self.disp.call(
+            Target::All,
+            Request::CreateTable {
+                name: name.to_string(),
+                schema: schema.clone(),
+            },
+        )?;
+        first_error(&r)?;
+        let mut c = lock(&self.catalog);
+        c.insert(name, schema);
+        c.save()?;
+        Ok(tag)
+    }
+
+    fn drop_tables(&self, names: &[String], if_exists: bool) -> Result<Output> {
+        let _w = lock(&self.write);
+        let mut present = Vec::new();
+        {
+            let c = lock(&self.catalog);
+            for n in names {
+                if c.get(n).is_some() {
+                    present.push(n.clone());
+                } else if n == SYSTEM_TABLE {
+                    return Err(Error::sql("42809", format!("\"{n}\" is a system table")));
+                } else if !if_exists {
+                    return Err(Error::sql("42P01", format!("table \"{n}\" does not exist")));
+                }
+            }
+        }
+        for n in present {
+            let r = self
+                .disp
+                .call(Target::All, Request::DropTable { name: n.clone() })?;
+            first_error(&r)?;
+            let mut c = lock(&self.catalog);
+            c.remove(&n);
+            c.save()?;
+        }
+        Ok(Output::Command(CommandTag::new("DROP TABLE")))
+    }
+
+    /// Validates, coerces and inserts rows round-robin; returns the number inserted.
+    ///
+    /// # Errors
+    /// Bad values (nothing is inserted), lost nodes, Tstore errors.
+    pub fn insert_rows(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64> {
+        let _w = lock(&self.write);
+        let (schema, cursor) = {
+            let c = lock(&self.catalog);
+            let t = c.get(table).ok_or_else(|| undefined_table(table))?;
+            (t.schema.clone(), t.cursor)
+        };
+        let nt = u64::from(self.disp.total_tstores());
+        let mut buckets: Vec<Vec<Vec<Value>>> = vec![Vec::new(); nt as usize];
+        let n = rows.len() as u64;
+        for (i, row) in rows.into_iter().enumerate() {
+            let row = coerce_row(&schema, table, row)?;
+            buckets[((cursor + i as u64) % nt) as usize].push(row);
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let reqs: Vec<(u32, Request)> = buckets
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(t, rows)| {
+                (
+                    t as u32,
+                    Request::Insert {
+                        table: table.to_string(),
+                        rows,
+                    },
+                )
+            })
+            .collect();
+        let res = self.disp.call_each(reqs);
+        // Whatever reached the Tstores, the cursor moves on (it only decides balance).
+        {
+            let mut c = lock(&self.catalog);
+            c.set_cursor(table, cursor + n);
+            c.save()?;
+        }
+        let r = res?;
+        first_error(&r)?;
+        Ok(count(&r))
+    }
+
+    /// Loads `data` (the whole COPY input) into `table`: parsed completely first, so a
+    /// bad line loads nothing.
+    ///
+    /// # Errors
+    /// Parse errors naming the line; as [`Engine::insert_rows`].
+    pub fn copy_in(&self, table: &str, format: &CopyFormat, data: &[u8]) -> Result<u64> {
+        let schema = self.schema_of(table)?;
+        let rows = copy::parse(data, table, &schema, format)?;
+        self.insert_rows(table, rows)
+    }
+
+    /// Evaluates an UPDATE's new values on every Tstore, changing nothing: each Tstore
+    /// counts, over the rows the filter selects, the new values cast to their column's
+    /// type. An error on any row (division by zero, overflow, a bad cast) fails here,
+    /// and a NULL bound for a NOT NULL column shows as a count below the row count.
+    ///
+    /// # Errors
+    /// The first Tstore's error; SQLSTATE 23502 for a NOT NULL violation.
+    fn dry_run_update(
+        &self,
+        table: &str,
+        schema: &TableSchema,
+        assignments: &[(usize, Expr)],
+        filter: &Option<Expr>,
+    ) -> Result<()> {
+        let col = |i: usize| {
+            schema
+                .columns
+                .get(i)
+                .ok_or_else(|| Error::Protocol(format!("update of column {i} of {table}")))
+        };
+        let mut aggs = vec![AggCall {
+            func: AggFunc::CountStar,
+            arg: None,
+        }];
+        for (c, e) in assignments {
+            aggs.push(AggCall {
+                func: AggFunc::Count,
+                arg: Some(Expr::Cast {
+                    expr: Box::new(e.clone()),
+                    to: col(*c)?.data_type,
+                }),
+            });
+        }
+        let agg = PartialAgg {
+            group_by: vec![],
+            aggs,
+        };
+        let r = self.disp.call(
+            Target::All,
+            Request::Query {
+                fragment: Fragment {
+                    table: table.to_string(),
+                    filter: filter.clone(),
+                    projection: vec![],
+                    partial_agg: Some(agg.clone()),
+                },
+            },
+        )?;
+        first_error(&r)?;
+        let mut partials = Vec::new();
+        for (t, reply) in r {
+            match reply {
+                Reply::Result { ipc } => partials.extend(decode_batches(&ipc)?),
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "tstore {t} answered a query with {other:?}"
+                    )))
+                }
+            }
+        }
+        if partials.is_empty() {
+            return Ok(());
+        }
+        let fin = agg.merge_finalize(&partials)?;
+        let count =
+            |k: usize| -> Result<Value> { Ok(Value::from_array(fin.column(k).as_ref(), 0)?) };
+        let rows = count(0)?;
+        for (k, (c, _)) in assignments.iter().enumerate() {
+            let c = col(*c)?;
+            if !c.nullable && count(k + 1)? != rows {
+                return Err(Error::sql(
+                    "23502",
+                    format!(
+                        "null value in column \"{}\" of relation \"{table}\" violates not-null constraint",
+                        c.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a distributed query: every Tstore runs the fragment, the primary gathers
+    /// and post-processes.
+    ///
+    /// # Errors
+    /// Tstore, planner and dispatch errors.
+    pub fn query(&self, q: &QueryPlan) -> Result<RecordBatch> {
+        let gathered = if q.table == SYSTEM_TABLE {
+            let rows = self.system_rows()?;
+            let mut slice = Slice::new(system_schema())?;
+            slice.insert(&rows)?;
+            slice.execute(&q.fragment)?
+        } else {
+            self.schema_of(&q.table)?;
+            let r = self.disp.call(
+                Target::All,
+                Request::Query {
+                    fragment: q.fragment.clone(),
+                },
+            )?;
+            first_error(&r)?;
+            let mut batches = Vec::new();
+            for (t, reply) in r {
+                match reply {
+                    Reply::Result { ipc } => batches.extend(decode_batches(&ipc)?),
+                    other => {
+                        return Err(Error::Protocol(format!(
+                            "tstore {t} answered a query with {other:?}"
+                        )))
+                    }
+                }
+            }
+            batches
+        };
+        Ok(q.finish.apply(gathered)?)
+    }
+
+    /// The rows of [`SYSTEM_TABLE`]: (node, tstore, core, table, rows, bytes).
+    ///
+    /// # Errors
+    /// Dispatch errors.
+    pub fn system_rows(&self) -> Result<Vec<Vec<Value>>> {
+        let r = self.disp.call(Target::All, Request::Stats)?;
+        first_error(&r)?;
+        let mut rows = Vec::new();
+        for (t, reply) in r {
+            let Reply::Stats { core, tables } = reply else {
+                return Err(Error::Protocol(format!(
+                    "tstore {t} answered stats with {reply:?}"
+                )));
+            };
+            let node = self.disp.node_of(t).unwrap_or(0);
+            for s in tables {
+                rows.push(vec![
+                    Value::Int(node as i32),
+                    Value::Int(t as i32),
+                    core.map(|c| Value::Int(c as i32)).unwrap_or(Value::Null),
+                    Value::Text(s.name),
+                    Value::BigInt(s.rows as i64),
+                    Value::BigInt(s.bytes as i64),
+                ]);
+            }
+        }
+        Ok(rows)
+    }
+}
+
+fn default_setting(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_version" => "16.6",
+        "server_version_num" => "160006",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "datestyle" => "ISO, MDY",
+        "timezone" => "UTC",
+        "standard_conforming_strings" | "integer_datetimes" => "on",
+        "transaction_isolation" | "default_transaction_isolation" => "read committed",
+        "search_path" => "public",
+        "application_name" => "",
+        "extra_float_digits" => "1",
+        "max_identifier_length" => "63",
+        _ => return None,
+    })
+}
+
+/// Checks a row against the table: width, NOT NULL, and coerces every value to its
+/// column type.
+///
+/// # Errors
+/// 42601 (width), 23502 (NULL), the coercion's SQLSTATE.
+pub fn coerce_row(schema: &TableSchema, table: &str, row: Vec<Value>) -> Result<Vec<Value>> {
+    if row.len() != schema.columns.len() {
+        return Err(Error::sql(
+            "42601",
+            format!(
+                "INSERT into \"{table}\" has {} values for {} columns",
+                row.len(),
+                schema.columns.len()
+            ),
+        ));
+    }
+    row.into_iter()
+        .zip(&schema.columns)
+        .map(|(v, c)| {
+            if v.is_null() {
+                if !c.nullable {
+                    return Err(Error::sql(
+                        "23502",
+                        format!(
+                            "null value in column \"{}\" of relation \"{table}\" violates not-null constraint",
+                            c.name
+                        ),
+                    ));
+                }
+                return Ok(Value::Null);
+            }
+            v.coerce_to(c.data_type)
+                .map_err(|e| Error::sql(store_sqlstate(&e), e.to_string()))
+        })
+        .collect()
+}
+
+/// One batch holding `rows` of `schema`.
+///
+/// # Errors
+/// Values that do not fit the schema.
+pub fn rows_to_batch(schema: &TableSchema, rows: &[Vec<Value>]) -> Result<RecordBatch> {
+    let mut s = Slice::with_chunk_rows(schema.clone(), usize::MAX)?;
+    s.insert(rows)?; // one insert = one batch
+    let first = s.batches().next().cloned();
+    Ok(first.unwrap_or_else(|| RecordBatch::new_empty(s.arrow_schema())))
+}
+
+/// A batch's rows as values.
+///
+/// # Errors
+/// Unsupported column types.
+pub fn batch_rows(b: &RecordBatch) -> Result<Vec<Vec<Value>>> {
+    Ok(smrdb_tstore::slice::batches_to_rows(std::iter::once(b))?)
+}

@@ -1,0 +1,268 @@
+//! A running node: router, controller thread, Tstore threads, and on the primary the
+//! catalog, engine and Postgres listener.
+//!
+//! Data directory layout (`--data-dir D`):
+//!
+//! ```text
+//! D/node-K/catalog.json      the primary's catalog (see crate::catalog)
+//! D/node-K/tstore-i/         local Tstore i's store: wal.log, MANIFEST.json, *.arrow
+//! ```
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use smrdb_router::placement::Placement;
+use smrdb_router::{Inbox, Router, RouterConfig};
+use smrdb_transport::{Fabric, FabricKind};
+use smrdb_tstore::Store;
+
+use crate::catalog::Catalog;
+use crate::config::ClusterFile;
+use crate::dispatch::{run_secondary_controller, Dispatcher};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::worker::Tstore;
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The cluster.
+    pub cluster: ClusterFile,
+    /// This node's id.
+    pub id: u32,
+    /// Persistent state root, or volatile.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// How a node ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop.
+    Stopped,
+    /// A secondary lost the primary (it cannot be reached again).
+    PrimaryLost(String),
+}
+
+fn start_router(
+    cfg: RouterConfig,
+    kind: FabricKind,
+    l: TcpListener,
+) -> Result<(Router, Vec<Inbox>)> {
+    fn go<F: Fabric>(cfg: RouterConfig, l: TcpListener) -> Result<(Router, Vec<Inbox>)> {
+        Ok(Router::start::<F>(cfg, l)?)
+    }
+    match kind {
+        FabricKind::Shm => go::<smrdb_transport::shm::Shm>(cfg, l),
+        FabricKind::Tcp => go::<smrdb_transport::tcp::Tcp>(cfg, l),
+        #[cfg(feature = "verbs")]
+        FabricKind::Verbs => go::<smrdb_transport::verbs::Verbs>(cfg, l),
+        #[cfg(not(feature = "verbs"))]
+        FabricKind::Verbs => Err(Error::Config(
+            "this smrdb was built without the verbs feature".into(),
+        )),
+    }
+}
+
+/// Runs a node until `stop` is set (or, on a secondary, the primary is lost).
+///
+/// `ready` is called once the node serves (the primary: its Postgres listener is
+/// bound).
+///
+/// # Errors
+/// Configuration, router start-up (peers that do not come up), store and catalog
+/// errors.
+pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -> Result<Exit> {
+    let cf = &opts.cluster;
+    let me = cf
+        .node(opts.id)
+        .ok_or_else(|| Error::Config(format!("node {} is not in the cluster file", opts.id)))?
+        .clone();
+    let primary = cf.primary.node == opts.id;
+    let node_dir = opts
+        .data_dir
+        .as_ref()
+        .map(|d| d.join(format!("node-{}", opts.id)));
+    if let Some(d) = &node_dir {
+        std::fs::create_dir_all(d)?;
+    }
+    // The primary's catalog first: a data dir written for another cluster size is
+    // refused before anything starts.
+    let catalog = if primary {
+        Some(match &node_dir {
+            Some(d) => Catalog::open(d, cf.total_tstores())?,
+            None => Catalog::in_memory(cf.total_tstores()),
+        })
+    } else {
+        None
+    };
+
+    let listener = TcpListener::bind(&me.router)
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", me.router)))?;
+    let mut rc = cf.router_config(opts.id);
+    let placement = Arc::new(Placement::detect());
+    let nic = match (cf.fabric, &cf.verbs_device) {
+        (FabricKind::Verbs, Some(dev)) => Placement::nic_numa_node(dev),
+        _ => None,
+    };
+    let (cores, router_core) = placement.plan(me.tstores as usize, nic);
+    rc.router_core = Some(router_core);
+    tracing::info!(
+        "node {}: starting router on {} ({} fabric), waiting for {} peer(s)",
+        opts.id,
+        me.router,
+        cf.fabric,
+        cf.nodes.len() - 1
+    );
+    let (router, mut inboxes) = start_router(rc, cf.fabric, listener)?;
+    let handle = router.handle();
+    tracing::info!("node {}: router up, all peers connected", opts.id);
+    if inboxes.len() != 1 + me.tstores as usize {
+        return Err(Error::Config(
+            "router returned an unexpected number of inboxes".into(),
+        ));
+    }
+    let tstore_inboxes: Vec<Inbox> = inboxes.drain(1..).collect();
+    let controller_inbox = inboxes
+        .pop()
+        .ok_or_else(|| Error::Config("no controller inbox".into()))?;
+
+    // Tstore threads: pin first, then open the store on that core (first touch).
+    let worker_stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<()>>();
+    for (i, (inbox, id)) in tstore_inboxes
+        .into_iter()
+        .zip(handle.local_tstores())
+        .enumerate()
+    {
+        let core = cores[i];
+        let dir = node_dir.as_ref().map(|d| d.join(format!("tstore-{i}")));
+        let placement = placement.clone();
+        let router = handle.clone();
+        let stop = worker_stop.clone();
+        let tx = ready_tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("tstore-{id}"))
+            .spawn(move || {
+                let pinned = match placement.pin_current_thread(core) {
+                    Ok(()) => Some(core as u32),
+                    Err(e) => {
+                        tracing::warn!("tstore {id}: not pinned: {e}");
+                        None
+                    }
+                };
+                let store = match &dir {
+                    Some(d) => Store::open(d),
+                    None => Ok(Store::in_memory()),
+                };
+                let store = match store {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::Store(e)));
+                        return;
+                    }
+                };
+                tracing::info!(
+                    "tstore {id}: core {core}, {} table(s){}",
+                    store.table_names().len(),
+                    dir.as_ref()
+                        .map(|d| format!(", {}", d.display()))
+                        .unwrap_or_default()
+                );
+                let _ = tx.send(Ok(()));
+                Tstore {
+                    id,
+                    store,
+                    inbox,
+                    router,
+                    core: pinned,
+                    stop,
+                }
+                .run()
+            })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..threads.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(Error::Config("a tstore thread died at start".into())),
+        }
+    }
+    let stop_all = |threads: Vec<std::thread::JoinHandle<()>>, router: Router| {
+        worker_stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        router.shutdown();
+    };
+    if let Some(e) = failure {
+        stop_all(threads, router);
+        return Err(e);
+    }
+
+    let exit = if let Some(catalog) = catalog {
+        let disp = Dispatcher::new(handle.clone(), cf.task_timeout());
+        let ctl_stop = Arc::new(AtomicBool::new(false));
+        let ctl = {
+            let disp = disp.clone();
+            let s = ctl_stop.clone();
+            std::thread::Builder::new()
+                .name("controller".into())
+                .spawn(move || disp.run_controller(controller_inbox, s))?
+        };
+        let engine = Arc::new(Engine::new(disp, catalog));
+        let addr = format!("{}:{}", cf.primary.pg_host, cf.primary.pg_port);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("pg")
+            .build()?;
+        let served: Result<()> = rt.block_on(async {
+            let l = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| Error::Config(format!("cannot listen for Postgres on {addr}: {e}")))?;
+            ready(&addr);
+            let s = stop.clone();
+            let stopped = async move {
+                while !s.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            crate::pg::serve(l, engine, stopped).await;
+            Ok(())
+        });
+        rt.shutdown_timeout(Duration::from_secs(2));
+        ctl_stop.store(true, Ordering::Relaxed);
+        let _ = ctl.join();
+        served.map(|_| Exit::Stopped)
+    } else {
+        ready("");
+        Ok(
+            match run_secondary_controller(controller_inbox, cf.primary.node, stop.clone()) {
+                Some(reason) => {
+                    // A cluster being stopped loses its primary first: give our own stop
+                    // signal a moment before calling it a failure.
+                    let grace = std::time::Instant::now() + Duration::from_secs(1);
+                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < grace {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        Exit::Stopped
+                    } else {
+                        Exit::PrimaryLost(reason)
+                    }
+                }
+                None => Exit::Stopped,
+            },
+        )
+    };
+    tracing::info!("node {}: stopping", opts.id);
+    stop_all(threads, router);
+    exit
+}

@@ -1,0 +1,561 @@
+//! End-to-end tests with real processes: `smrdb cluster` (2 nodes x 2 Tstores) on shm
+//! and tcp, SQL through the `postgres` crate (and `psql` when installed), and a
+//! kill -9 / restart from the same data directory.
+//!
+//! Run in release (`cargo test --release -p smrdb-node`); every child process is
+//! killed by a drop guard, even when a test fails.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use smrdb_node::config::ClusterFile;
+use smrdb_transport::FabricKind;
+
+const BIN: &str = env!("CARGO_BIN_EXE_smrdb");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn kill_pid(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `smrdb cluster` in the background; killed (with its nodes) on drop.
+struct LocalCluster {
+    child: Child,
+    log: std::path::PathBuf,
+    node_pids: Vec<u32>,
+    port: u16,
+}
+
+impl LocalCluster {
+    fn start(fabric: &str, data_dir: &Path) -> LocalCluster {
+        let port = free_port();
+        let mut child = Command::new(BIN)
+            .args([
+                "cluster",
+                "--nodes",
+                "2",
+                "--tstores",
+                "2",
+                "--fabric",
+                fabric,
+            ])
+            .args(["--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(data_dir.join("cluster.log")).unwrap())
+            .spawn()
+            .expect("smrdb cluster starts");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line); // keep draining after the test stops listening
+            }
+        });
+        let mut c = LocalCluster {
+            child,
+            log: data_dir.join("cluster.log"),
+            node_pids: Vec::new(),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("cluster prints its readiness");
+            if let Some(rest) = line.strip_prefix("node ") {
+                if let Some((_, pid)) = rest.split_once(" pid ") {
+                    c.node_pids.push(pid.trim().parse().unwrap());
+                }
+            }
+            if line.starts_with("smrdb cluster ready") {
+                break;
+            }
+        }
+        assert_eq!(c.node_pids.len(), 2);
+        c
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- cluster log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for &p in &self.node_pids {
+            kill_pid(p);
+        }
+    }
+}
+
+/// `smrdb node` processes started directly; killed -9 on drop.
+struct Nodes(Vec<Child>);
+
+impl Nodes {
+    fn start(cluster: &Path, n: u32, data_dir: &Path) -> Nodes {
+        Nodes(
+            (0..n)
+                .map(|id| {
+                    Command::new(BIN)
+                        .arg("node")
+                        .arg("--cluster")
+                        .arg(cluster)
+                        .args(["--id", &id.to_string()])
+                        .arg("--data-dir")
+                        .arg(data_dir)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("smrdb node starts")
+                })
+                .collect(),
+        )
+    }
+
+    fn kill9(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn connect(port: u16) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if let Ok(c) = Client::connect(
+                &format!("host=127.0.0.1 port={port} user=smrdb dbname=smrdb"),
+                NoTls,
+            ) {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "no connection on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sqlstate(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("not a db error: {e}"))
+}
+
+/// Text rows of a simple query.
+fn text_rows(c: &mut Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    c.simple_query(sql)
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn tstore_rows(c: &mut Client, table: &str) -> Vec<i64> {
+    c.query(
+        "SELECT tstore, rows FROM smrdb_tstores WHERE \"table\" = $1 ORDER BY tstore",
+        &[&table],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<_, i64>(1))
+    .collect()
+}
+
+fn sql_suite(fabric: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = LocalCluster::start(fabric, dir.path());
+    let mut c = connect(cl.port);
+
+    // DDL and inserts (extended protocol: counts come from the command tags).
+    assert_eq!(
+        c.execute(
+            "CREATE TABLE t (id INT NOT NULL, name TEXT, score DOUBLE PRECISION, d DATE, ok BOOLEAN, big BIGINT)",
+            &[]
+        )
+        .unwrap(),
+        0
+    );
+    let n = c
+        .execute(
+            "INSERT INTO t VALUES (1, 'one', 1.5, '2024-01-02', true, 10000000000), \
+             (2, 'two', NULL, NULL, false, 2), (3, NULL, -3.25, '1999-12-31', NULL, NULL)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(n, 3);
+    for i in 4..=10 {
+        let n = c
+            .execute(
+                &format!("INSERT INTO t (id, name, score) VALUES ({i}, 'n{i}', {i}.0)"),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    // Typed results (binary format through the extended protocol).
+    let rows = c
+        .query(
+            "SELECT id, name, score, ok, big FROM t WHERE id <= 3 ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].get::<_, i32>(0), 1);
+    assert_eq!(rows[0].get::<_, Option<String>>(1).as_deref(), Some("one"));
+    assert_eq!(rows[0].get::<_, Option<f64>>(2), Some(1.5));
+    assert_eq!(rows[0].get::<_, Option<bool>>(3), Some(true));
+    assert_eq!(rows[0].get::<_, Option<i64>>(4), Some(10_000_000_000));
+    assert_eq!(rows[1].get::<_, Option<f64>>(2), None);
+    assert_eq!(rows[2].get::<_, Option<String>>(1), None);
+    // Column types on the wire.
+    let types: Vec<String> = rows[0]
+        .columns()
+        .iter()
+        .map(|c| c.type_().name().to_string())
+        .collect();
+    assert_eq!(types, ["int4", "text", "float8", "bool", "int8"]);
+    // Text format (simple protocol), dates included.
+    assert_eq!(
+        text_rows(&mut c, "SELECT id, d, ok FROM t WHERE id <= 3 ORDER BY id"),
+        vec![
+            vec![
+                Some("1".into()),
+                Some("2024-01-02".into()),
+                Some("t".into())
+            ],
+            vec![Some("2".into()), None, Some("f".into())],
+            vec![Some("3".into()), Some("1999-12-31".into()), None],
+        ]
+    );
+    // A typed parameter.
+    let st = c
+        .prepare_typed(
+            "SELECT name FROM t WHERE id = $1",
+            &[postgres::types::Type::INT4],
+        )
+        .unwrap();
+    let r = c.query(&st, &[&7i32]).unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "n7");
+
+    // Aggregates.
+    let r = c.query("SELECT count(*), sum(id) FROM t", &[]).unwrap();
+    assert_eq!(r[0].get::<_, i64>(0), 10);
+    assert_eq!(r[0].get::<_, i64>(1), 55);
+
+    // UPDATE / DELETE counts (broadcast, summed over Tstores).
+    assert_eq!(
+        c.execute("UPDATE t SET score = score * 2 WHERE id > 5", &[])
+            .unwrap(),
+        5
+    );
+    let r = c.query("SELECT score FROM t WHERE id = 10", &[]).unwrap();
+    assert_eq!(r[0].get::<_, f64>(0), 20.0);
+    assert_eq!(c.execute("DELETE FROM t WHERE id > 8", &[]).unwrap(), 2);
+    assert_eq!(c.query("SELECT id FROM t", &[]).unwrap().len(), 8);
+
+    // Errors carry SQLSTATEs and leave the session usable.
+    let e = c.query("SELECT * FROM nope", &[]).unwrap_err();
+    assert_eq!(sqlstate(&e), "42P01");
+    let e = c.batch_execute("SELEC 1").unwrap_err();
+    assert_eq!(sqlstate(&e), "42601");
+    let e = c.batch_execute("SELECT nosuch FROM t").unwrap_err();
+    assert_eq!(sqlstate(&e), "42703");
+    let e = c.batch_execute("CREATE TABLE t (a INT)").unwrap_err();
+    assert_eq!(sqlstate(&e), "42P07");
+    let e = c
+        .batch_execute("INSERT INTO t (id) VALUES (NULL)")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23502");
+    let e = c
+        .batch_execute("INSERT INTO t (id) VALUES ('abc')")
+        .unwrap_err();
+    assert!(["22P02", "42804"].contains(&sqlstate(&e).as_str()), "{e}");
+    assert_eq!(
+        c.query("SELECT count(*) FROM t", &[]).unwrap()[0].get::<_, i64>(0),
+        8
+    );
+
+    // COPY FROM STDIN (CSV).
+    {
+        let mut w = c
+            .copy_in("COPY t (id, name) FROM STDIN WITH (FORMAT csv)")
+            .unwrap();
+        w.write_all(b"20,twenty\n21,\"twenty, one\"\n22,\n")
+            .unwrap();
+        assert_eq!(w.finish().unwrap(), 3);
+    }
+    let r = c.query("SELECT name FROM t WHERE id = 21", &[]).unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "twenty, one");
+    // COPY FROM STDIN (text format).
+    {
+        let mut w = c.copy_in("COPY t (id, name) FROM STDIN").unwrap();
+        w.write_all(b"23\ttab\\there\n24\t\\N\n").unwrap();
+        assert_eq!(w.finish().unwrap(), 2);
+    }
+    assert_eq!(
+        text_rows(&mut c, "SELECT name FROM t WHERE id >= 23 ORDER BY id"),
+        vec![vec![Some("tab\there".into())], vec![None]]
+    );
+
+    // COPY FROM a file with a header; a malformed line rejects the whole file.
+    let good = dir.path().join("good.csv");
+    std::fs::write(&good, "id,name\n30,a\n31,b\n32,c\n").unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "id,name\n40,a\n4x,b\n42,c\n").unwrap();
+    let n = c
+        .execute(
+            &format!(
+                "COPY t (id, name) FROM '{}' WITH (FORMAT csv, HEADER)",
+                good.display()
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(n, 3);
+    let e = c
+        .batch_execute(&format!(
+            "COPY t (id, name) FROM '{}' WITH (FORMAT csv, HEADER)",
+            bad.display()
+        ))
+        .unwrap_err();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("line 3"), "{msg}");
+    assert_eq!(
+        c.query("SELECT id FROM t WHERE id >= 40", &[])
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        c.query("SELECT count(*) FROM t", &[]).unwrap()[0].get::<_, i64>(0),
+        16
+    );
+
+    // INSERT ... SELECT.
+    c.batch_execute("CREATE TABLE u (id BIGINT, label TEXT)")
+        .unwrap();
+    assert_eq!(
+        c.execute("INSERT INTO u SELECT id, name FROM t WHERE id >= 30", &[])
+            .unwrap(),
+        3
+    );
+
+    // Round-robin balance over the 4 Tstores, visible in smrdb_tstores.
+    c.batch_execute("CREATE TABLE bal (k INT)").unwrap();
+    for i in 0..10 {
+        c.execute(&format!("INSERT INTO bal VALUES ({i})"), &[])
+            .unwrap();
+    }
+    let per = tstore_rows(&mut c, "bal");
+    assert_eq!(per.len(), 4, "{per:?}");
+    assert_eq!(per.iter().sum::<i64>(), 10);
+    assert!(
+        per.iter().max().unwrap() - per.iter().min().unwrap() <= 1,
+        "{per:?}"
+    );
+    // A bulk insert continues the round robin: one message per Tstore.
+    let values: Vec<String> = (0..13).map(|i| format!("({i})")).collect();
+    c.execute(&format!("INSERT INTO bal VALUES {}", values.join(",")), &[])
+        .unwrap();
+    let per = tstore_rows(&mut c, "bal");
+    assert_eq!(per.iter().sum::<i64>(), 23);
+    assert!(
+        per.iter().max().unwrap() - per.iter().min().unwrap() <= 1,
+        "{per:?}"
+    );
+    let nodes = c
+        .query("SELECT DISTINCT node FROM smrdb_tstores ORDER BY node", &[])
+        .unwrap();
+    assert_eq!(nodes.len(), 2);
+
+    // DROP TABLE reaches every Tstore.
+    c.batch_execute("DROP TABLE u").unwrap();
+    assert!(tstore_rows(&mut c, "u").is_empty());
+    let e = c.batch_execute("SELECT * FROM u").unwrap_err();
+    assert_eq!(sqlstate(&e), "42P01");
+
+    // psql, when installed: command tags and aligned output.
+    if Command::new("psql").arg("--version").output().is_ok() {
+        let psql = |args: &[&str]| -> String {
+            let out = Command::new("psql")
+                .args([
+                    "-X",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &cl.port.to_string(),
+                    "-U",
+                    "smrdb",
+                    "smrdb",
+                ])
+                .args(args)
+                .output()
+                .expect("psql runs");
+            assert!(
+                out.status.success(),
+                "psql {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let out = psql(&[
+            "-c",
+            "CREATE TABLE p (a INT, b TEXT)",
+            "-c",
+            "INSERT INTO p VALUES (1, 'x'), (2, 'y')",
+            "-c",
+            "UPDATE p SET b = 'z' WHERE a = 2",
+            "-c",
+            "DELETE FROM p WHERE a = 1",
+        ]);
+        assert_eq!(out, "CREATE TABLE\nINSERT 0 2\nUPDATE 1\nDELETE 1\n");
+        assert_eq!(psql(&["-At", "-c", "SELECT a, b FROM p"]), "2|z\n");
+        let out = psql(&["-c", "SELECT a, b FROM p"]);
+        assert!(out.contains(" a | b \n---+---\n 2 | z\n(1 row)"), "{out}");
+    } else {
+        eprintln!("psql not installed: psql checks skipped");
+    }
+}
+
+#[test]
+fn sql_on_shm() {
+    sql_suite("shm");
+}
+
+#[test]
+fn sql_on_tcp() {
+    sql_suite("tcp");
+}
+
+#[test]
+fn restart_after_kill9_gives_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = free_port();
+    let ports = [free_port(), free_port()];
+    let cf = ClusterFile::local(
+        FabricKind::Shm,
+        2,
+        2,
+        pg,
+        &ports,
+        "restart test secret".into(),
+    );
+    let file = dir.path().join("cluster.toml");
+    cf.save(&file).unwrap();
+    let data = dir.path().join("data");
+
+    let queries = [
+        "SELECT count(*), sum(k), min(s), max(s) FROM r",
+        "SELECT k, s FROM r WHERE k % 7 = 0 ORDER BY k",
+    ];
+    let (before, balance) = {
+        let mut nodes = Nodes::start(&file, 2, &data);
+        let mut c = connect(pg);
+        c.batch_execute("CREATE TABLE r (k INT NOT NULL, s TEXT)")
+            .unwrap();
+        let vals: Vec<String> = (0..50).map(|i| format!("({i}, 's{i}')")).collect();
+        c.execute(&format!("INSERT INTO r VALUES {}", vals.join(",")), &[])
+            .unwrap();
+        for i in 50..55 {
+            c.execute(&format!("INSERT INTO r VALUES ({i}, 's{i}')"), &[])
+                .unwrap();
+        }
+        c.execute("UPDATE r SET s = 'upd' WHERE k < 5", &[])
+            .unwrap();
+        c.execute("DELETE FROM r WHERE k >= 53", &[]).unwrap();
+        let before: Vec<_> = queries.iter().map(|q| text_rows(&mut c, q)).collect();
+        let balance = tstore_rows(&mut c, "r");
+        drop(c);
+        nodes.kill9();
+        (before, balance)
+    };
+    assert_eq!(before[0][0][0].as_deref(), Some("53"));
+
+    let _nodes = Nodes::start(&file, 2, &data);
+    let mut c = connect(pg);
+    let after: Vec<_> = queries.iter().map(|q| text_rows(&mut c, q)).collect();
+    assert_eq!(before, after);
+    assert_eq!(tstore_rows(&mut c, "r"), balance);
+    // The round-robin cursor survived: the next 4 rows land one per Tstore.
+    for i in 100..104 {
+        c.execute(&format!("INSERT INTO r VALUES ({i}, 'x')"), &[])
+            .unwrap();
+    }
+    let now = tstore_rows(&mut c, "r");
+    let grown: Vec<i64> = now.iter().zip(&balance).map(|(a, b)| a - b).collect();
+    assert_eq!(grown, [1, 1, 1, 1]);
+}
+
+#[test]
+fn lost_node_fails_statements_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = LocalCluster::start("tcp", dir.path());
+    let mut c = connect(cl.port);
+    c.batch_execute("CREATE TABLE a (x INT)").unwrap();
+    c.batch_execute("INSERT INTO a VALUES (1), (2), (3), (4)")
+        .unwrap();
+    kill_pid(cl.node_pids[1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        match c.query("SELECT count(*) FROM a", &[]) {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "queries keep succeeding without node 1"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "08006");
+    assert!(db.message().contains("node 1"), "{}", db.message());
+    // The session (and the primary) keep working for what needs no Tstore.
+    assert_eq!(text_rows(&mut c, "SELECT 1"), vec![vec![Some("1".into())]]);
+    // Rows bound for node 1's Tstores cannot be written.
+    let e = c
+        .batch_execute("INSERT INTO a VALUES (5), (6), (7), (8)")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "08006");
+}
