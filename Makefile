@@ -30,9 +30,10 @@ test-vm: deps
 	soft-roce-setup/verbs-tests.sh
 
 demo: deps
-	$(CARGO) build --release -p smrdb-harness
+	$(CARGO) build --release -p smrdb-harness -p smrdb-node
 	mkdir -p $(REPORT_DIR)
 	@echo "# smrdb demo ($$(git rev-parse --short HEAD 2>/dev/null), $$(date -u +%F))" > $(REPORT_DIR)/report.md
+	./target/release/smrdb-bench load --fabric shm --nodes 2 --tstores 2 --rows 1000000 --json $(REPORT_DIR)/load-shm.json | tee -a $(REPORT_DIR)/report.md
 	./target/release/smrdb-bench transport --fabric shm --mib-per-size 128 --json $(REPORT_DIR)/transport-shm.json | tee -a $(REPORT_DIR)/report.md
 	@echo "### broadcast on shm: SMR vs naive, 3 nodes (processes), 32 MiB per node" >> $(REPORT_DIR)/report.md
 	./target/release/smrdb-bench broadcast --fabric shm --nodes 3 --tstores 1,2,4 --size-mib 32 --repeats 3 --json $(REPORT_DIR)/broadcast-shm.json | tee -a $(REPORT_DIR)/report.md

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages smrdb needs that are missing, and says which.
 #   deps.sh build   - to build the workspace (verbs backend: cmake, libclang, rdma-core headers)
-#   deps.sh run     - to run (libibverbs + providers, perftest, psql)
+#   deps.sh run     - to run (libibverbs + providers, perftest, psql for the psql session test)
 #   deps.sh vm      - for soft-roce-setup/vm.sh (qemu, busybox, rdma tools)
 #   deps.sh all     - everything
 set -euo pipefail
 
 build=(build-essential pkg-config cmake clang libclang-dev libibverbs-dev librdmacm-dev libhwloc-dev libudev-dev)
-run=(libibverbs1 librdmacm1 ibverbs-providers rdma-core ibverbs-utils perftest)
+run=(libibverbs1 librdmacm1 ibverbs-providers rdma-core ibverbs-utils perftest postgresql-client)
 vm=(qemu-system-x86 busybox-static cpio iproute2 rdma-core ibverbs-utils perftest)
 
 want=()

@@ -6,4 +6,5 @@
 #![deny(missing_docs)]
 
 pub mod broadcast_bench;
+pub mod load_bench;
 pub mod transport_bench;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use smrdb_harness::{broadcast_bench, transport_bench};
+use smrdb_harness::{broadcast_bench, load_bench, transport_bench};
 use smrdb_router::Mode;
 use smrdb_transport::FabricKind;
 
@@ -27,6 +27,30 @@ enum Cmd {
     /// (internal) one node process of `broadcast`.
     #[command(hide = true)]
     BroadcastNode(BroadcastArgs),
+    /// COPY throughput into a local cluster, its round-robin balance, and queries.
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// shm, tcp or verbs.
+    #[arg(long, default_value = "shm")]
+    fabric: String,
+    /// Nodes; a comma-separated list runs each shape in turn.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    nodes: Vec<u32>,
+    /// Tstores per node.
+    #[arg(long, default_value_t = 2)]
+    tstores: u32,
+    /// Rows to load.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Make writes durable under this directory (one subdirectory per run).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Write the reports as a JSON array to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -191,6 +215,30 @@ fn main() -> Result<()> {
                         );
                     }
                 }
+            }
+            if let Some(p) = &a.json {
+                std::fs::write(p, serde_json::to_string_pretty(&reports)?)
+                    .with_context(|| format!("write {}", p.display()))?;
+                println!("wrote {}", p.display());
+            }
+        }
+        Cmd::Load(a) => {
+            let mut reports = Vec::new();
+            for &n in &a.nodes {
+                let o = load_bench::Options {
+                    fabric: a.fabric.clone(),
+                    nodes: n,
+                    tstores: a.tstores,
+                    rows: a.rows,
+                    data_dir: a
+                        .data_dir
+                        .as_ref()
+                        .map(|d| d.join(format!("load-{n}x{}", a.tstores))),
+                };
+                let r =
+                    load_bench::run(&o).with_context(|| format!("load into {n}x{}", a.tstores))?;
+                println!("{}", load_bench::markdown(&r));
+                reports.push(r);
             }
             if let Some(p) = &a.json {
                 std::fs::write(p, serde_json::to_string_pretty(&reports)?)
