@@ -159,6 +159,9 @@ pub fn parse(
 /// A CSV field's text and whether any part of it was quoted.
 type CsvField = (String, bool);
 
+/// Records with the line each starts on, or the line and description of an error.
+type CsvRecords = std::result::Result<Vec<(u64, Vec<CsvField>)>, (u64, String)>;
+
 /// Splits CSV input into records of fields, keeping what the `csv` crate cannot
 /// report: whether a field was quoted. Quoting follows PostgreSQL: a quote character
 /// anywhere in a field toggles quoting, a doubled quote inside quotes is one quote
@@ -168,11 +171,7 @@ type CsvField = (String, bool);
 /// # Errors
 /// The starting line and a description for an unterminated quoted field or input that
 /// is not UTF-8.
-fn csv_records(
-    data: &[u8],
-    delim: u8,
-    quote: u8,
-) -> std::result::Result<Vec<(u64, Vec<CsvField>)>, (u64, String)> {
+fn csv_records(data: &[u8], delim: u8, quote: u8) -> CsvRecords {
     let text = |line: u64, b: Vec<u8>| {
         String::from_utf8(b).map_err(|e| (line, format!("input is not UTF-8: {e}")))
     };

@@ -137,6 +137,46 @@ impl<E: Endpoint> FaultyEndpoint<E> {
         (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// When an operation posted now may really be posted (after the delay, and never
+    /// before what is already held).
+    fn hold_until(&self) -> Option<Instant> {
+        let delay = if self.delaying() {
+            self.plan.delay
+        } else {
+            Duration::ZERO
+        };
+        (self.delaying() || !self.held.is_empty()).then(|| Instant::now() + delay)
+    }
+
+    fn write(
+        &mut self,
+        local_off: usize,
+        len: usize,
+        remote_off: usize,
+        imm: Option<u32>,
+        wr_id: u64,
+    ) -> Result<()> {
+        self.count_op()?;
+        if let Some(due) = self.hold_until() {
+            self.check(local_off, len, remote_off)?;
+            let op = Held::Write {
+                local_off,
+                len,
+                remote_off,
+                imm,
+                wr_id,
+            };
+            self.held.push_back((due, op));
+            return Ok(());
+        }
+        match imm {
+            None => self.inner.post_write(local_off, len, remote_off, wr_id),
+            Some(imm) => self
+                .inner
+                .post_write_imm(local_off, len, remote_off, imm, wr_id),
+        }
+    }
+
     fn delaying(&self) -> bool {
         self.active && !self.plan.delay.is_zero()
     }
@@ -198,28 +238,7 @@ impl<E: Endpoint> Endpoint for FaultyEndpoint<E> {
         remote_off: usize,
         wr_id: u64,
     ) -> Result<()> {
-        self.count_op()?;
-        if self.delaying() || !self.held.is_empty() {
-            self.check(local_off, len, remote_off)?;
-            let due = Instant::now()
-                + if self.delaying() {
-                    self.plan.delay
-                } else {
-                    Duration::ZERO
-                };
-            self.held.push_back((
-                due,
-                Held::Write {
-                    local_off,
-                    len,
-                    remote_off,
-                    imm: None,
-                    wr_id,
-                },
-            ));
-            return Ok(());
-        }
-        self.inner.post_write(local_off, len, remote_off, wr_id)
+        self.write(local_off, len, remote_off, None, wr_id)
     }
 
     fn post_write_imm(
@@ -230,50 +249,17 @@ impl<E: Endpoint> Endpoint for FaultyEndpoint<E> {
         imm: u32,
         wr_id: u64,
     ) -> Result<()> {
-        self.count_op()?;
-        if self.delaying() || !self.held.is_empty() {
-            self.check(local_off, len, remote_off)?;
-            let due = Instant::now()
-                + if self.delaying() {
-                    self.plan.delay
-                } else {
-                    Duration::ZERO
-                };
-            self.held.push_back((
-                due,
-                Held::Write {
-                    local_off,
-                    len,
-                    remote_off,
-                    imm: Some(imm),
-                    wr_id,
-                },
-            ));
-            return Ok(());
-        }
-        self.inner
-            .post_write_imm(local_off, len, remote_off, imm, wr_id)
+        self.write(local_off, len, remote_off, Some(imm), wr_id)
     }
 
     fn post_send(&mut self, msg: &[u8], wr_id: u64) -> Result<()> {
-        if msg.len() > crate::MAX_MSG {
-            return Err(Error::MessageTooLarge {
-                len: msg.len(),
-                max: crate::MAX_MSG,
-            });
-        }
+        crate::check_msg(msg)?;
         self.count_op()?;
         if self.active && self.plan.drop_messages > 0.0 && self.coin() < self.plan.drop_messages {
             self.dropped_done.push(wr_id);
             return Ok(());
         }
-        if self.delaying() || !self.held.is_empty() {
-            let due = Instant::now()
-                + if self.delaying() {
-                    self.plan.delay
-                } else {
-                    Duration::ZERO
-                };
+        if let Some(due) = self.hold_until() {
             self.held.push_back((
                 due,
                 Held::Send {

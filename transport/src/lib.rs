@@ -449,6 +449,17 @@ pub trait Endpoint: Send + 'static {
     }
 }
 
+/// [`Error::MessageTooLarge`] unless `msg` fits in one message.
+pub(crate) fn check_msg(msg: &[u8]) -> Result<()> {
+    if msg.len() > MAX_MSG {
+        return Err(Error::MessageTooLarge {
+            len: msg.len(),
+            max: MAX_MSG,
+        });
+    }
+    Ok(())
+}
+
 /// Current soft `RLIMIT_MEMLOCK` in bytes (`None` = unlimited).
 pub fn memlock_limit() -> Option<u64> {
     let mut lim = libc::rlimit {

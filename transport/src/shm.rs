@@ -495,12 +495,7 @@ impl Endpoint for ShmEndpoint {
     }
 
     fn post_send(&mut self, msg: &[u8], wr_id: u64) -> Result<()> {
-        if msg.len() > MAX_MSG {
-            return Err(Error::MessageTooLarge {
-                len: msg.len(),
-                max: MAX_MSG,
-            });
-        }
+        crate::check_msg(msg)?;
         self.usable()?;
         if self.done.len() >= self.depth {
             return Err(Error::Full { depth: self.depth });

@@ -393,12 +393,7 @@ impl Endpoint for TcpEndpoint {
     }
 
     fn post_send(&mut self, msg: &[u8], wr_id: u64) -> Result<()> {
-        if msg.len() > MAX_MSG {
-            return Err(Error::MessageTooLarge {
-                len: msg.len(),
-                max: MAX_MSG,
-            });
-        }
+        crate::check_msg(msg)?;
         self.usable()?;
         self.frame(
             FrameHeader {
