@@ -185,7 +185,7 @@ fn peer_with<F: Fabric>(o: &Options) -> Result<()> {
         match r {
             Ok(0) | Err(Error::Timeout { .. }) => {
                 idle += 1;
-                if spinning && idle % SPIN_CHECK == 0 {
+                if spinning && idle.is_multiple_of(SPIN_CHECK) {
                     let since = *quiet_since.get_or_insert_with(Instant::now);
                     spinning = since.elapsed() < Duration::from_millis(5);
                 }
@@ -300,7 +300,7 @@ fn round_trip<E: Endpoint>(
         }
         // The clock only now and then (see SPIN_CHECK).
         spins += 1;
-        if spins % SPIN_CHECK == 0
+        if spins.is_multiple_of(SPIN_CHECK)
             && start.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(30)
         {
             bail!("no echo from the peer within 30 s");

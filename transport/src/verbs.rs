@@ -7,17 +7,25 @@
 //! * [`Fabric::establish`] registers a SEPARATE MR over just the granted [`Window`]
 //!   (remote write) and hands the peer only that window's address, rkey and length, so
 //!   a peer can write into its own ring and nowhere else. It creates one reliable
-//!   connected (RC) queue pair with a send and a receive completion queue, a registered
-//!   block of send staging slots and receive buffers (`depth × MAX_MSG` each; every
-//!   receive is posted up front and reposted once its completion has been copied into
-//!   an [`Event`]), exchanges the QP descriptors over the authenticated control
+//!   connected (RC) queue pair with ONE completion queue for both its queues (one
+//!   `ibv_poll_cq` per [`Endpoint::poll`]; receive `wr_id`s carry a tag bit, since an
+//!   error completion's opcode is undefined), a registered block of send staging slots
+//!   and receive buffers (`depth × MAX_MSG` each; every receive is posted up front, and
+//!   a consumed one is reposted at the start of the next poll, after its contents were
+//!   copied into an [`Event`]), exchanges the QP descriptors over the authenticated control
 //!   connection, moves the QP INIT → RTR → RTS, and waits until the peer has done the
 //!   same before returning (so nothing is sent to a QP that cannot receive yet).
 //! * [`Endpoint::post_write`] is an RDMA WRITE, [`Endpoint::post_write_imm`] an RDMA
 //!   WRITE_WITH_IMM (consumes one of the peer's posted receives and shows up there as
-//!   [`Event::WriteImm`]), [`Endpoint::post_send`] a SEND of at most [`MAX_MSG`] bytes
-//!   copied into a registered staging slot. Every work request is signaled, so every
-//!   `wr_id` comes back as exactly one [`Event::Completed`].
+//!   [`Event::WriteImm`]), [`Endpoint::post_send`] a SEND of at most [`MAX_MSG`] bytes,
+//!   sent as inline data when the device granted that much at QP creation (we ask for
+//!   [`MAX_MSG`]; a device that refuses gets a QP without inline data), otherwise copied
+//!   into a registered staging slot. Every work request is signaled, so every `wr_id`
+//!   comes back as exactly one [`Event::Completed`].
+//! * The data path calls `ibv_post_send`, `ibv_post_recv` and `ibv_poll_cq` directly
+//!   (through sideway's `rdma-mummy-sys`) with requests on the stack and a reused
+//!   completion array: sideway's wrappers allocate on every post and poll, which on
+//!   Soft-RoCE under emulation cost a measurable part of a message's latency.
 //!
 //! ## Ordering
 //!
@@ -40,7 +48,8 @@
 //! ## Limits
 //!
 //! One write moves at most 2 GiB (the InfiniBand message size limit); larger writes are
-//! refused with [`Error::Config`]. No inline data is used.
+//! refused with [`Error::Config`]. Inline data is used for SENDs only, never for writes
+//! (their sources are in the registered region anyway).
 //!
 //! ## Resource lifetime
 //!
@@ -55,19 +64,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdma_mummy_sys::{
+    ibv_poll_cq, ibv_post_recv, ibv_post_send, ibv_recv_wr, ibv_send_flags, ibv_send_wr, ibv_sge,
+    ibv_wc, ibv_wc_opcode, ibv_wr_opcode,
+};
 use serde::{Deserialize, Serialize};
 use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
-use sideway::ibverbs::completion::{
-    GenericCompletionQueue, PollCompletionQueueError, WorkCompletionOperationType,
-    WorkCompletionStatus,
-};
+use sideway::ibverbs::completion::{CompletionQueue, GenericCompletionQueue, WorkCompletionStatus};
 use sideway::ibverbs::device::{DeviceInfo, DeviceList};
 use sideway::ibverbs::device_context::{DeviceContext, LinkLayer, Mtu, PortState};
 use sideway::ibverbs::memory_region::MemoryRegion;
 use sideway::ibverbs::protection_domain::ProtectionDomain;
 use sideway::ibverbs::queue_pair::{
-    BasicQueuePair, PostSendError, PostSendGuard, QueuePair, QueuePairAttribute, QueuePairState,
-    SetScatterGatherEntry, WorkRequestFlags,
+    BasicQueuePair, QueuePair, QueuePairAttribute, QueuePairAttributeMask, QueuePairState,
 };
 use sideway::ibverbs::AccessFlags;
 
@@ -424,7 +433,8 @@ impl Fabric for Verbs {
             .queue_depth
             .max(1)
             .min(dev_max(dattr.max_qp_wr()))
-            .min(dev_max(dattr.max_cqe()));
+            // Sends and receives share one CQ of 2 × depth entries.
+            .min((dev_max(dattr.max_cqe()) / 2).max(1));
         let clamp8 = |v: i32| u8::try_from(v.clamp(0, 1)).unwrap_or(0);
 
         let pinned = Arc::new(Pinned::default());
@@ -500,27 +510,42 @@ impl Fabric for Verbs {
             AccessFlags::LocalWrite,
         )?;
 
-        // Basic CQs (ibv_poll_cq), not extended ones: rxe's ibv_end_poll after an
-        // ibv_next_poll that found the queue empty advances the consumer index a
-        // second time, which replays stale (zeroed) completions.
-        let cq = |what: &'static str| -> Result<GenericCompletionQueue> {
+        // One basic CQ (ibv_poll_cq), not an extended one: rxe's ibv_end_poll after an
+        // ibv_next_poll that found the queue empty advances the consumer index a second
+        // time, which replays stale (zeroed) completions. Sends and receives share it
+        // (one poll per `Endpoint::poll`); it holds a completion for every send and
+        // every receive that can be outstanding, so it never overruns.
+        let cq: GenericCompletionQueue = {
             let mut b = self.ctx.create_cq_builder();
-            b.setup_cqe(self.depth);
-            b.build().map(Into::into).map_err(verbs_err(what))
+            b.setup_cqe(2 * self.depth);
+            b.build()
+                .map(Into::into)
+                .map_err(verbs_err("ibv_create_cq"))?
         };
-        let send_cq = cq("create send CQ")?;
-        let recv_cq = cq("create receive CQ")?;
-        let mut qp = {
+        let build_qp = |inline: u32| {
             let mut b = self.pd.create_qp_builder();
             b.setup_max_send_wr(self.depth)
                 .setup_max_recv_wr(self.depth)
                 .setup_max_send_sge(1)
                 .setup_max_recv_sge(1)
-                .setup_max_inline_data(0)
-                .setup_send_cq(send_cq.clone())
-                .setup_recv_cq(recv_cq.clone());
-            b.build().map_err(verbs_err("ibv_create_qp"))?
+                .setup_max_inline_data(inline)
+                .setup_send_cq(cq.clone())
+                .setup_recv_cq(cq.clone());
+            b.build().map_err(verbs_err("ibv_create_qp"))
         };
+        // Inline sends when the device takes them (it refuses the QP otherwise).
+        let mut qp = match build_qp(MAX_MSG as u32) {
+            Ok(qp) => qp,
+            Err(e) => {
+                tracing::debug!(error = %e, "no inline data: QP with max_inline_data {MAX_MSG} refused");
+                build_qp(0)?
+            }
+        };
+        // What the device actually granted (0 when it cannot say).
+        let max_inline = qp
+            .query(QueuePairAttributeMask::Capabilities)
+            .map_or(0, |(_, init)| init.max_inline_data() as usize)
+            .min(MAX_MSG);
         let mut attr = QueuePairAttribute::new();
         attr.setup_state(QueuePairState::Init)
             .setup_pkey_index(0)
@@ -529,21 +554,18 @@ impl Fabric for Verbs {
         qp.modify(&attr).map_err(verbs_err("modify QP to INIT"))?;
 
         // Every receive buffer posted before the peer can send.
-        {
-            let mut guard = qp.start_post_recv();
-            for i in 0..depth {
-                let off = (depth + i) * MAX_MSG;
-                // SAFETY: the buffer lies inside the registered `bufs` block, which the
-                // endpoint keeps alive (and registered) for as long as the QP exists.
-                unsafe {
-                    guard.construct_wr(i as u64).setup_sge(
-                        bufs.mr.lkey(),
-                        bufs.addr(off),
-                        MAX_MSG as u32,
-                    )
-                };
-            }
-            guard.post().map_err(verbs_err("ibv_post_recv"))?;
+        let lkey = bufs.mr.lkey();
+        for chunk in (0..depth as u32).collect::<Vec<_>>().chunks(WC_BATCH) {
+            post_recvs(
+                &qp,
+                chunk,
+                |i| bufs.addr((depth + i as usize) * MAX_MSG),
+                lkey,
+            )
+            .map_err(|detail| Error::Verbs {
+                op: "ibv_post_recv",
+                detail,
+            })?;
         }
 
         let mut psn_bytes = [0u8; 4];
@@ -610,12 +632,12 @@ impl Fabric for Verbs {
             peer,
             qpn = mine.qpn,
             remote_qpn = remote.qpn,
+            max_inline,
             "verbs endpoint up"
         );
         Ok(VerbsEndpoint {
             qp,
-            send_cq,
-            recv_cq,
+            cq,
             bufs,
             _window: window,
             local: self.local.clone(),
@@ -625,9 +647,76 @@ impl Fabric for Verbs {
             depth,
             slots: vec![None; depth],
             free: (0..depth as u32).rev().collect(),
+            wcs: vec![ZERO_WC; WC_BATCH],
             repost: Vec::with_capacity(depth),
+            max_inline,
             broken: None,
         })
+    }
+}
+
+/// Work completions taken per `ibv_poll_cq` call.
+const WC_BATCH: usize = 32;
+/// Set in the `wr_id` of every receive work request (the low bits are the buffer
+/// index); send work requests carry their slot number, always below it. The tag is the
+/// only reliable way to tell the two apart: an error completion's opcode is undefined.
+const RECV_TAG: u64 = 1 << 63;
+// SAFETY: ibv_wc is plain old data (integers and an integer union); all zeroes is a
+// valid value.
+const ZERO_WC: ibv_wc = unsafe { std::mem::MaybeUninit::zeroed().assume_init() };
+
+/// Posts one receive of `MAX_MSG` bytes for each buffer index in `idx` (at most
+/// [`WC_BATCH`]) in one `ibv_post_recv` call; `addr` gives a buffer's address in the
+/// registered block whose lkey is `lkey`.
+fn post_recvs(
+    qp: &BasicQueuePair,
+    idx: &[u32],
+    addr: impl Fn(u32) -> u64,
+    lkey: u32,
+) -> std::result::Result<(), String> {
+    let n = idx.len();
+    if n == 0 {
+        return Ok(());
+    }
+    assert!(n <= WC_BATCH, "at most {WC_BATCH} receives per post");
+    let mut sges = [ibv_sge {
+        addr: 0,
+        length: 0,
+        lkey: 0,
+    }; WC_BATCH];
+    let mut wrs = [ibv_recv_wr {
+        wr_id: 0,
+        next: std::ptr::null_mut(),
+        sg_list: std::ptr::null_mut(),
+        num_sge: 0,
+    }; WC_BATCH];
+    for (k, &i) in idx.iter().enumerate() {
+        sges[k] = ibv_sge {
+            addr: addr(i),
+            length: MAX_MSG as u32,
+            lkey,
+        };
+    }
+    let sge_base = sges.as_mut_ptr();
+    for (k, &i) in idx.iter().enumerate() {
+        wrs[k].wr_id = RECV_TAG | u64::from(i);
+        wrs[k].sg_list = sge_base.wrapping_add(k);
+        wrs[k].num_sge = 1;
+    }
+    let base = wrs.as_mut_ptr();
+    for k in 0..n - 1 {
+        // SAFETY: k + 1 < n <= WC_BATCH: both requests lie inside `wrs`.
+        unsafe { (*base.add(k)).next = base.add(k + 1) };
+    }
+    let mut bad: *mut ibv_recv_wr = std::ptr::null_mut();
+    // SAFETY: the QP is alive (borrowed); the request list and its SGEs are valid
+    // stack memory for the duration of the call (the provider copies them); each SGE
+    // names a buffer inside a registered block that outlives the QP.
+    let rc = unsafe { ibv_post_recv(qp.qp().as_ptr(), base, &mut bad) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc.abs()).to_string())
     }
 }
 
@@ -765,8 +854,8 @@ pub struct VerbsEndpoint {
     // Field order is drop order: QP, CQs, MRs (+ their memory), then the control
     // connection.
     qp: BasicQueuePair,
-    send_cq: GenericCompletionQueue,
-    recv_cq: GenericCompletionQueue,
+    /// Completions of both queues (receive `wr_id`s carry [`RECV_TAG`]).
+    cq: GenericCompletionQueue,
     /// `depth` send staging slots then `depth` receive buffers, `MAX_MSG` bytes each.
     bufs: Registered,
     /// The MR over the window we granted the peer (`None` for an empty grant).
@@ -781,8 +870,13 @@ pub struct VerbsEndpoint {
     slots: Vec<Option<u64>>,
     /// Free send slots.
     free: Vec<u32>,
-    /// Receive buffers to post again (scratch, kept to avoid allocating per poll).
+    /// Work completions of one `ibv_poll_cq` (scratch, reused by every poll).
+    wcs: Vec<ibv_wc>,
+    /// Receive buffers copied out, to post again at the next poll.
     repost: Vec<u32>,
+    /// Messages up to this many bytes are sent inline (0: the device takes no inline
+    /// data).
+    max_inline: usize,
     broken: Option<Broken>,
 }
 
@@ -800,6 +894,13 @@ impl std::fmt::Debug for VerbsEndpoint {
 }
 
 impl VerbsEndpoint {
+    /// Messages up to this many bytes go out as inline data (copied into the work
+    /// request by `ibv_post_send`); 0 when the device grants no inline data. Longer
+    /// ones are copied into a registered staging slot.
+    pub fn max_inline(&self) -> usize {
+        self.max_inline
+    }
+
     fn usable(&mut self) -> Result<()> {
         if let Some(b) = &self.broken {
             return Err(b.error(self.peer));
@@ -818,47 +919,74 @@ impl VerbsEndpoint {
     }
 
     /// Posts one signaled work request. `sge` is (lkey, addr, len); `len == 0` posts no
-    /// scatter/gather entry.
+    /// scatter/gather entry. `inline` sends the bytes at `addr` inline (the provider
+    /// copies them during this call; `len` must not exceed `max_inline`).
     fn post(
         &mut self,
         op: Op,
         sge: (u32, u64, usize),
+        inline: bool,
         remote_addr: u64,
         slot: u32,
         wr_id: u64,
     ) -> Result<()> {
-        let rkey = self.remote.rkey;
         let (lkey, addr, len) = sge;
-        let mut guard = self.qp.start_post_send();
-        let wr = guard.construct_wr(u64::from(slot), WorkRequestFlags::Signaled);
-        let h = match op {
-            Op::Write => wr.setup_write(rkey, remote_addr),
-            // The immediate travels in network byte order.
-            Op::WriteImm(imm) => wr.setup_write_imm(rkey, remote_addr, imm.to_be()),
-            Op::Send => wr.setup_send(),
+        let mut sge = ibv_sge {
+            addr,
+            length: len as u32,
+            lkey,
         };
+        // SAFETY: ibv_send_wr is plain old data (integers, nullable raw pointers and
+        // unions of those); all zeroes is a valid, empty request.
+        let mut wr: ibv_send_wr = unsafe { std::mem::MaybeUninit::zeroed().assume_init() };
+        wr.wr_id = u64::from(slot);
+        let mut flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
         if len > 0 {
-            // SAFETY: the caller checked that [addr, addr+len) lies inside the MR whose
-            // lkey this is; the bytes stay put until the completion (the caller's
-            // contract for writes, a reserved staging slot for sends).
-            unsafe { h.setup_sge(lkey, addr, len as u32) };
-        }
-        match guard.post() {
-            Ok(()) => {
-                self.slots[slot as usize] = Some(wr_id);
-                Ok(())
-            }
-            Err(e) => {
-                self.free.push(slot);
-                Err(match e {
-                    PostSendError::NotEnoughResources(_) => Error::Full { depth: self.depth },
-                    e => Error::Verbs {
-                        op: "ibv_post_send",
-                        detail: chain(&e),
-                    },
-                })
+            wr.sg_list = &mut sge;
+            wr.num_sge = 1;
+            if inline {
+                debug_assert!(len <= self.max_inline);
+                flags |= ibv_send_flags::IBV_SEND_INLINE.0;
             }
         }
+        wr.send_flags = flags;
+        let rkey = self.remote.rkey;
+        match op {
+            Op::Write => {
+                wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                wr.wr.rdma.remote_addr = remote_addr;
+                wr.wr.rdma.rkey = rkey;
+            }
+            Op::WriteImm(imm) => {
+                wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+                wr.wr.rdma.remote_addr = remote_addr;
+                wr.wr.rdma.rkey = rkey;
+                // The immediate travels in network byte order.
+                wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+            }
+            Op::Send => wr.opcode = ibv_wr_opcode::IBV_WR_SEND,
+        }
+        let mut bad: *mut ibv_send_wr = std::ptr::null_mut();
+        // SAFETY: the QP is alive (owned by self). The request and its SGE are valid for
+        // the call (the provider copies them, and inline bytes too). The caller checked
+        // that a non-inline [addr, addr+len) lies inside the MR whose lkey this is, and
+        // the bytes stay put until the completion (the caller's contract for writes, a
+        // reserved staging slot for sends).
+        let rc = unsafe { ibv_post_send(self.qp.qp().as_ptr(), &mut wr, &mut bad) };
+        if rc == 0 {
+            self.slots[slot as usize] = Some(wr_id);
+            return Ok(());
+        }
+        self.free.push(slot);
+        let rc = rc.abs();
+        Err(if rc == libc::ENOMEM {
+            Error::Full { depth: self.depth }
+        } else {
+            Error::Verbs {
+                op: "ibv_post_send",
+                detail: std::io::Error::from_raw_os_error(rc).to_string(),
+            }
+        })
     }
 
     fn write(
@@ -883,7 +1011,7 @@ impl VerbsEndpoint {
         let slot = self.free.pop().ok_or(Error::Full { depth: self.depth })?;
         let sge = (self.local.mr.lkey(), self.local.addr(local_off), len);
         let remote_addr = self.remote.addr.wrapping_add(remote_off as u64);
-        self.post(op, sge, remote_addr, slot, wr_id)
+        self.post(op, sge, false, remote_addr, slot, wr_id)
     }
 
     /// Posts an RDMA WRITE without checking the remote range against the window the
@@ -903,50 +1031,64 @@ impl VerbsEndpoint {
         self.write(Op::Write, local_off, len, remote_off, wr_id, false)
     }
 
-    /// Drains the send CQ into `out`.
-    fn poll_send(&mut self, out: &mut Vec<Event>) -> Result<()> {
+    /// Posts again the receive buffers whose contents earlier polls copied out.
+    fn repost_recvs(&mut self) -> std::result::Result<(), Broken> {
+        let depth = self.depth;
+        let bufs = &self.bufs;
+        for chunk in self.repost.chunks(WC_BATCH) {
+            post_recvs(
+                &self.qp,
+                chunk,
+                |i| bufs.addr((depth + i as usize) * MAX_MSG),
+                bufs.mr.lkey(),
+            )
+            .map_err(|e| Broken::Verbs("ibv_post_recv", e))?;
+        }
+        self.repost.clear();
+        Ok(())
+    }
+
+    /// Drains the completion queue into `out`. The receive buffers it consumes are
+    /// posted again at the start of the next poll, not before returning: a message is
+    /// handed over (and typically answered) first, and the repost happens off that
+    /// path. The peer's sends meanwhile find the other posted receives, or at worst
+    /// an RNR NAK retried until the next poll.
+    fn poll_cq(&mut self, out: &mut Vec<Event>) -> Result<()> {
         let mut failure: Option<Broken> = None;
-        match self.send_cq.start_poll() {
-            Ok(poller) => {
-                for wc in poller {
-                    let slot = usize::try_from(wc.wr_id()).ok().filter(|&s| s < self.depth);
-                    let user = slot.and_then(|s| self.slots[s].take());
-                    let status = wc.status();
-                    if let (Some(s), Some(_)) = (slot, user) {
-                        self.free.push(s as u32);
-                    }
-                    if status != WorkCompletionStatus::Success as u32 {
-                        failure.get_or_insert_with(|| {
-                            let id = user.map_or_else(
-                                || format!("internal {}", wc.wr_id()),
-                                |u| u.to_string(),
-                            );
-                            Broken::Verbs(
-                                "work completion",
-                                format!(
-                                    "{} on send queue, wr_id {id}, vendor_err {:#x}",
-                                    wc_status_name(status),
-                                    wc.vendor_err()
-                                ),
-                            )
-                        });
-                        continue;
-                    }
-                    match user {
-                        Some(wr_id) => out.push(Event::Completed { wr_id }),
-                        None => {
-                            failure.get_or_insert_with(|| {
-                                Broken::Verbs(
-                                    "work completion",
-                                    format!("send completion for unknown slot {}", wc.wr_id()),
-                                )
-                            });
-                        }
-                    }
+        if !self.repost.is_empty() {
+            if let Err(b) = self.repost_recvs() {
+                return Err(self.fail(b));
+            }
+        }
+        loop {
+            // SAFETY: the CQ is alive (owned by self); `wcs` has room for WC_BATCH
+            // completions.
+            let n = unsafe {
+                ibv_poll_cq(
+                    self.cq.cq().as_ptr(),
+                    WC_BATCH as i32,
+                    self.wcs.as_mut_ptr(),
+                )
+            };
+            if n < 0 {
+                failure = Some(Broken::Verbs(
+                    "ibv_poll_cq",
+                    std::io::Error::from_raw_os_error(n.abs()).to_string(),
+                ));
+                break;
+            }
+            let n = n as usize;
+            for k in 0..n {
+                let wc = self.wcs[k];
+                if wc.wr_id & RECV_TAG == 0 {
+                    self.send_completion(&wc, out, &mut failure);
+                } else if let Some(i) = self.recv_completion(&wc, out, &mut failure) {
+                    self.repost.push(i);
                 }
             }
-            Err(PollCompletionQueueError::CompletionQueueEmpty) => {}
-            Err(e) => failure = Some(Broken::Verbs("poll send CQ", chain(&e))),
+            if failure.is_some() || n < WC_BATCH {
+                break;
+            }
         }
         match failure {
             Some(b) => Err(self.fail(b)),
@@ -954,107 +1096,109 @@ impl VerbsEndpoint {
         }
     }
 
-    /// Drains the receive CQ into `out` and reposts the consumed buffers.
-    fn poll_recv(&mut self, out: &mut Vec<Event>) -> Result<()> {
-        let mut failure: Option<Broken> = None;
-        let mut repost = std::mem::take(&mut self.repost);
-        match self.recv_cq.start_poll() {
-            Ok(poller) => {
-                for wc in poller {
-                    let status = wc.status();
-                    let idx = usize::try_from(wc.wr_id()).ok().filter(|&i| i < self.depth);
-                    if status != WorkCompletionStatus::Success as u32 {
-                        failure.get_or_insert_with(|| {
-                            Broken::Verbs(
-                                "work completion",
-                                format!(
-                                    "{} on receive queue, wr_id {} (receive buffer), vendor_err {:#x}",
-                                    wc_status_name(status),
-                                    wc.wr_id(),
-                                    wc.vendor_err()
-                                ),
-                            )
-                        });
-                        continue;
-                    }
-                    let Some(idx) = idx else {
-                        failure.get_or_insert_with(|| {
-                            Broken::Protocol(format!(
-                                "receive completion for unknown buffer {}",
-                                wc.wr_id()
-                            ))
-                        });
-                        continue;
-                    };
-                    let len = wc.byte_len();
-                    let opcode = wc.opcode();
-                    if opcode == WorkCompletionOperationType::Receive as u32 {
-                        if len as usize > MAX_MSG {
-                            failure.get_or_insert_with(|| {
-                                Broken::Protocol(format!(
-                                    "message of {len} bytes exceeds {MAX_MSG}"
-                                ))
-                            });
-                            continue;
-                        }
-                        // SAFETY: the receive buffer `idx` lies inside `bufs`; the NIC
-                        // finished writing it (its completion was just polled) and it is
-                        // not posted again until after this copy.
-                        let bytes = unsafe {
-                            self.bufs.mem.bytes(
-                                self.bufs.offset + (self.depth + idx) * MAX_MSG,
-                                len as usize,
-                            )
-                        };
-                        match bytes.and_then(Msg::new) {
-                            Ok(m) => out.push(Event::Message(m)),
-                            Err(e) => {
-                                failure.get_or_insert_with(|| Broken::Protocol(e.to_string()));
-                                continue;
-                            }
-                        }
-                    } else if opcode == WorkCompletionOperationType::ReceiveWithImmediate as u32 {
-                        out.push(Event::WriteImm {
-                            imm: u32::from_be(wc.imm_data()),
-                            len,
-                        });
-                    } else {
-                        failure.get_or_insert_with(|| {
-                            Broken::Protocol(format!(
-                                "unexpected receive completion opcode {opcode}"
-                            ))
-                        });
-                        continue;
-                    }
-                    repost.push(idx as u32);
+    /// One send queue completion: frees its slot and reports the caller's `wr_id`.
+    fn send_completion(&mut self, wc: &ibv_wc, out: &mut Vec<Event>, failure: &mut Option<Broken>) {
+        let slot = usize::try_from(wc.wr_id).ok().filter(|&s| s < self.depth);
+        let user = slot.and_then(|s| self.slots[s].take());
+        if let (Some(s), Some(_)) = (slot, user) {
+            self.free.push(s as u32);
+        }
+        let status = wc.status;
+        if status != WorkCompletionStatus::Success as u32 {
+            failure.get_or_insert_with(|| {
+                let id = user.map_or_else(|| format!("internal {}", wc.wr_id), |u| u.to_string());
+                Broken::Verbs(
+                    "work completion",
+                    format!(
+                        "{} on send queue, wr_id {id}, vendor_err {:#x}",
+                        wc_status_name(status),
+                        wc.vendor_err
+                    ),
+                )
+            });
+            return;
+        }
+        match user {
+            Some(wr_id) => out.push(Event::Completed { wr_id }),
+            None => {
+                failure.get_or_insert_with(|| {
+                    Broken::Verbs(
+                        "work completion",
+                        format!("send completion for unknown slot {}", wc.wr_id),
+                    )
+                });
+            }
+        }
+    }
+
+    /// One receive queue completion: the message or write-with-immediate notice it
+    /// carries goes to `out`; returns the buffer to post again.
+    fn recv_completion(
+        &mut self,
+        wc: &ibv_wc,
+        out: &mut Vec<Event>,
+        failure: &mut Option<Broken>,
+    ) -> Option<u32> {
+        let raw = wc.wr_id & !RECV_TAG;
+        let status = wc.status;
+        if status != WorkCompletionStatus::Success as u32 {
+            failure.get_or_insert_with(|| {
+                Broken::Verbs(
+                    "work completion",
+                    format!(
+                        "{} on receive queue, wr_id {raw} (receive buffer), vendor_err {:#x}",
+                        wc_status_name(status),
+                        wc.vendor_err
+                    ),
+                )
+            });
+            return None;
+        }
+        let Some(idx) = usize::try_from(raw).ok().filter(|&i| i < self.depth) else {
+            failure.get_or_insert_with(|| {
+                Broken::Protocol(format!("receive completion for unknown buffer {raw}"))
+            });
+            return None;
+        };
+        let len = wc.byte_len;
+        let opcode = wc.opcode;
+        if opcode == ibv_wc_opcode::IBV_WC_RECV {
+            if len as usize > MAX_MSG {
+                failure.get_or_insert_with(|| {
+                    Broken::Protocol(format!("message of {len} bytes exceeds {MAX_MSG}"))
+                });
+                return None;
+            }
+            // SAFETY: the receive buffer `idx` lies inside `bufs`; the NIC finished
+            // writing it (its completion was just polled) and it is not posted again
+            // until after this copy.
+            let bytes = unsafe {
+                self.bufs.mem.bytes(
+                    self.bufs.offset + (self.depth + idx) * MAX_MSG,
+                    len as usize,
+                )
+            };
+            match bytes.and_then(Msg::new) {
+                Ok(m) => out.push(Event::Message(m)),
+                Err(e) => {
+                    failure.get_or_insert_with(|| Broken::Protocol(e.to_string()));
+                    return None;
                 }
             }
-            Err(PollCompletionQueueError::CompletionQueueEmpty) => {}
-            Err(e) => failure = Some(Broken::Verbs("poll receive CQ", chain(&e))),
+        } else if opcode == ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM {
+            // SAFETY: a successful RECV_RDMA_WITH_IMM completion carries the immediate.
+            let imm = unsafe { wc.imm_data_invalidated_rkey_union.imm_data };
+            out.push(Event::WriteImm {
+                imm: u32::from_be(imm),
+                len,
+            });
+        } else {
+            failure.get_or_insert_with(|| {
+                Broken::Protocol(format!("unexpected receive completion opcode {opcode}"))
+            });
+            return None;
         }
-        if failure.is_none() && !repost.is_empty() {
-            let lkey = self.bufs.mr.lkey();
-            let mut guard = self.qp.start_post_recv();
-            for &i in &repost {
-                let addr = self.bufs.addr((self.depth + i as usize) * MAX_MSG);
-                // SAFETY: buffer `i` lies inside the registered `bufs` block, which lives
-                // as long as the QP; its previous contents were copied out above.
-                unsafe {
-                    guard
-                        .construct_wr(u64::from(i))
-                        .setup_sge(lkey, addr, MAX_MSG as u32)
-                };
-            }
-            if let Err(e) = guard.post() {
-                failure = Some(Broken::Verbs("ibv_post_recv", chain(&e)));
-            }
-        }
-        repost.clear();
-        self.repost = repost;
-        match failure {
-            Some(b) => Err(self.fail(b)),
-            None => Ok(()),
-        }
+        Some(idx as u32)
     }
 
     /// Marks the endpoint broken. When the control connection is gone too, the peer
@@ -1114,6 +1258,11 @@ impl Endpoint for VerbsEndpoint {
         }
         self.usable()?;
         let slot = self.free.pop().ok_or(Error::Full { depth: self.depth })?;
+        if msg.len() <= self.max_inline {
+            // The provider copies the bytes into the work request: no staging copy.
+            let sge = (self.bufs.mr.lkey(), msg.as_ptr() as u64, msg.len());
+            return self.post(Op::Send, sge, true, 0, slot, wr_id);
+        }
         let off = slot as usize * MAX_MSG;
         if !msg.is_empty() {
             // SAFETY: staging slot `slot` is free: the work request that last used it has
@@ -1127,7 +1276,7 @@ impl Endpoint for VerbsEndpoint {
             }
         }
         let sge = (self.bufs.mr.lkey(), self.bufs.addr(off), msg.len());
-        self.post(Op::Send, sge, 0, slot, wr_id)
+        self.post(Op::Send, sge, false, 0, slot, wr_id)
     }
 
     fn poll(&mut self, out: &mut Vec<Event>) -> Result<usize> {
@@ -1135,8 +1284,7 @@ impl Endpoint for VerbsEndpoint {
             return Err(b.error(self.peer));
         }
         let before = out.len();
-        self.poll_send(out)?;
-        self.poll_recv(out)?;
+        self.poll_cq(out)?;
         let n = out.len() - before;
         if n == 0 {
             if let Err(e) = self.live.check() {

@@ -150,6 +150,100 @@ fn write_1mib_then_send() {
     assert_eq!(bytes(&p.a, window.offset, 4096), bytes(&p.b, 0, 4096));
 }
 
+/// Messages of every length around the inline limit arrive byte-exact, in order, many
+/// times over the receive queue's depth (receive buffers are reposted lazily, at the
+/// next poll), interleaved with writes whose completions share the one CQ.
+#[test]
+#[ignore = "needs an RDMA device: soft-roce-setup/verbs-tests.sh runs it in the Soft-RoCE VM"]
+fn inline_and_staged_messages_round_trip() {
+    let Some(c) = config() else { return };
+    let window = Window {
+        offset: 0,
+        len: MIB,
+    };
+    let mut p = pair(&c, 2 * MIB, window);
+    let inline = p.ea.max_inline();
+    eprintln!("max inline data {inline}");
+    assert!(inline <= MAX_MSG);
+    let mut lens = vec![0, 1, 8, 72, 200, MAX_MSG - 1, MAX_MSG];
+    for l in [inline.saturating_sub(1), inline, inline + 1] {
+        if l <= MAX_MSG {
+            lens.push(l);
+        }
+    }
+    let rounds = 3 * p.eb.max_outstanding() / lens.len() + 1;
+    fill(&p.a, 0, 4096, 0x11);
+    let (mut sent, mut got, mut done) = (0u64, Vec::new(), 0usize);
+    let mut want = Vec::new();
+    let mut evs = Vec::new();
+    for r in 0..rounds {
+        for (k, &len) in lens.iter().enumerate() {
+            let msg: Vec<u8> = (0..len)
+                .map(|i| (i as u8) ^ (r as u8) ^ (k as u8))
+                .collect();
+            // A write before every third message: both kinds complete through one CQ.
+            if k % 3 == 0 {
+                loop {
+                    match p.ea.post_write(0, 4096, 8192, 1_000_000 + sent) {
+                        Ok(()) => break,
+                        Err(Error::Full { .. }) => {
+                            evs.clear();
+                            p.ea.poll(&mut evs).unwrap();
+                            done += evs
+                                .iter()
+                                .filter(|e| matches!(e, Event::Completed { .. }))
+                                .count();
+                        }
+                        Err(e) => panic!("post_write: {e}"),
+                    }
+                }
+                sent += 1;
+            }
+            loop {
+                match p.ea.post_send(&msg, sent) {
+                    Ok(()) => break,
+                    Err(Error::Full { .. }) => {
+                        evs.clear();
+                        p.ea.poll(&mut evs).unwrap();
+                        done += evs
+                            .iter()
+                            .filter(|e| matches!(e, Event::Completed { .. }))
+                            .count();
+                    }
+                    Err(e) => panic!("post_send: {e}"),
+                }
+                // Keep the receiver draining so its receives come back.
+                let mut rx = Vec::new();
+                p.eb.poll(&mut rx).unwrap();
+                got.extend(rx.iter().filter_map(message));
+            }
+            sent += 1;
+            want.push(msg);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < want.len() || done < sent as usize {
+        assert!(
+            Instant::now() < deadline,
+            "got {} of {} messages, {done} of {sent} completions",
+            got.len(),
+            want.len()
+        );
+        let mut rx = Vec::new();
+        p.eb.poll(&mut rx).unwrap();
+        got.extend(rx.iter().filter_map(message));
+        evs.clear();
+        p.ea.poll(&mut evs).unwrap();
+        done += evs
+            .iter()
+            .filter(|e| matches!(e, Event::Completed { .. }))
+            .count();
+    }
+    assert_eq!(got, want);
+    assert_eq!(done, sent as usize);
+    assert_eq!(bytes(&p.b, 8192, 4096), bytes(&p.a, 0, 4096));
+}
+
 #[test]
 #[ignore = "needs an RDMA device: soft-roce-setup/verbs-tests.sh runs it in the Soft-RoCE VM"]
 fn write_imm_and_zero_length_operations() {
