@@ -74,7 +74,7 @@ pub const MAX_MSG: usize = 256;
 
 /// Version of every wire format this crate defines (bootstrap frames, tcp frames,
 /// shm mailbox layout). Bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Which backend carries the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -151,8 +151,8 @@ fn write_1mib_then_send() {
 }
 
 /// Messages of every length around the inline limit arrive byte-exact, in order, many
-/// times over the receive queue's depth (receive buffers are reposted lazily, at the
-/// next poll), interleaved with writes whose completions share the one CQ.
+/// times over the mailbox ring's depth (its slots come back through credit returns),
+/// interleaved with writes whose completions share the one CQ.
 #[test]
 #[ignore = "needs an RDMA device: soft-roce-setup/verbs-tests.sh runs it in the Soft-RoCE VM"]
 fn inline_and_staged_messages_round_trip() {
@@ -212,7 +212,7 @@ fn inline_and_staged_messages_round_trip() {
                     }
                     Err(e) => panic!("post_send: {e}"),
                 }
-                // Keep the receiver draining so its receives come back.
+                // Keep the receiver draining so its ring slots come back.
                 let mut rx = Vec::new();
                 p.eb.poll(&mut rx).unwrap();
                 got.extend(rx.iter().filter_map(message));
@@ -434,8 +434,8 @@ fn queue_full_and_each_wr_id_completes_once() {
     for i in 0..8 {
         wait_for(&mut p.ea, &mut done, completed(i));
     }
-    // Now 3 × depth messages; the receiver does not poll until all are posted, so
-    // some hit an empty receive queue (RNR) and are retried, not lost.
+    // Now 3 × depth messages; the receiver polls only when the sender is refused, so
+    // the sender finds the peer's ring full (Error::Full) until credits come back.
     let mut sent = 0u64;
     let mut got: Vec<Vec<u8>> = Vec::new();
     let mut evs = Vec::new();
@@ -446,7 +446,7 @@ fn queue_full_and_each_wr_id_completes_once() {
             Ok(()) => sent += 1,
             Err(Error::Full { .. }) => {
                 let _ = p.ea.wait(&mut done, Duration::from_millis(100));
-                // Only now does the receiver repost its buffers.
+                // Only now does the receiver consume slots and return credits.
                 p.eb.poll(&mut evs).unwrap();
                 got.extend(evs.drain(..).filter_map(|e| message(&e)));
             }
@@ -582,4 +582,104 @@ fn unknown_device_lists_available_ones() {
     c2.gid_index = Some(100_000);
     let e = Verbs::open(&c2, 4096).unwrap_err();
     assert!(matches!(e, Error::Config(_)), "{e}");
+}
+
+/// A peer that writes malformed slots into our mailbox ring (too long, wrong sequence,
+/// unknown kind) breaks our endpoint with a protocol error; nothing is delivered.
+#[test]
+#[ignore = "needs an RDMA device: soft-roce-setup/verbs-tests.sh runs it in the Soft-RoCE VM"]
+fn hostile_mailbox_slot_is_protocol_error() {
+    let Some(c) = config() else { return };
+    // The slot layout of verbs.rs: payload space, then
+    // seq (u64) | imm (u32) | len (u32) | kind (u32) | 3 reserved | valid (u8).
+    let slot = MAX_MSG + 24;
+    for (seq, len, kind, what) in [
+        (1u64, MAX_MSG as u32 + 1, 1u32, "exceeds"),
+        (7, 2, 1, "sequence"),
+        (1, 0, 9, "kind"),
+        (1, 8192, 2, "window"),
+    ] {
+        let mut p = pair(
+            &c,
+            64 * 1024,
+            Window {
+                offset: 0,
+                len: 4096,
+            },
+        );
+        p.ea.post_send(b"ok", 1).unwrap();
+        let mut evs = Vec::new();
+        assert_eq!(wait_for(&mut p.eb, &mut evs, message), b"ok");
+        let mut img = vec![0u8; slot];
+        img[MAX_MSG..MAX_MSG + 8].copy_from_slice(&seq.to_le_bytes());
+        img[MAX_MSG + 12..MAX_MSG + 16].copy_from_slice(&len.to_le_bytes());
+        img[MAX_MSG + 16..MAX_MSG + 20].copy_from_slice(&kind.to_le_bytes());
+        img[slot - 1] = 1; // valid byte of lap 0
+        p.ea.test_post_mailbox_raw(slot, &img, 2).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let e = loop {
+            assert!(Instant::now() < deadline, "no error after 60 s ({what})");
+            let mut evs = Vec::new();
+            match p.eb.wait(&mut evs, Duration::from_secs(1)) {
+                Ok(_) => assert!(
+                    !evs.iter()
+                        .any(|e| matches!(e, Event::Message(_) | Event::WriteImm { .. })),
+                    "delivered {evs:?} ({what})"
+                ),
+                Err(Error::Timeout { .. }) => {}
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(e, Error::Protocol { peer: 1, .. }), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+        assert!(p.eb.poll(&mut Vec::new()).is_err(), "broken afterwards");
+    }
+}
+
+/// More messages than the peer's ring has slots, with the receiver polling only when
+/// the sender is refused: `Error::Full` until the receiver returns its head, then on;
+/// every message arrives once, in order.
+#[test]
+#[ignore = "needs an RDMA device: soft-roce-setup/verbs-tests.sh runs it in the Soft-RoCE VM"]
+fn mailbox_credits_flow_back() {
+    let Some(mut c) = config() else { return };
+    c.queue_depth = 4;
+    let mut p = pair(
+        &c,
+        64 * 1024,
+        Window {
+            offset: 0,
+            len: 4096,
+        },
+    );
+    let (mut sent, mut fulls) = (0u64, 0);
+    let mut got = Vec::new();
+    let mut done = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent < 100 {
+        assert!(Instant::now() < deadline, "sent {sent}, {fulls} refusals");
+        match p.ea.post_send(&sent.to_le_bytes(), sent) {
+            Ok(()) => sent += 1,
+            Err(Error::Full { .. }) => {
+                fulls += 1;
+                p.ea.poll(&mut done).unwrap();
+                let mut evs = Vec::new();
+                p.eb.poll(&mut evs).unwrap();
+                got.extend(evs.iter().filter_map(message));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    while got.len() < 100 {
+        assert!(Instant::now() < deadline, "got {}", got.len());
+        let mut evs = Vec::new();
+        let _ = p.eb.wait(&mut evs, Duration::from_millis(100));
+        got.extend(evs.iter().filter_map(message));
+    }
+    let want: Vec<Vec<u8>> = (0..100u64).map(|i| i.to_le_bytes().to_vec()).collect();
+    assert_eq!(got, want);
+    assert!(
+        fulls > 0,
+        "a 4-slot ring must have refused some of 100 messages"
+    );
 }
