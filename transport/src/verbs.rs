@@ -1485,12 +1485,7 @@ impl Endpoint for VerbsEndpoint {
     }
 
     fn post_send(&mut self, msg: &[u8], wr_id: u64) -> Result<()> {
-        if msg.len() > MAX_MSG {
-            return Err(Error::MessageTooLarge {
-                len: msg.len(),
-                max: MAX_MSG,
-            });
-        }
+        crate::check_msg(msg)?;
         self.usable()?;
         let slot = self.reserve()?;
         self.post_slot(slot, wr_id, KIND_MSG, msg, msg.len() as u32, 0)
