@@ -11,6 +11,10 @@ use smrdb_transport::{Endpoint, Error as TError, Event, Fabric, NodeId, Region};
 
 use crate::header::{Header, Kind, FLAG_LAST, HEADER_LEN};
 use crate::ring::{RxRing, TxRing};
+
+/// Chunks in a receive ring start at multiples of this, so Arrow buffers inside a chunk
+/// stay aligned and can be read in place.
+pub(crate) const RING_ALIGN: u64 = 64;
 use crate::{
     Addr, ChunkInner, ChunkRef, Delivery, Inbound, Payload, PeerCounters, RouterError, RxChunk,
     SendSpec, Shared, Ticket,
@@ -99,14 +103,14 @@ impl<F: Fabric> Core<F> {
                 Peer {
                     index,
                     node: sh.map.nodes()[index].id,
-                    tx: TxRing::new(ep.remote_len() as u64),
+                    tx: TxRing::with_align(ep.remote_len() as u64, RING_ALIGN),
                     ep: Some(ep),
                     dead: None,
                     tx_seq: 0,
                     pending: VecDeque::new(),
                     ops: VecDeque::new(),
                     inflight: HashMap::new(),
-                    rx: RxRing::new(ring_bytes as u64),
+                    rx: RxRing::with_align(ring_bytes as u64, RING_ALIGN),
                     rx_seq: 0,
                     rx_base: pos * ring_bytes,
                     credit_due: None,

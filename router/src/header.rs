@@ -10,7 +10,8 @@
 //! 16 query u64        24 object u64 (sender-unique id of the object the chunk belongs to)
 //! 32 chunk u32 (index of the chunk in its object)  36 len u32 (payload bytes)
 //! 40 ring_offset u64 (where the payload starts in the receiver's ring for us)
-//! 48 ring_end u64 (DATA: the sender's ring stream position after the payload;
+//! 48 ring_end u64 (DATA: the sender's ring stream position after the payload, whose
+//!                  length is rounded up to a multiple of 64 so every chunk starts 64-byte aligned;
 //!                  CREDIT: the receiver's released position)
 //! 56 seq u64 (per-connection message sequence, from 0)
 //! 64 reserved u32     68 crc32 u32 (of bytes 0..68)
@@ -22,8 +23,8 @@ use crate::{Addr, RouterError};
 pub const HEADER_LEN: usize = 72;
 /// Header magic.
 pub const MAGIC: u16 = 0x4D53;
-/// Header version.
-pub const VERSION: u8 = 1;
+/// Header version (2: ring chunks start at 64-byte multiples, see `ring_end`).
+pub const VERSION: u8 = 2;
 /// Flag: the last chunk of its object.
 pub const FLAG_LAST: u16 = 1;
 

@@ -26,6 +26,8 @@ use std::collections::VecDeque;
 #[derive(Debug)]
 pub struct TxRing {
     cap: u64,
+    /// Chunks start at multiples of this (a power of two dividing `cap`).
+    align: u64,
     /// Stream position after the last reserved chunk.
     tail: u64,
     /// Released position the receiver last reported (credits).
@@ -45,8 +47,16 @@ pub struct Placement {
 impl TxRing {
     /// A ring of `cap` bytes, nothing sent.
     pub fn new(cap: u64) -> TxRing {
+        TxRing::with_align(cap, 1)
+    }
+
+    /// A ring of `cap` bytes whose chunks start at multiples of `align` (each chunk
+    /// occupies its length rounded up to `align`). An `align` that is not a power of
+    /// two dividing `cap` is taken as 1. The receiver must use the same alignment.
+    pub fn with_align(cap: u64, align: u64) -> TxRing {
         TxRing {
             cap,
+            align: checked_align(cap, align),
             tail: 0,
             head: 0,
             high_water: 0,
@@ -57,6 +67,7 @@ impl TxRing {
     /// exceed the ring.
     pub fn place(&self, len: u64) -> Option<Placement> {
         debug_assert!(len <= self.cap);
+        let len = round_up(len, self.align);
         let pos = self.tail % self.cap;
         let start = if pos + len > self.cap {
             self.tail + (self.cap - pos)
@@ -107,10 +118,25 @@ impl TxRing {
     }
 }
 
+fn checked_align(cap: u64, align: u64) -> u64 {
+    if align.is_power_of_two() && cap % align == 0 {
+        align
+    } else {
+        1
+    }
+}
+
+/// `len` rounded up to a multiple of `align` (a power of two); saturates.
+fn round_up(len: u64, align: u64) -> u64 {
+    len.checked_add(align - 1).map_or(u64::MAX, |x| x & !(align - 1))
+}
+
 /// The receiver's view of one sender's ring.
 #[derive(Debug)]
 pub struct RxRing {
     cap: u64,
+    /// As [`TxRing::with_align`].
+    align: u64,
     /// Stream position after the last accepted chunk.
     next: u64,
     /// Everything before this is released (and credited back).
@@ -125,8 +151,15 @@ pub struct RxRing {
 impl RxRing {
     /// A ring of `cap` bytes, nothing received.
     pub fn new(cap: u64) -> RxRing {
+        RxRing::with_align(cap, 1)
+    }
+
+    /// A ring of `cap` bytes whose chunks start at multiples of `align` (see
+    /// [`TxRing::with_align`]).
+    pub fn with_align(cap: u64, align: u64) -> RxRing {
         RxRing {
             cap,
+            align: checked_align(cap, align),
             next: 0,
             head: 0,
             chunks: VecDeque::new(),
@@ -142,6 +175,7 @@ impl RxRing {
     /// # Errors
     /// A description of what is wrong; nothing is recorded then.
     pub fn accept(&mut self, offset: u64, len: u64, end: u64) -> Result<(u64, u64), String> {
+        let len = round_up(len, self.align);
         let start = end
             .checked_sub(len)
             .ok_or_else(|| format!("chunk end {end} before its length {len}"))?;
@@ -212,6 +246,39 @@ impl RxRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_rings_keep_chunk_starts_aligned() {
+        let mut tx = TxRing::with_align(1024, 64);
+        let mut rx = RxRing::with_align(1024, 64);
+        let mut ids = Vec::new();
+        for len in [1u64, 100, 64, 700, 63, 129] {
+            let p = loop {
+                if let Some(p) = tx.place(len) {
+                    break p;
+                }
+                // Release everything to make room.
+                for id in ids.drain(..) {
+                    if let Some(h) = rx.release(id) {
+                        tx.credit(h).unwrap();
+                    }
+                }
+            };
+            assert_eq!(p.offset % 64, 0, "chunk of {len} at {}", p.offset);
+            tx.commit(p);
+            let (off, id) = rx.accept(p.offset, len, p.end).unwrap();
+            assert_eq!(off, p.offset);
+            ids.push(id);
+        }
+        // A receiver without the alignment refuses the sender's positions.
+        let mut tx = TxRing::with_align(1024, 64);
+        let mut plain = RxRing::new(1024);
+        let a = tx.place(10).unwrap();
+        tx.commit(a);
+        plain.accept(a.offset, 10, a.end).unwrap_err();
+        // An alignment that does not divide the ring is ignored.
+        assert_eq!(TxRing::with_align(100, 64).place(60).unwrap().end, 60);
+    }
 
     #[test]
     fn sender_wraps_and_waits_for_credit() {
