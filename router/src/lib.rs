@@ -941,6 +941,27 @@ impl RouterHandle {
         Ok(OutBuf { range, len })
     }
 
+    /// Allocates a `len`-byte buffer in the outgoing arena if there is room now, without
+    /// waiting (`Ok(None)` when the arena is full). A consumer that must keep draining
+    /// its inbox while it sends (a Tstore streaming join tables) uses this.
+    ///
+    /// # Errors
+    /// [`RouterError::TooLarge`] as [`RouterHandle::alloc`].
+    pub fn try_alloc(&self, len: usize) -> Result<Option<OutBuf>, RouterError> {
+        if len > self.shared.ring_bytes {
+            return Err(RouterError::TooLarge {
+                len,
+                max: self.shared.ring_bytes,
+                what: "a receive ring",
+            });
+        }
+        match self.shared.arena.alloc(len, Duration::ZERO) {
+            Ok(range) => Ok(Some(OutBuf { range, len })),
+            Err(RouterError::Backpressure { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends a buffer: pointers to local destinations now, one copy per remote node
     /// (per remote Tstore in naive mode) through the router thread.
     ///

@@ -119,7 +119,7 @@ impl TxRing {
 }
 
 fn checked_align(cap: u64, align: u64) -> u64 {
-    if align.is_power_of_two() && cap % align == 0 {
+    if align.is_power_of_two() && cap.is_multiple_of(align) {
         align
     } else {
         1
@@ -128,7 +128,8 @@ fn checked_align(cap: u64, align: u64) -> u64 {
 
 /// `len` rounded up to a multiple of `align` (a power of two); saturates.
 fn round_up(len: u64, align: u64) -> u64 {
-    len.checked_add(align - 1).map_or(u64::MAX, |x| x & !(align - 1))
+    len.checked_add(align - 1)
+        .map_or(u64::MAX, |x| x & !(align - 1))
 }
 
 /// The receiver's view of one sender's ring.
