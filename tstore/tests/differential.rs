@@ -374,11 +374,64 @@ fn ref_aggregate(pa: &PartialAgg, rows: &[Vec<Value>]) -> Vec<Vec<Value>> {
                         .cloned()
                         .max_by(total_cmp)
                         .unwrap_or(Value::Null),
+                    f => ref_holistic(f, vals.clone()),
                 });
             }
             out
         })
         .collect()
+}
+
+/// Reference holistic aggregate over the non-null argument values of one group.
+fn ref_holistic(f: AggFunc, mut vals: Vec<Value>) -> Value {
+    vals.sort_by(total_cmp);
+    let mut distinct: Vec<(Value, i64)> = Vec::new();
+    for v in vals.iter() {
+        match distinct.last_mut() {
+            Some((d, n)) if d.sql_eq(v) == Some(true) => *n += 1,
+            _ => distinct.push((v.clone(), 1)),
+        }
+    }
+    let dsum = || -> Value {
+        if distinct.is_empty() {
+            Value::Null
+        } else if distinct.iter().any(|(v, _)| matches!(v, Value::Double(_))) {
+            Value::Double(distinct.iter().map(|(v, _)| v.as_f64().unwrap()).sum())
+        } else {
+            Value::BigInt(distinct.iter().map(|(v, _)| v.as_i64().unwrap()).sum())
+        }
+    };
+    match f {
+        AggFunc::CountDistinct => Value::BigInt(distinct.len() as i64),
+        AggFunc::SumDistinct => dsum(),
+        AggFunc::AvgDistinct => match dsum() {
+            Value::Null => Value::Null,
+            s => Value::Double(s.as_f64().unwrap() / distinct.len() as f64),
+        },
+        AggFunc::Mode { descending } => {
+            if descending {
+                distinct.reverse();
+            }
+            let best = distinct.iter().map(|(_, n)| *n).max();
+            distinct
+                .into_iter()
+                .find(|(_, n)| Some(*n) == best)
+                .map(|(v, _)| v)
+                .unwrap_or(Value::Null)
+        }
+        AggFunc::PercentileDisc { descending, .. } => {
+            if vals.is_empty() {
+                return Value::Null;
+            }
+            if descending {
+                vals.reverse();
+            }
+            let p = f.fraction().unwrap();
+            let pos = ((p * vals.len() as f64).ceil() as usize).max(1);
+            vals[pos - 1].clone()
+        }
+        f => panic!("not holistic: {f:?}"),
+    }
 }
 
 fn gen_agg(r: &mut Rng) -> PartialAgg {
@@ -392,7 +445,26 @@ fn gen_agg(r: &mut Rng) -> PartialAgg {
         })
         .collect();
     let aggs = (0..1 + r.below(4))
-        .map(|_| match r.below(6) {
+        .map(|_| match r.below(9) {
+            6 => AggCall::new(
+                *r.pick(&[
+                    AggFunc::CountDistinct,
+                    AggFunc::SumDistinct,
+                    AggFunc::AvgDistinct,
+                ]),
+                Expr::col(*r.pick(&[0, 1, 2, 6])),
+            ),
+            7 => AggCall::new(
+                AggFunc::Mode {
+                    descending: r.chance(0.5),
+                },
+                Expr::col(r.below(7) as usize),
+            ),
+            8 => AggCall::new(
+                AggFunc::percentile_disc(*r.pick(&[0.0, 0.1, 0.25, 0.5, 0.7, 1.0]), r.chance(0.5))
+                    .unwrap(),
+                Expr::col(r.below(7) as usize),
+            ),
             0 => AggCall::count_star(),
             1 => AggCall::new(AggFunc::Count, Expr::col(r.below(7) as usize)),
             2 => AggCall::new(AggFunc::Sum, Expr::col(*r.pick(&[0, 1, 2, 6]))),
