@@ -42,21 +42,143 @@ pub(crate) fn value_err(e: smrdb_tstore::Error) -> PlanError {
     PlanError::from(e)
 }
 
-/// The table an expression is bound against (or none, for SELECT without FROM).
+/// One table of a FROM clause, as the binder sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct ScopeTable {
+    /// Table name.
+    pub table: String,
+    /// `AS alias`, if any (the table is then known only by its alias).
+    pub alias: Option<String>,
+    /// The table's columns.
+    pub schema: TableSchema,
+    /// Index of its first column in [`Scope::schema`].
+    pub offset: usize,
+    /// False while binding a `JOIN ... ON` condition that cannot see this table (a
+    /// table joined later, or one of another FROM item).
+    pub visible: bool,
+}
+
+impl ScopeTable {
+    /// The name the query refers to it by: the alias, else the table name.
+    pub(crate) fn name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.table)
+    }
+}
+
+/// The tables an expression is bound against (none, for SELECT without FROM).
+///
+/// Column indices are into [`Scope::schema`]: every table's columns, in FROM order
+/// (the *full scope*). With one table that is the table's schema as is; with
+/// several, columns are named `alias.column` (for messages and EXPLAIN).
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
-    pub table: Option<String>,
-    pub alias: Option<String>,
+    pub tables: Vec<ScopeTable>,
     pub schema: TableSchema,
 }
 
 impl Scope {
     pub(crate) fn empty() -> Self {
         Scope {
-            table: None,
-            alias: None,
+            tables: vec![],
             schema: TableSchema::new(vec![]),
         }
+    }
+
+    /// One table.
+    pub(crate) fn single(table: String, alias: Option<String>, schema: TableSchema) -> Self {
+        Scope {
+            tables: vec![ScopeTable {
+                table,
+                alias,
+                schema: schema.clone(),
+                offset: 0,
+                visible: true,
+            }],
+            schema,
+        }
+    }
+
+    /// Several tables, in FROM order: (table, alias, schema).
+    ///
+    /// # Errors
+    /// Two entries known by the same name (42712).
+    pub(crate) fn multi(
+        tables: Vec<(String, Option<String>, TableSchema)>,
+    ) -> Result<Self, PlanError> {
+        if let [(t, a, s)] = tables.as_slice() {
+            return Ok(Scope::single(t.clone(), a.clone(), s.clone()));
+        }
+        let mut out: Vec<ScopeTable> = Vec::with_capacity(tables.len());
+        let mut cols = Vec::new();
+        for (table, alias, schema) in tables {
+            let st = ScopeTable {
+                table,
+                alias,
+                offset: cols.len(),
+                schema,
+                visible: true,
+            };
+            if out.iter().any(|o| o.name() == st.name()) {
+                return Err(PlanError::InvalidReference {
+                    code: "42712",
+                    msg: format!("table name \"{}\" specified more than once", st.name()),
+                });
+            }
+            for c in &st.schema.columns {
+                cols.push(ColumnDef::new(
+                    format!("{}.{}", st.name(), c.name),
+                    c.data_type,
+                    c.nullable,
+                ));
+            }
+            out.push(st);
+        }
+        Ok(Scope {
+            tables: out,
+            schema: TableSchema::new(cols),
+        })
+    }
+
+    /// The same scope where only the tables with `visible[i]` can be referenced
+    /// (column indices unchanged).
+    pub(crate) fn with_visible(&self, visible: &[bool]) -> Scope {
+        let mut s = self.clone();
+        for (t, v) in s.tables.iter_mut().zip(visible) {
+            t.visible = *v;
+        }
+        s
+    }
+
+    /// The table a full-scope column index belongs to.
+    pub(crate) fn table_of(&self, col: usize) -> usize {
+        self.tables
+            .iter()
+            .rposition(|t| t.offset <= col)
+            .unwrap_or(0)
+    }
+
+    /// The table a qualifier (`q` in `q.col` or `q.*`) names.
+    ///
+    /// # Errors
+    /// 42P01 when no visible table is known by that name.
+    pub(crate) fn qualified(&self, q: &str) -> Result<usize, PlanError> {
+        let err = |msg: String| PlanError::InvalidReference { code: "42P01", msg };
+        if let Some(i) = self.tables.iter().position(|t| t.name() == q) {
+            if self.tables[i].visible {
+                return Ok(i);
+            }
+            return Err(err(format!(
+                "invalid reference to FROM-clause entry for table \"{q}\""
+            )));
+        }
+        if let Some(t) = self.tables.iter().find(|t| t.table == q) {
+            return Err(err(format!(
+                "invalid reference to FROM-clause entry for table \"{q}\" (perhaps you meant \
+                 to reference the table alias \"{}\")",
+                t.name()
+            )));
+        }
+        Err(err(format!("missing FROM-clause entry for table \"{q}\"")))
     }
 }
 
@@ -183,23 +305,27 @@ pub(crate) fn has_columns(e: &Expr) -> bool {
 /// Result type of an aggregate over an argument of type `t`.
 fn agg_type(f: AggFunc, t: Option<DataType>) -> Result<DataType, PlanError> {
     Ok(match f {
-        AggFunc::Count | AggFunc::CountStar => DataType::BigInt,
-        AggFunc::Sum | AggFunc::Avg => {
+        AggFunc::Count | AggFunc::CountStar | AggFunc::CountDistinct => DataType::BigInt,
+        AggFunc::Sum | AggFunc::Avg | AggFunc::SumDistinct | AggFunc::AvgDistinct => {
+            let avg = matches!(f, AggFunc::Avg | AggFunc::AvgDistinct);
             let t = t.unwrap_or(DataType::BigInt);
             if !t.is_numeric() {
                 return Err(PlanError::TypeMismatch(format!(
                     "function {}({}) does not exist",
-                    if f == AggFunc::Sum { "sum" } else { "avg" },
+                    if avg { "avg" } else { "sum" },
                     t.sql_name().to_lowercase()
                 )));
             }
-            if f == AggFunc::Avg || t == DataType::Double {
+            if avg || t == DataType::Double {
                 DataType::Double
             } else {
                 DataType::BigInt
             }
         }
-        AggFunc::Min | AggFunc::Max => t.unwrap_or(DataType::Text),
+        // mode / percentile_disc return one of the (ORDER BY) argument's values
+        AggFunc::Min | AggFunc::Max | AggFunc::Mode { .. } | AggFunc::PercentileDisc { .. } => {
+            t.unwrap_or(DataType::Text)
+        }
     })
 }
 
@@ -250,28 +376,45 @@ impl<'a> Binder<'a> {
         Ok(e.data_type(&self.ext_schema())?)
     }
 
+    /// Resolves `name` or `qual.name` against the scope: a qualified name in the
+    /// table the qualifier names, an unqualified one in every visible table (42702 when
+    /// several have it).
     fn column(&self, qual: Option<&[ast::Ident]>, name: &ast::Ident) -> Result<Expr, PlanError> {
         let n = ident(name);
+        let scope = self.scope;
         if let Some(q) = qual {
             let q = ident(
                 q.last()
                     .ok_or_else(|| PlanError::Internal("empty".into()))?,
             );
-            let ok = self.scope.alias.as_deref() == Some(q.as_str())
-                || (self.scope.alias.is_none() && self.scope.table.as_deref() == Some(q.as_str()));
-            if !ok {
-                return Err(PlanError::UndefinedTable(format!(
-                    "{q} (missing FROM-clause entry)"
-                )));
+            let t = &scope.tables[scope.qualified(&q)?];
+            return t
+                .schema
+                .columns
+                .iter()
+                .position(|c| c.name == n)
+                .map(|i| Expr::Column(t.offset + i))
+                .ok_or_else(|| {
+                    PlanError::UndefinedColumn(if scope.tables.len() > 1 {
+                        format!("{q}.{n}")
+                    } else {
+                        n.clone()
+                    })
+                });
+        }
+        let mut found = None;
+        for t in scope.tables.iter().filter(|t| t.visible) {
+            if let Some(i) = t.schema.columns.iter().position(|c| c.name == n) {
+                if found.is_some() {
+                    return Err(PlanError::InvalidReference {
+                        code: "42702",
+                        msg: format!("column reference \"{n}\" is ambiguous"),
+                    });
+                }
+                found = Some(t.offset + i);
             }
         }
-        self.scope
-            .schema
-            .columns
-            .iter()
-            .position(|c| c.name == n)
-            .map(Expr::Column)
-            .ok_or(PlanError::UndefinedColumn(n))
+        found.map(Expr::Column).ok_or(PlanError::UndefinedColumn(n))
     }
 
     /// Coerces a TEXT literal to `t` (plan-time cast of an "unknown" literal); a NULL
@@ -578,10 +721,28 @@ impl<'a> Binder<'a> {
         if f.over.is_some() {
             return Err(PlanError::Unsupported(format!("window function {name}")));
         }
-        if f.filter.is_some() || !f.within_group.is_empty() || f.null_treatment.is_some() {
+        if f.filter.is_some() || f.null_treatment.is_some() {
             return Err(PlanError::Unsupported(format!(
-                "{name}(...) FILTER / WITHIN GROUP"
+                "{name}(...) FILTER / IGNORE NULLS"
             )));
+        }
+        // Ordered-set aggregates: `name(direct args) WITHIN GROUP (ORDER BY key)`.
+        let ordered_set = matches!(
+            name.as_str(),
+            "mode" | "percentile_disc" | "percentile_cont"
+        );
+        // an ordered-set aggregate needs WITHIN GROUP, nothing else may have it
+        if ordered_set == f.within_group.is_empty() {
+            return Err(PlanError::InvalidReference {
+                code: "42809",
+                msg: if ordered_set {
+                    format!("WITHIN GROUP is required for ordered-set aggregate {name}")
+                } else {
+                    format!(
+                        "{name} is not an ordered-set aggregate, so it cannot have WITHIN GROUP"
+                    )
+                },
+            });
         }
         let (args, distinct) = match &f.args {
             FunctionArguments::None => (vec![], false),
@@ -601,15 +762,22 @@ impl<'a> Binder<'a> {
                 return Err(PlanError::Unsupported("subqueries".into()))
             }
         };
-        let agg = match name.as_str() {
-            "count" => Some(AggFunc::Count),
-            "sum" => Some(AggFunc::Sum),
+        let pick = |plain: AggFunc, dist: AggFunc| Some(if distinct { dist } else { plain });
+        let mut agg = match name.as_str() {
+            "count" => pick(AggFunc::Count, AggFunc::CountDistinct),
+            "sum" => pick(AggFunc::Sum, AggFunc::SumDistinct),
+            "avg" => pick(AggFunc::Avg, AggFunc::AvgDistinct),
+            // DISTINCT does not change MIN / MAX
             "min" => Some(AggFunc::Min),
             "max" => Some(AggFunc::Max),
-            "avg" => Some(AggFunc::Avg),
             _ => None,
         };
-        if distinct {
+        if distinct && ordered_set {
+            return Err(PlanError::Syntax(
+                "cannot use DISTINCT with WITHIN GROUP".into(),
+            ));
+        }
+        if distinct && agg.is_none() {
             return Err(PlanError::Unsupported(format!("{name}(DISTINCT ...)")));
         }
         let mut exprs = Vec::new();
@@ -625,6 +793,75 @@ impl<'a> Binder<'a> {
                 }
             }
         }
+        if star && distinct {
+            return Err(PlanError::Syntax(format!(
+                "{name}(DISTINCT *) is not valid"
+            )));
+        }
+        // The aggregated argument: the WITHIN GROUP key of an ordered-set aggregate
+        // (its parenthesized arguments are direct, per-call constants).
+        let mut within: Option<&ast::Expr> = None;
+        if ordered_set {
+            if self.aggs.is_none() {
+                return Err(PlanError::Grouping(format!(
+                    "aggregate functions are not allowed in {}",
+                    self.clause
+                )));
+            }
+            let key = match f.within_group.as_slice() {
+                [k] if k.with_fill.is_none() => k,
+                _ => {
+                    return Err(PlanError::TypeMismatch(format!(
+                        "function {name} takes exactly one WITHIN GROUP (ORDER BY ...) key"
+                    )))
+                }
+            };
+            let descending = key.options.asc == Some(false);
+            within = Some(&key.expr);
+            agg = Some(match (name.as_str(), exprs.as_slice(), star) {
+                ("mode", [], false) => AggFunc::Mode { descending },
+                ("percentile_disc", [fe], false) => {
+                    let mut inner = Binder::new(self.scope, "aggregate function arguments");
+                    let fb = inner.bind(fe)?;
+                    if has_columns(&fb) {
+                        return Err(PlanError::Unsupported(format!(
+                            "{name} with a fraction that is not a constant"
+                        )));
+                    }
+                    let fv = match fb.eval_scalar()? {
+                        Value::Null => {
+                            return Err(PlanError::Unsupported(format!(
+                                "{name} with a NULL fraction"
+                            )))
+                        }
+                        v @ Value::Text(_) => {
+                            v.coerce_to(DataType::Double).map_err(|e| match e {
+                                smrdb_tstore::Error::TypeMismatch(m) => PlanError::InvalidText(m),
+                                e => value_err(e),
+                            })?
+                        }
+                        v => v,
+                    };
+                    let Some(fraction) = fv.as_f64() else {
+                        return Err(PlanError::TypeMismatch(format!(
+                            "function {name}({}) does not exist",
+                            inner.ty(&fb)?.sql_name().to_lowercase()
+                        )));
+                    };
+                    AggFunc::percentile_disc(fraction, descending)?
+                }
+                ("percentile_cont", _, _) => {
+                    return Err(PlanError::Unsupported(format!("function {name}")))
+                }
+                _ => {
+                    return Err(PlanError::TypeMismatch(format!(
+                        "function {name} takes {} direct argument{}",
+                        if name == "mode" { "no" } else { "exactly one" },
+                        if name == "mode" { "s" } else { "" }
+                    )))
+                }
+            });
+        }
         if let Some(func) = agg {
             let clause = self.clause;
             let Some(aggs) = self.aggs.as_deref_mut() else {
@@ -632,25 +869,39 @@ impl<'a> Binder<'a> {
                     "aggregate functions are not allowed in {clause}"
                 )));
             };
-            let (call, arg_t) = if star && exprs.is_empty() {
-                (AggCall::count_star(), None)
-            } else if exprs.len() == 1 && !star {
+            let arg_ast = match within {
+                Some(k) => Some(k),
+                None if star && exprs.is_empty() => None,
+                None if exprs.len() == 1 && !star => Some(exprs[0]),
+                None => {
+                    return Err(PlanError::TypeMismatch(format!(
+                        "function {name} takes exactly one argument"
+                    )))
+                }
+            };
+            let (call, arg_t) = if let Some(arg_ast) = arg_ast {
                 let mut inner = Binder::new(self.scope, "aggregate function arguments");
-                let mut arg = inner.bind(exprs[0])?;
+                let mut arg = inner.bind(arg_ast)?;
                 // An untyped NULL argument: give it a concrete type.
                 if matches!(arg, Expr::Literal(Value::Null)) {
-                    arg = arg.cast(if matches!(func, AggFunc::Sum | AggFunc::Avg) {
-                        DataType::BigInt
-                    } else {
-                        DataType::Text
-                    });
+                    arg = arg.cast(
+                        if matches!(
+                            func,
+                            AggFunc::Sum
+                                | AggFunc::Avg
+                                | AggFunc::SumDistinct
+                                | AggFunc::AvgDistinct
+                        ) {
+                            DataType::BigInt
+                        } else {
+                            DataType::Text
+                        },
+                    );
                 }
                 let t = inner.ty(&arg)?;
                 (AggCall::new(func, arg), Some(t))
             } else {
-                return Err(PlanError::TypeMismatch(format!(
-                    "function {name} takes exactly one argument"
-                )));
+                (AggCall::count_star(), None)
             };
             let rt = agg_type(func, arg_t)?;
             let ncols = self.scope.schema.columns.len();

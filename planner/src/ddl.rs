@@ -332,14 +332,7 @@ fn scope_for(catalog: &dyn Catalog, t: &ast::TableWithJoins) -> Result<(String, 
     let schema = catalog
         .table(&name)
         .ok_or_else(|| PlanError::UndefinedTable(name.clone()))?;
-    Ok((
-        name.clone(),
-        Scope {
-            table: Some(name),
-            alias,
-            schema,
-        },
-    ))
+    Ok((name.clone(), Scope::single(name, alias, schema)))
 }
 
 fn where_clause(scope: &Scope, w: Option<&ast::Expr>) -> Result<Option<Expr>, PlanError> {

@@ -7,13 +7,31 @@
 //! [`Finish`] the primary runs over the gathered batches (merge + finalize of partial
 //! aggregates, HAVING, final projection, DISTINCT, ORDER BY, OFFSET/LIMIT).
 //!
+//! A `SELECT` over 2 to 6 tables (`FROM a, b WHERE ...`, `[INNER] JOIN ... ON`,
+//! `CROSS JOIN`, aliases, self-joins) is a *multi-set* query: its [`QueryPlan::join`]
+//! is a [`JoinSpec`] (the pivot that stays in place, the join tables every Tstore
+//! builds and sends, the join steps), and the fragment runs over the *combined row*
+//! (the pivot's kept columns, then each join table's, in join order) instead of a
+//! table. The join planner pushes one-table conditions into the inputs, takes `x = y`
+//! between two tables as hash-join keys, places every other condition at the first
+//! step that has its tables, keeps only the columns the query needs, picks the
+//! largest join table as the pivot (from [`Catalog::row_count`], or as forced by the
+//! `smrdb.pivot` setting) and orders the join tables so that each step has a key and
+//! the largest one streams last. Outer, NATURAL and USING joins are not supported.
+//!
+//! `EXPLAIN [ANALYZE] SELECT ...` is [`Plan::Explain`]; [`explain_lines`] describes a
+//! plan in readable lines (pivot and why, join tables, keys, what crosses the network,
+//! the Tstore fragment, the primary's post-processing).
+//!
 //! The crate is pure: no threads, no I/O.
 #![deny(missing_docs)]
 
 mod bind;
 mod ddl;
 mod error;
+mod explain;
 mod finish;
+mod join;
 mod select;
 
 use serde::{Deserialize, Serialize};
@@ -22,15 +40,24 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use error::PlanError;
+pub use explain::{explain_lines, render_expr};
 pub use finish::{Finish, SortKey};
-pub use smrdb_tstore::{DataType, Expr, Fragment, PartialAgg, RecordBatch, TableSchema, Value};
+pub use smrdb_tstore::{
+    DataType, Expr, Fragment, JoinInput, JoinSpec, JoinStep, PartialAgg, RecordBatch, TableSchema,
+    Value,
+};
 
 /// What the planner knows about tables (the node implements it over its catalog).
 pub trait Catalog {
     /// Schema of `name` (lower-cased), or None.
     fn table(&self, name: &str) -> Option<TableSchema>;
-    /// Row count statistics, when known (used by the join planner later).
+    /// Row count statistics, when known (the join planner's pivot choice uses them).
     fn row_count(&self, _name: &str) -> Option<u64> {
+        None
+    }
+    /// A session setting (lower-cased name), e.g. `smrdb.pivot` to force the pivot
+    /// (a table name or alias) for experiments.
+    fn setting(&self, _name: &str) -> Option<String> {
         None
     }
 }
@@ -88,8 +115,15 @@ pub enum Plan {
         /// Rows to delete (all when None).
         filter: Option<Expr>,
     },
-    /// A distributed single-table query.
+    /// A distributed query (single-table, or multi-set when [`QueryPlan::join`] is set).
     Query(QueryPlan),
+    /// `EXPLAIN [ANALYZE] query`.
+    Explain {
+        /// Run it and report what happened, too.
+        analyze: bool,
+        /// The query.
+        query: Box<QueryPlan>,
+    },
     /// SELECT without FROM, evaluated entirely by the planner.
     Values {
         /// Output columns.
@@ -159,18 +193,29 @@ pub struct CsvFormat {
     pub columns: Option<Vec<usize>>,
 }
 
-/// A single-table SELECT, distributed: every Tstore runs `fragment` on its slice
-/// (the secondary query); the primary gathers the result batches and runs `finish`.
+/// A SELECT, distributed: every Tstore runs `fragment` on its slice (the secondary
+/// query); the primary gathers the result batches and runs `finish`.
+///
+/// A multi-set query also has [`QueryPlan::join`]: every Tstore first builds its join
+/// tables and compares its pivot slice with every Tstore's join tables; `fragment`
+/// then runs over the combined row (see [`smrdb_tstore::join`]) instead of a table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueryPlan {
-    /// Table name.
+    /// Table name (the pivot's, for a multi-set query).
     pub table: String,
+    /// The join, for a multi-set query.
+    pub join: Option<JoinSpec>,
     /// The secondary query every Tstore runs.
     pub fragment: Fragment,
     /// The primary's post-processing.
     pub finish: Finish,
     /// Output column names and types, in order.
     pub columns: Vec<(String, DataType)>,
+    /// For a multi-set query, the table schema of each join input: the pivot's, then
+    /// the join tables' in [`JoinSpec::join_tables`] order (what
+    /// [`smrdb_tstore::join::combined_schema`] takes; EXPLAIN names the columns of
+    /// pushed filters with them). Empty for a single-table query.
+    pub input_schemas: Vec<TableSchema>,
 }
 
 /// Parses and binds one or more `;`-separated statements.
@@ -195,6 +240,36 @@ pub fn plan_sql(sql: &str, catalog: &dyn Catalog) -> Result<Vec<Plan>, PlanError
 fn plan_statement(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan, PlanError> {
     match stmt {
         Statement::Query(q) => select::plan_query_or_values(q, catalog),
+        Statement::Explain {
+            describe_alias,
+            analyze,
+            verbose: _,
+            query_plan,
+            estimate,
+            statement,
+            format,
+            options,
+        } => {
+            if *describe_alias != sqlparser::ast::DescribeAlias::Explain
+                || *query_plan
+                || *estimate
+                || format.is_some()
+            {
+                return Err(PlanError::Unsupported(
+                    "only EXPLAIN [ANALYZE] [VERBOSE] is supported".into(),
+                ));
+            }
+            let analyze = *analyze || explain::analyze_option(options.as_deref())?;
+            match statement.as_ref() {
+                Statement::Query(q) => Ok(Plan::Explain {
+                    analyze,
+                    query: Box::new(select::plan_query(q, catalog)?),
+                }),
+                _ => Err(PlanError::Unsupported(
+                    "EXPLAIN of anything but a SELECT with FROM".into(),
+                )),
+            }
+        }
         Statement::CreateTable(ct) => ddl::create_table(ct, catalog),
         Statement::Drop {
             object_type,

@@ -1,11 +1,13 @@
-//! Planning single-table SELECTs into a Tstore [`Fragment`] and a primary [`Finish`].
+//! Planning SELECTs into a Tstore [`Fragment`] and a primary [`Finish`]: the FROM
+//! clause (one table, or several for a multi-set query, handed on to
+//! [`crate::join`]) and the SELECT machinery over it.
 
 use smrdb_tstore::{AggCall, DataType, Expr, Fragment, PartialAgg, Value};
 use sqlparser::ast::{self as ast, SelectItem, SetExpr, TableFactor};
 
-use crate::bind::{has_columns, ident, map_children, object_name, Binder, Scope};
+use crate::bind::{has_columns, ident, map_children, object_name, Binder, Scope, ScopeTable};
 use crate::finish::{Finish, SortKey};
-use crate::{Catalog, Plan, PlanError, QueryPlan};
+use crate::{join, Catalog, Plan, PlanError, QueryPlan};
 
 /// One SELECT list entry before binding.
 enum Item<'q> {
@@ -232,18 +234,21 @@ fn cast_to(e: Expr, t: DataType) -> Expr {
     }
 }
 
-/// Plans a single-table SELECT with a FROM clause.
-pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryPlan, PlanError> {
-    let s = check_query_shape(q)?;
-    let from = match s.from.as_slice() {
-        [] => return Err(PlanError::Unsupported("SELECT without FROM here".into())),
-        [one] => one,
-        _ => return Err(PlanError::Unsupported("joins (several FROM items)".into())),
-    };
-    if !from.joins.is_empty() {
-        return Err(PlanError::Unsupported("joins".into()));
-    }
-    let (table, alias) = match &from.relation {
+/// At most this many tables in one FROM clause.
+pub(crate) const MAX_TABLES: usize = 6;
+
+/// A bound FROM clause.
+struct FromClause<'q> {
+    /// Every table, in FROM order.
+    scope: Scope,
+    /// Each `JOIN ... ON` condition, with the tables it may reference (those of its
+    /// FROM item up to and including the joined table, as in PostgreSQL).
+    ons: Vec<(&'q ast::Expr, Vec<bool>)>,
+}
+
+/// A table of the FROM clause: (table name, alias).
+fn table_factor(tf: &TableFactor) -> Result<(String, Option<String>), PlanError> {
+    match tf {
         TableFactor::Table {
             name,
             alias,
@@ -275,21 +280,145 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
                     )));
                 }
             }
-            (object_name(name)?, alias.as_ref().map(|a| ident(&a.name)))
+            Ok((object_name(name)?, alias.as_ref().map(|a| ident(&a.name))))
         }
-        TableFactor::Derived { .. } => {
-            return Err(PlanError::Unsupported("subqueries in FROM".into()))
+        TableFactor::Derived { .. } => Err(PlanError::Unsupported("subqueries in FROM".into())),
+        TableFactor::NestedJoin { .. } => {
+            Err(PlanError::Unsupported("parenthesized joins in FROM".into()))
         }
-        other => return Err(PlanError::Unsupported(format!("FROM item {other}"))),
-    };
-    let schema = catalog
-        .table(&table)
-        .ok_or_else(|| PlanError::UndefinedTable(table.clone()))?;
-    let scope = Scope {
-        table: Some(table.clone()),
-        alias,
-        schema,
-    };
+        other => Err(PlanError::Unsupported(format!("FROM item {other}"))),
+    }
+}
+
+/// Binds a FROM list: comma-separated items, each a table followed by inner joins
+/// (`[INNER] JOIN ... ON`, `CROSS JOIN`). Outer, NATURAL and USING joins are not
+/// supported.
+fn bind_from<'q>(
+    from: &'q [ast::TableWithJoins],
+    catalog: &dyn Catalog,
+) -> Result<FromClause<'q>, PlanError> {
+    use ast::{JoinConstraint as C, JoinOperator as J};
+    let mut names: Vec<(String, Option<String>)> = Vec::new();
+    // (condition, first table of its FROM item, the table it joins)
+    let mut ons: Vec<(&ast::Expr, usize, usize)> = Vec::new();
+    for item in from {
+        let first = names.len();
+        names.push(table_factor(&item.relation)?);
+        for j in &item.joins {
+            if j.global {
+                return Err(PlanError::Unsupported("GLOBAL JOIN".into()));
+            }
+            let (constraint, cross) = match &j.join_operator {
+                J::Join(c) | J::Inner(c) => (c, false),
+                J::CrossJoin(c) => (c, true),
+                J::Left(_) | J::LeftOuter(_) => {
+                    return Err(PlanError::Unsupported("LEFT [OUTER] JOIN".into()))
+                }
+                J::Right(_) | J::RightOuter(_) => {
+                    return Err(PlanError::Unsupported("RIGHT [OUTER] JOIN".into()))
+                }
+                J::FullOuter(_) => return Err(PlanError::Unsupported("FULL [OUTER] JOIN".into())),
+                other => {
+                    let text = ast::Join {
+                        relation: j.relation.clone(),
+                        global: false,
+                        join_operator: other.clone(),
+                    }
+                    .to_string();
+                    let head: String = text
+                        .split_whitespace()
+                        .take_while(|w| !w.eq_ignore_ascii_case("join"))
+                        .chain(["JOIN"])
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    return Err(PlanError::Unsupported(head));
+                }
+            };
+            names.push(table_factor(&j.relation)?);
+            match constraint {
+                C::On(e) if !cross => ons.push((e, first, names.len() - 1)),
+                C::None if cross => {}
+                C::None => {
+                    return Err(PlanError::Syntax(
+                        "syntax error: JOIN needs an ON condition".into(),
+                    ))
+                }
+                C::Natural => return Err(PlanError::Unsupported("NATURAL JOIN".into())),
+                C::Using(_) => return Err(PlanError::Unsupported("JOIN ... USING".into())),
+                C::On(_) => {
+                    return Err(PlanError::Syntax(
+                        "syntax error: CROSS JOIN takes no ON condition".into(),
+                    ))
+                }
+            }
+        }
+    }
+    if names.len() > MAX_TABLES {
+        return Err(PlanError::Unsupported(format!(
+            "joins of more than {MAX_TABLES} tables ({} in FROM)",
+            names.len()
+        )));
+    }
+    let mut tables = Vec::with_capacity(names.len());
+    for (table, alias) in names {
+        let schema = catalog
+            .table(&table)
+            .ok_or_else(|| PlanError::UndefinedTable(table.clone()))?;
+        tables.push((table, alias, schema));
+    }
+    let n = tables.len();
+    let scope = Scope::multi(tables)?;
+    let ons = ons
+        .into_iter()
+        .map(|(e, first, upto)| (e, (0..n).map(|i| first <= i && i <= upto).collect()))
+        .collect();
+    Ok(FromClause { scope, ons })
+}
+
+/// Plans a SELECT with a FROM clause: one table, or a multi-set query (a join of
+/// up to [`MAX_TABLES`] tables, see [`crate::join`]).
+pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryPlan, PlanError> {
+    let s = check_query_shape(q)?;
+    if s.from.is_empty() {
+        return Err(PlanError::Unsupported("SELECT without FROM here".into()));
+    }
+    let from = bind_from(&s.from, catalog)?;
+    let scope = &from.scope;
+    if scope.tables.len() == 1 {
+        return plan_body(q, s, scope, true);
+    }
+    // Multi-set: every ON condition and WHERE over the full scope; the join planner
+    // splits them into pushed filters, keys and residual filters.
+    let mut conds = Vec::new();
+    for (on, visible) in &from.ons {
+        let sc = scope.with_visible(visible);
+        let mut b = Binder::new(&sc, "JOIN conditions");
+        let e = b.bind(on)?;
+        conds.push(bool_clause(&b, e, "JOIN/ON")?);
+    }
+    if let Some(w) = &s.selection {
+        let mut b = Binder::new(scope, "WHERE");
+        let e = b.bind(w)?;
+        conds.push(bool_clause(&b, e, "WHERE")?);
+    }
+    let body = plan_body(q, s, scope, false)?;
+    join::plan_join(scope, conds, body, catalog)
+}
+
+/// The SELECT machinery over a scope (one table, or the full scope of a join):
+/// SELECT list, WHERE (when `bind_where`), GROUP BY, aggregates, HAVING, ORDER BY,
+/// DISTINCT, LIMIT/OFFSET -> a fragment over the scope's columns and a finish.
+fn plan_body(
+    q: &ast::Query,
+    s: &ast::Select,
+    scope: &Scope,
+    bind_where: bool,
+) -> Result<QueryPlan, PlanError> {
+    let table = scope
+        .tables
+        .first()
+        .map(|t| t.table.clone())
+        .unwrap_or_default();
 
     // SELECT list.
     let mut items: Vec<(Item<'_>, String)> = Vec::new();
@@ -308,23 +437,22 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
                 {
                     return Err(PlanError::Unsupported("wildcard options".into()));
                 }
-                if let SelectItem::QualifiedWildcard(kind, _) = it {
-                    let q = match kind {
-                        ast::SelectItemQualifiedWildcardKind::ObjectName(n) => object_name(n)?,
-                        ast::SelectItemQualifiedWildcardKind::Expr(e) => {
-                            return Err(PlanError::Unsupported(format!("{e}.*")))
-                        }
-                    };
-                    let ok = scope.alias.as_deref() == Some(q.as_str())
-                        || (scope.alias.is_none() && q == table);
-                    if !ok {
-                        return Err(PlanError::UndefinedTable(format!(
-                            "{q} (missing FROM-clause entry)"
-                        )));
+                let tables: Vec<&ScopeTable> = match it {
+                    SelectItem::QualifiedWildcard(kind, _) => {
+                        let q = match kind {
+                            ast::SelectItemQualifiedWildcardKind::ObjectName(n) => object_name(n)?,
+                            ast::SelectItemQualifiedWildcardKind::Expr(e) => {
+                                return Err(PlanError::Unsupported(format!("{e}.*")))
+                            }
+                        };
+                        vec![&scope.tables[scope.qualified(&q)?]]
                     }
-                }
-                for (i, c) in scope.schema.columns.iter().enumerate() {
-                    items.push((Item::Col(i), c.name.clone()));
+                    _ => scope.tables.iter().collect(),
+                };
+                for t in tables {
+                    for (i, c) in t.schema.columns.iter().enumerate() {
+                        items.push((Item::Col(t.offset + i), c.name.clone()));
+                    }
                 }
             }
         }
@@ -332,12 +460,12 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
 
     // WHERE.
     let filter = match &s.selection {
-        Some(w) => {
-            let mut b = Binder::new(&scope, "WHERE");
+        Some(w) if bind_where => {
+            let mut b = Binder::new(scope, "WHERE");
             let e = b.bind(w)?;
             Some(bool_clause(&b, e, "WHERE")?)
         }
-        None => None,
+        _ => None,
     };
 
     // GROUP BY (ordinals and output aliases allowed).
@@ -363,17 +491,17 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
                     }
                     return match &items[k - 1].0 {
                         Item::Col(i) => Ok(Expr::Column(*i)),
-                        Item::Ast(e) => Binder::new(&scope, "GROUP BY").bind(e),
+                        Item::Ast(e) => Binder::new(scope, "GROUP BY").bind(e),
                     };
                 }
             }
-            match Binder::new(&scope, "GROUP BY").bind(g) {
+            match Binder::new(scope, "GROUP BY").bind(g) {
                 Err(PlanError::UndefinedColumn(c)) => {
                     // An output alias?
                     if let ast::Expr::Identifier(i) = g {
                         let n = ident(i);
                         if let Some((Item::Ast(e), _)) = items.iter().find(|(_, name)| *name == n) {
-                            return Binder::new(&scope, "GROUP BY").bind(e);
+                            return Binder::new(scope, "GROUP BY").bind(e);
                         }
                     }
                     Err(PlanError::UndefinedColumn(c))
@@ -393,12 +521,12 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
     for (it, _) in &items {
         outputs.push(match it {
             Item::Col(i) => Expr::Column(*i),
-            Item::Ast(e) => Binder::with_aggs(&scope, &mut aggs, "SELECT").bind(e)?,
+            Item::Ast(e) => Binder::with_aggs(scope, &mut aggs, "SELECT").bind(e)?,
         });
     }
     let having = match &s.having {
         Some(h) => {
-            let mut b = Binder::with_aggs(&scope, &mut aggs, "HAVING");
+            let mut b = Binder::with_aggs(scope, &mut aggs, "HAVING");
             let e = b.bind(h)?;
             Some(bool_clause(&b, e, "HAVING")?)
         }
@@ -436,10 +564,18 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
                 }
                 ast::Expr::Identifier(i) if items.iter().any(|(_, name)| *name == ident(i)) => {
                     let n = ident(i);
-                    Ok(items.iter().position(|(_, name)| *name == n).unwrap_or(0))
+                    let ks: Vec<usize> = (0..items.len()).filter(|&k| items[k].1 == n).collect();
+                    if ks.iter().any(|&k| outputs[k] != outputs[ks[0]]) {
+                        // `SELECT * FROM a, b ORDER BY id` with an `id` in each.
+                        return Err(PlanError::InvalidReference {
+                            code: "42702",
+                            msg: format!("ORDER BY \"{n}\" is ambiguous"),
+                        });
+                    }
+                    Ok(ks[0])
                 }
                 e => {
-                    let x = Binder::with_aggs(&scope, &mut aggs, "ORDER BY").bind(e)?;
+                    let x = Binder::with_aggs(scope, &mut aggs, "ORDER BY").bind(e)?;
                     match outputs.iter().position(|o| *o == x) {
                         Some(k) => Ok(k),
                         None => Err(x),
@@ -460,7 +596,7 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
 
     // Types over the extended scope.
     let tb = Binder {
-        scope: &scope,
+        scope,
         aggs: Some(&mut aggs),
         clause: "SELECT",
     };
@@ -500,14 +636,14 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
         };
         let mut exprs = Vec::new();
         for (o, t) in outputs.into_iter().zip(&types) {
-            exprs.push(cast_to(rewrite_agg(o, &groups, &scope)?, *t));
+            exprs.push(cast_to(rewrite_agg(o, &groups, scope)?, *t));
         }
         for k in key_exprs {
-            hidden.push(rewrite_agg(k, &groups, &scope)?);
+            hidden.push(rewrite_agg(k, &groups, scope)?);
         }
         exprs.extend(hidden);
         let having = match having {
-            Some(h) => Some(rewrite_agg(h, &groups, &scope)?),
+            Some(h) => Some(rewrite_agg(h, &groups, scope)?),
             None => None,
         };
         fragment = Fragment {
@@ -595,8 +731,10 @@ pub(crate) fn plan_query(q: &ast::Query, catalog: &dyn Catalog) -> Result<QueryP
     }
     Ok(QueryPlan {
         table,
+        join: None,
         fragment,
         finish,
         columns,
+        input_schemas: vec![],
     })
 }

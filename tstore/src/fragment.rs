@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_schema::{Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::agg::PartialAgg;
 use crate::error::{Error, Result};
-use crate::expr::{cast_array, Expr};
+use crate::expr::{cast_array, true_mask, Expr};
 use crate::slice::Slice;
-use crate::types::DataType;
+use crate::types::{DataType, TableSchema};
 
 /// A single-table query a Tstore runs over its slice: filter, then either project
 /// or partially aggregate.
@@ -32,46 +32,108 @@ impl Slice {
     /// Output schema of a projection (column names kept for plain columns, `expr{k}`
     /// otherwise).
     pub fn projection_schema(&self, projection: &[Expr]) -> Result<SchemaRef> {
-        let schema = self.schema();
-        let fields = projection
-            .iter()
-            .enumerate()
-            .map(|(k, e)| {
-                let t = e.data_type(schema)?;
-                Ok(match e {
-                    Expr::Column(i) => {
-                        let c = schema.column(*i)?;
-                        Field::new(&c.name, t.to_arrow(), c.nullable)
-                    }
-                    _ => Field::new(format!("expr{k}"), t.to_arrow(), true),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Arc::new(Schema::new(fields)))
+        projection_schema(self.schema(), projection)
     }
 
     /// Runs a fragment. With a partial aggregate the result is exactly one batch
     /// (possibly zero rows); otherwise the non-empty projected batches.
     pub fn execute(&self, f: &Fragment) -> Result<Vec<RecordBatch>> {
         let scanned = self.scan(f.filter.as_ref(), None)?;
-        if let Some(agg) = &f.partial_agg {
-            return Ok(vec![agg.partial(self.schema(), &scanned)?]);
-        }
-        if f.projection.is_empty() {
-            return Ok(scanned);
-        }
-        let out_schema = self.projection_schema(&f.projection)?;
-        scanned
-            .iter()
-            .map(|b| {
-                let cols = f
-                    .projection
-                    .iter()
-                    .zip(out_schema.fields())
-                    .map(|(e, fl)| cast_array(e.eval(b)?, DataType::from_arrow(fl.data_type())?))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(RecordBatch::try_new(out_schema.clone(), cols)?)
+        f.output(self.schema(), scanned)
+    }
+}
+
+/// Output schema of a projection over rows of a table with `schema` (column names
+/// kept for plain columns, `expr{k}` otherwise).
+pub fn projection_schema(schema: &TableSchema, projection: &[Expr]) -> Result<SchemaRef> {
+    let fields = projection
+        .iter()
+        .enumerate()
+        .map(|(k, e)| {
+            let t = e.data_type(schema)?;
+            Ok(match e {
+                Expr::Column(i) => {
+                    let c = schema.column(*i)?;
+                    Field::new(&c.name, t.to_arrow(), c.nullable)
+                }
+                _ => Field::new(format!("expr{k}"), t.to_arrow(), true),
             })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Evaluates `projection` over `batch` into a batch of `out_schema` (from
+/// [`projection_schema`]).
+pub fn project_batch(
+    batch: &RecordBatch,
+    projection: &[Expr],
+    out_schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let cols = projection
+        .iter()
+        .zip(out_schema.fields())
+        .map(|(e, fl)| cast_array(e.eval(batch)?, DataType::from_arrow(fl.data_type())?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        out_schema.clone(),
+        cols,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+impl Fragment {
+    /// Runs this fragment over `batches`, rows of a table with `schema` (its `table`
+    /// is ignored): the filter, then the partial aggregate (exactly one batch) or
+    /// the projection (the non-empty batches). [`Slice::execute`] is this over the
+    /// slice's batches.
+    pub fn run_over(
+        &self,
+        schema: &TableSchema,
+        batches: &[RecordBatch],
+    ) -> Result<Vec<RecordBatch>> {
+        let filtered = match &self.filter {
+            None => batches
+                .iter()
+                .filter(|b| b.num_rows() > 0)
+                .cloned()
+                .collect(),
+            Some(f) => {
+                let cols: Vec<DataType> = schema.columns.iter().map(|c| c.data_type).collect();
+                match f.infer(&cols)? {
+                    None | Some(DataType::Boolean) => {}
+                    Some(t) => {
+                        return Err(Error::TypeMismatch(format!(
+                            "argument of WHERE must be BOOLEAN, not {t}"
+                        )))
+                    }
+                }
+                let mut out = Vec::with_capacity(batches.len());
+                for b in batches {
+                    let m = true_mask(&f.eval_predicate(b)?);
+                    let b = arrow_select::filter::filter_record_batch(b, &m)?;
+                    if b.num_rows() > 0 {
+                        out.push(b);
+                    }
+                }
+                out
+            }
+        };
+        self.output(schema, filtered)
+    }
+
+    /// The partial aggregate or projection of already filtered batches.
+    fn output(&self, schema: &TableSchema, filtered: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        if let Some(agg) = &self.partial_agg {
+            return Ok(vec![agg.partial(schema, &filtered)?]);
+        }
+        if self.projection.is_empty() {
+            return Ok(filtered);
+        }
+        let out_schema = projection_schema(schema, &self.projection)?;
+        filtered
+            .iter()
+            .map(|b| project_batch(b, &self.projection, &out_schema))
             .collect()
     }
 }

@@ -8,6 +8,8 @@
 //!   primary's `merge` / `finalize`.
 //! * [`fragment`]: [`Fragment`], the single-table secondary query a Tstore runs, and
 //!   Arrow IPC helpers for shipping results.
+//! * [`join`]: multi-set queries: join-table build and the streamed compare
+//!   ([`JoinExec`]).
 //! * [`store`]: [`Store`], many named slices with an optional write-ahead log and
 //!   checkpoints.
 //!
@@ -18,6 +20,7 @@ pub mod agg;
 pub mod error;
 pub mod expr;
 pub mod fragment;
+pub mod join;
 pub mod slice;
 pub mod store;
 pub mod types;
@@ -26,6 +29,7 @@ pub use agg::{AggCall, AggFunc, PartialAgg};
 pub use error::{Error, Result};
 pub use expr::{BinaryOp, Expr};
 pub use fragment::{decode_batches, encode_batches, Fragment};
+pub use join::{JoinExec, JoinInput, JoinSpec, JoinStats, JoinStep};
 pub use slice::{Slice, DEFAULT_CHUNK_ROWS};
 pub use store::Store;
 pub use types::{parse_type, ColumnDef, DataType, TableSchema, Value};
