@@ -57,6 +57,11 @@ impl Dispatcher {
         })
     }
 
+    /// How long a task waits for its replies.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The router.
     pub fn router(&self) -> &RouterHandle {
         &self.router

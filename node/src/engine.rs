@@ -32,6 +32,34 @@ use crate::proto::{Reply, Request};
 
 /// Name of the system table: one row per (Tstore, table).
 pub const SYSTEM_TABLE: &str = "smrdb_tstores";
+/// Name of the router system table: one row per (node, remote peer) with the node's
+/// router counters.
+pub const ROUTER_TABLE: &str = "smrdb_router";
+
+/// Schema of [`ROUTER_TABLE`].
+pub fn router_schema() -> TableSchema {
+    TableSchema::new(
+        [
+            ("node", DataType::Int),
+            ("peer", DataType::Int),
+            ("bytes_written", DataType::BigInt),
+            ("writes", DataType::BigInt),
+            ("messages_sent", DataType::BigInt),
+            ("messages_received", DataType::BigInt),
+            ("bytes_received", DataType::BigInt),
+            ("stalls", DataType::BigInt),
+            ("refused", DataType::BigInt),
+        ]
+        .into_iter()
+        .map(|(n, t)| ColumnDef::new(n, t, false))
+        .collect(),
+    )
+}
+
+/// Whether `name` is a system table (answered by the primary, never joined).
+pub fn is_system_table(name: &str) -> bool {
+    name == SYSTEM_TABLE || name == ROUTER_TABLE
+}
 
 /// Schema of [`SYSTEM_TABLE`]: node, tstore, core, table, rows, bytes.
 pub fn system_schema() -> TableSchema {
@@ -136,9 +164,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The planner's view of the catalog at one moment.
+/// The planner's view of the catalog (and the session's settings) at one moment.
 struct View {
     tables: BTreeMap<String, (TableSchema, u64)>,
+    settings: BTreeMap<String, String>,
 }
 
 impl PlannerCatalog for View {
@@ -146,10 +175,16 @@ impl PlannerCatalog for View {
         if name == SYSTEM_TABLE {
             return Some(system_schema());
         }
+        if name == ROUTER_TABLE {
+            return Some(router_schema());
+        }
         self.tables.get(name).map(|t| t.0.clone())
     }
     fn row_count(&self, name: &str) -> Option<u64> {
         self.tables.get(name).map(|t| t.1)
+    }
+    fn setting(&self, name: &str) -> Option<String> {
+        self.settings.get(name).cloned()
     }
 }
 
@@ -182,16 +217,17 @@ impl Engine {
         &self.disp
     }
 
-    fn view(&self) -> View {
+    fn view(&self, session: Option<&Session>) -> View {
         View {
             tables: lock(&self.catalog)
                 .tables()
                 .map(|t| (t.name.clone(), (t.schema.clone(), t.cursor)))
                 .collect(),
+            settings: session.map(|s| s.vars.clone()).unwrap_or_default(),
         }
     }
 
-    fn schema_of(&self, table: &str) -> Result<TableSchema> {
+    pub(crate) fn schema_of(&self, table: &str) -> Result<TableSchema> {
         lock(&self.catalog)
             .get(table)
             .map(|t| t.schema.clone())
@@ -204,7 +240,15 @@ impl Engine {
     /// # Errors
     /// The planner's error.
     pub fn plan(&self, sql: &str) -> Result<Vec<Plan>> {
-        Ok(smrdb_planner::plan_sql(sql, &self.view())?)
+        Ok(smrdb_planner::plan_sql(sql, &self.view(None))?)
+    }
+
+    /// Plans with the session's settings visible to the planner (`smrdb.pivot`).
+    ///
+    /// # Errors
+    /// The planner's error.
+    pub fn plan_in(&self, sql: &str, session: &Session) -> Result<Vec<Plan>> {
+        Ok(smrdb_planner::plan_sql(sql, &self.view(Some(session)))?)
     }
 
     /// Result columns of a statement, if it returns rows (for Describe).
@@ -215,6 +259,7 @@ impl Engine {
         let plans = self.plan(sql)?;
         Ok(match plans.last() {
             Some(Plan::Query(q)) => Some(q.columns.clone()),
+            Some(Plan::Explain { .. }) => Some(vec![("QUERY PLAN".into(), DataType::Text)]),
             Some(Plan::Values { columns, .. }) => Some(columns.clone()),
             Some(Plan::Show { name }) => Some(vec![(name.to_lowercase(), DataType::Text)]),
             _ => None,
@@ -226,7 +271,7 @@ impl Engine {
     /// # Errors
     /// Planning and execution errors, with SQLSTATEs.
     pub fn execute_sql(&self, sql: &str, session: &mut Session) -> Result<Vec<Output>> {
-        let plans = self.plan(sql)?;
+        let plans = self.plan_in(sql, session)?;
         let mut out = Vec::with_capacity(plans.len());
         for p in plans {
             out.push(self.execute(p, session)?);
@@ -342,6 +387,7 @@ impl Engine {
                     command: "SELECT",
                 })
             }
+            Plan::Explain { analyze, query } => self.explain(&query, analyze),
             Plan::Values { columns, rows } => {
                 // Internal column names: SQL allows duplicate output names
                 // (`SELECT 1, 2`); the client sees `columns`.
@@ -410,7 +456,7 @@ impl Engine {
     fn create_table(&self, name: &str, schema: TableSchema, if_not_exists: bool) -> Result<Output> {
         let _w = lock(&self.write);
         let tag = Output::Command(CommandTag::new("CREATE TABLE"));
-        if name == SYSTEM_TABLE || lock(&self.catalog).get(name).is_some() {
+        if is_system_table(name) || lock(&self.catalog).get(name).is_some() {
             if if_not_exists {
                 return Ok(tag);
             }
@@ -443,7 +489,7 @@ impl Engine {
             for n in names {
                 if c.get(n).is_some() {
                     present.push(n.clone());
-                } else if n == SYSTEM_TABLE {
+                } else if is_system_table(n) {
                     return Err(Error::sql("42809", format!("\"{n}\" is a system table")));
                 } else if !if_exists {
                     return Err(Error::sql("42P01", format!("table \"{n}\" does not exist")));
@@ -608,9 +654,17 @@ impl Engine {
     /// # Errors
     /// Tstore, planner and dispatch errors.
     pub fn query(&self, q: &QueryPlan) -> Result<RecordBatch> {
+        if q.join.is_some() {
+            return Ok(self.join_query(q)?.0);
+        }
         let gathered = if q.table == SYSTEM_TABLE {
             let rows = self.system_rows()?;
             let mut slice = Slice::new(system_schema())?;
+            slice.insert(&rows)?;
+            slice.execute(&q.fragment)?
+        } else if q.table == ROUTER_TABLE {
+            let rows = self.router_rows()?;
+            let mut slice = Slice::new(router_schema())?;
             slice.insert(&rows)?;
             slice.execute(&q.fragment)?
         } else {
@@ -647,7 +701,7 @@ impl Engine {
         first_error(&r)?;
         let mut rows = Vec::new();
         for (t, reply) in r {
-            let Reply::Stats { core, tables } = reply else {
+            let Reply::Stats { core, tables, .. } = reply else {
                 return Err(Error::Protocol(format!(
                     "tstore {t} answered stats with {reply:?}"
                 )));

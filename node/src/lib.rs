@@ -12,6 +12,7 @@
 //!   Tstore, fails a task when a node is lost.
 //! * [`catalog`]: table schemas and round-robin cursors, persisted on the primary.
 //! * [`engine`]: executes planned statements ([`smrdb_planner::Plan`]).
+//! * [`join`]: multi-set queries on the primary, EXPLAIN [ANALYZE], router counters.
 //! * [`copy`]: CSV / text parsing for `COPY`.
 //! * [`pg`]: the Postgres front end (simple and extended query protocols, COPY FROM
 //!   STDIN) on `pgwire`.
@@ -26,6 +27,7 @@ pub mod copy;
 pub mod dispatch;
 pub mod engine;
 mod error;
+pub mod join;
 pub mod node;
 pub mod pg;
 pub mod proto;

@@ -13,27 +13,55 @@
 //! Request: CreateTable{name, schema} | DropTable{name}          (broadcast to ALL_TSTORES)
 //!          Insert{table, rows}                                 (point-to-point, one per Tstore)
 //!          Update{table, assignments, filter} | Delete{table, filter} | Query{fragment}
-//!          | Stats                                             (broadcast)
+//!          | Join{spec, post, timeout_ms} | Stats                (broadcast)
 //! Reply:   Ack{count} | Error{sqlstate, message} | Result{Arrow IPC stream}
-//!          | Stats{core, tables: [{name, rows, bytes}]}
+//!          | Join{Arrow IPC stream, stats}
+//!          | Stats{core, tables: [{name, rows, bytes}], router: [per-peer counters]}
 //! ```
 //!
 //! Every request gets exactly one reply from every Tstore it reached. [`decode`]
 //! validates the version, the task id against the header, and every name and size,
 //! and returns errors, never panics.
+//!
+//! ## Join-table chunks (tag [`TAG_JOIN`], Tstore -> every Tstore)
+//!
+//! While a `Join` task runs, every Tstore sends each join table it built to
+//! [`smrdb_router::Addr::ALL_TSTORES`] as a sequence of router chunks, each its own
+//! object (chunk 0, last), header query id = the task id, header src = the sending
+//! Tstore. A chunk's bytes are an Arrow IPC stream (schema + batches; empty when the
+//! chunk carries no rows) followed by a 16-byte trailer, so the IPC stream starts at the
+//! chunk's (64-byte aligned) start and is read in place:
+//!
+//! ```text
+//! [ Arrow IPC stream ... | version u16 (= JOIN_VERSION) | flags u16 | jt u16 | 0 u16 | rows u64 ]
+//! flags: bit 0 LAST (the sender's last chunk of join table jt), bit 1 ABORT (the sender
+//!        failed; implies LAST; receivers fail the task)
+//! ```
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use smrdb_router::Delivery;
-use smrdb_tstore::{Expr, Fragment, TableSchema, Value};
+use smrdb_router::{Delivery, PeerStats};
+use smrdb_tstore::{Expr, Fragment, JoinSpec, JoinStats, TableSchema, Value};
 
 use crate::error::{Error, Result};
 
 /// Version of the task protocol.
-pub const PROTO_VERSION: u16 = 1;
+pub const PROTO_VERSION: u16 = 2;
 /// Router header tag of task messages.
 pub const TAG_TASK: u16 = 0x5401;
+/// Router header tag of join-table chunks.
+pub const TAG_JOIN: u16 = 0x5402;
+/// Version of the join-chunk trailer.
+pub const JOIN_VERSION: u16 = 1;
+/// Bytes of the join-chunk trailer.
+pub const JOIN_TRAILER: usize = 16;
+/// Join-chunk flag: the sender's last chunk of this join table.
+pub const JOIN_LAST: u16 = 1;
+/// Join-chunk flag: the sender failed (implies [`JOIN_LAST`]).
+pub const JOIN_ABORT: u16 = 2;
+/// Most join tables in one query (6 tables: a pivot and 5 join tables).
+pub const MAX_JOIN_TABLES: usize = 5;
 /// Largest object a receiver reassembles (bytes).
 pub const MAX_OBJECT: usize = 1 << 30;
 /// Longest table name accepted.
@@ -60,6 +88,7 @@ pub enum Body {
 }
 
 /// What the primary asks a Tstore to do.
+#[allow(clippy::large_enum_variant)] // decoded once per task; boxing buys nothing
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Create a table (replacing a leftover slice of the same name: the primary's
@@ -103,6 +132,17 @@ pub enum Request {
         /// The secondary query.
         fragment: Fragment,
     },
+    /// Run this Tstore's part of a multi-set query: build and send the join tables,
+    /// compare the pivot slice with every Tstore's join tables, run `post` over the
+    /// combined rows.
+    Join {
+        /// The join.
+        spec: JoinSpec,
+        /// The secondary query over the combined row.
+        post: Fragment,
+        /// Give up (and answer with an error) after this long without every chunk.
+        timeout_ms: u64,
+    },
     /// Report rows and bytes of every table.
     Stats,
 }
@@ -138,12 +178,21 @@ pub enum Reply {
         /// The encoded batches.
         ipc: Vec<u8>,
     },
+    /// A join's intermediate result and what the Tstore measured.
+    Join {
+        /// The encoded batches.
+        ipc: Vec<u8>,
+        /// Measurements (EXPLAIN ANALYZE).
+        stats: JoinStats,
+    },
     /// Statistics.
     Stats {
         /// The core the Tstore is pinned to, if pinned.
         core: Option<u32>,
         /// One entry per table.
         tables: Vec<TableStats>,
+        /// The node's router counters, per remote peer.
+        router: Vec<PeerStats>,
     },
 }
 
@@ -213,12 +262,38 @@ pub fn decode(bytes: &[u8], task: u64) -> Result<Envelope> {
                 check_name("table", table)?
             }
             Request::Query { fragment } => check_name("table", &fragment.table)?,
+            Request::Join { spec, post, .. } => {
+                check_name("table", &post.table)?;
+                check_name("table", &spec.pivot.table)?;
+                let n = spec.join_tables.len();
+                if n == 0 || n > MAX_JOIN_TABLES || spec.steps.len() != n {
+                    return Err(Error::Protocol(format!(
+                        "a join of {n} join tables and {} steps",
+                        spec.steps.len()
+                    )));
+                }
+                for t in &spec.join_tables {
+                    check_name("table", &t.table)?;
+                }
+                for s in &spec.steps {
+                    if s.left_keys.len() != s.right_keys.len() {
+                        return Err(Error::Protocol("join keys of different lengths".into()));
+                    }
+                }
+            }
             Request::Stats => {}
         },
         Body::Reply(r) => match r {
             Reply::Error { sqlstate, .. } => {
                 if sqlstate.len() != 5 || !sqlstate.bytes().all(|b| b.is_ascii_alphanumeric()) {
                     return Err(Error::Protocol(format!("bad SQLSTATE {sqlstate:?}")));
+                }
+            }
+            Reply::Join { stats, .. } => {
+                if stats.built_rows.len() > MAX_JOIN_TABLES
+                    || stats.received_rows.len() > MAX_JOIN_TABLES
+                {
+                    return Err(Error::Protocol("join statistics out of range".into()));
                 }
             }
             Reply::Stats { tables, .. } => {
@@ -230,6 +305,71 @@ pub fn decode(bytes: &[u8], task: u64) -> Result<Envelope> {
         },
     }
     Ok(env)
+}
+
+/// The trailer of a join-table chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinTrailer {
+    /// [`JOIN_LAST`] / [`JOIN_ABORT`].
+    pub flags: u16,
+    /// Join table index.
+    pub jt: u16,
+    /// Rows in the chunk.
+    pub rows: u64,
+}
+
+impl JoinTrailer {
+    /// The 16 trailer bytes.
+    pub fn encode(&self) -> [u8; JOIN_TRAILER] {
+        let mut b = [0u8; JOIN_TRAILER];
+        b[0..2].copy_from_slice(&JOIN_VERSION.to_le_bytes());
+        b[2..4].copy_from_slice(&self.flags.to_le_bytes());
+        b[4..6].copy_from_slice(&self.jt.to_le_bytes());
+        b[8..16].copy_from_slice(&self.rows.to_le_bytes());
+        b
+    }
+
+    /// Splits a chunk into its IPC bytes and trailer, validating the trailer.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`]: too short, wrong version, unknown flags, `jt` not below
+    /// `join_tables`.
+    pub fn split(chunk: &[u8], join_tables: usize) -> Result<(&[u8], JoinTrailer)> {
+        let Some(at) = chunk.len().checked_sub(JOIN_TRAILER) else {
+            return Err(Error::Protocol(format!(
+                "join chunk of {} bytes has no trailer",
+                chunk.len()
+            )));
+        };
+        let t = &chunk[at..];
+        let u16_at = |i: usize| u16::from_le_bytes([t[i], t[i + 1]]);
+        let version = u16_at(0);
+        if version != JOIN_VERSION {
+            return Err(Error::Protocol(format!(
+                "join chunk version {version} (this node speaks {JOIN_VERSION})"
+            )));
+        }
+        let flags = u16_at(2);
+        if flags & !(JOIN_LAST | JOIN_ABORT) != 0 || u16_at(6) != 0 {
+            return Err(Error::Protocol(format!("join chunk flags {flags:#x}")));
+        }
+        let jt = u16_at(4);
+        if usize::from(jt) >= join_tables {
+            return Err(Error::Protocol(format!(
+                "join chunk for join table {jt} of {join_tables}"
+            )));
+        }
+        let mut r = [0u8; 8];
+        r.copy_from_slice(&t[8..16]);
+        Ok((
+            &chunk[..at],
+            JoinTrailer {
+                flags,
+                jt,
+                rows: u64::from_le_bytes(r),
+            },
+        ))
+    }
 }
 
 /// A complete object: who sent it and its bytes.

@@ -564,3 +564,102 @@ fn lost_node_fails_statements_naming_it() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "08006");
 }
+
+/// `node A -> node B: X bytes in Y <unit>` lines of one section of EXPLAIN ANALYZE.
+fn pair_lines(plan: &[String], section: &str) -> Vec<(u32, u32, u64, u64)> {
+    let start = plan
+        .iter()
+        .position(|l| l.contains(section))
+        .unwrap_or_else(|| panic!("no {section:?} in {plan:#?}"));
+    plan[start + 1..]
+        .iter()
+        .take_while(|l| l.trim_start().starts_with("node "))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            // node A -> node B: X bytes in Y chunks|messages
+            let n = |s: &str| s.trim_end_matches([':', ',']).parse::<u64>().unwrap();
+            (n(w[1]) as u32, n(w[4]) as u32, n(w[5]), n(w[8]))
+        })
+        .collect()
+}
+
+fn join_counts(fabric: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = LocalCluster::start(fabric, dir.path());
+    let mut c = connect(cl.port);
+    c.batch_execute("CREATE TABLE jp (k INT, v INT); CREATE TABLE jb (k INT, pad TEXT, w INT)")
+        .unwrap();
+    // jp: 4000 rows, k = i % 1000; jb: 30000 rows with ~100-byte text (about 3 MB, so
+    // every Tstore's join table spans several 1 MiB chunks), k = i % 1500.
+    let mut sql = String::from("INSERT INTO jp VALUES ");
+    for i in 0..4000 {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("({}, {i})", i % 1000));
+    }
+    c.batch_execute(&sql).unwrap();
+    let pad = "x".repeat(100);
+    for chunk in 0..6 {
+        let mut sql = String::from("INSERT INTO jb VALUES ");
+        for j in 0..5000 {
+            let i = chunk * 5000 + j;
+            if j > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("({}, '{pad}{i}', {i})", i % 1500));
+        }
+        c.batch_execute(&sql).unwrap();
+    }
+    // Expected answer, computed here: for each jp row (k < 1000), jb rows with that k:
+    // i in 0..30000 with i % 1500 == k: 20 rows.
+    let expect_count: i64 = 4000 * 20;
+    let expect_sum: i64 = (0..4000i64).map(|i| i * 20).sum();
+    // max(jb.pad) keeps the text column in the join table (about 3 MB cluster-wide).
+    let q = "SELECT count(*), sum(jp.v), max(jb.pad) FROM jp JOIN jb ON jp.k = jb.k";
+    let r = text_rows(&mut c, &format!("SET smrdb.pivot = 'jp'; {q}"));
+    assert_eq!(
+        r,
+        vec![vec![
+            Some(expect_count.to_string()),
+            Some(expect_sum.to_string()),
+            Some(format!("{pad}9999")),
+        ]]
+    );
+    // EXPLAIN ANALYZE with jp forced as the pivot: jb (3 MB) is the join table.
+    let plan: Vec<String> = text_rows(&mut c, &format!("EXPLAIN ANALYZE {q}"))
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect();
+    let expected = pair_lines(&plan, "expected from the Tstores' counts");
+    let measured = pair_lines(&plan, "measured by the routers");
+    assert_eq!(expected.len(), 2, "{plan:#?}");
+    for (a, b, bytes, chunks) in expected {
+        assert!(chunks >= 2 * 2, "node {a}: {chunks} chunks ({plan:#?})");
+        let (_, _, mbytes, msgs) = *measured
+            .iter()
+            .find(|m| m.0 == a && m.1 == b)
+            .unwrap_or_else(|| panic!("no measured {a}->{b}: {plan:#?}"));
+        // One copy per remote node: the join chunks' bytes plus a few small task
+        // messages (the request, replies, statistics), never one copy per remote
+        // Tstore (that would be twice the bytes). Messages also count credits.
+        assert!(
+            msgs >= chunks,
+            "node {a} -> {b}: {msgs} messages for {chunks} join chunks\n{plan:#?}"
+        );
+        assert!(
+            mbytes >= bytes && mbytes <= bytes + (64 << 10),
+            "node {a} -> {b}: {mbytes} bytes written for {bytes} join-table bytes\n{plan:#?}"
+        );
+    }
+}
+
+#[test]
+fn join_tables_cross_the_network_once_per_remote_node_shm() {
+    join_counts("shm");
+}
+
+#[test]
+fn join_tables_cross_the_network_once_per_remote_node_tcp() {
+    join_counts("tcp");
+}
