@@ -16,7 +16,7 @@ if [ "${1:-}" = "--guest" ]; then
   list=$2
   export SMRDB_REQUIRE_VERBS=1
   # The part of the SQL corpus that runs on a verbs cluster (TCG is ~10x slower).
-  export SMRDB_SLT_FILTER=${SMRDB_SLT_FILTER:-select_filter,aggregates,copy,update_delete,errors}
+  export SMRDB_SLT_FILTER=${SMRDB_SLT_FILTER:-select_filter,aggregates,copy,update_delete,errors,join_basic,join_multi}
   [ -n "${SMRDB_VERBS_DEVICE:-}" ] || { echo "verbs-tests: no SMRDB_VERBS_DEVICE inside the VM" >&2; exit 1; }
   fail=0; ran=0
   while read -r bin filter; do
