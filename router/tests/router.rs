@@ -518,9 +518,10 @@ fn crafted_headers_are_refused<F: Fabric>() {
         ep.post_send(bytes, 0).unwrap();
         let _ = ep.poll(&mut Vec::new());
     }
-    // Expect: a sound chunk (100 bytes at ring offset 0, seq 0) is delivered.
+    // Expect: a sound chunk (100 bytes at ring offset 0, seq 0) is delivered. Chunks
+    // occupy their length rounded up to 64 bytes (header version 2): it ends at 128.
     ep.post_write(0, 100, 0, 1).unwrap();
-    send(&mut ep, &good(0, 100, 100, 0).encode());
+    send(&mut ep, &good(0, 128, 100, 0).encode());
     let d = next_data(&inboxes[1]);
     assert_eq!(d.data.bytes(), &[0xab; 100][..]);
     drop(d);
@@ -596,8 +597,8 @@ fn crafted_headers_are_refused<F: Fabric>() {
     }
     assert_eq!(router.handle().stats().total().refused, cases.len() as u64);
     // Expect: the router still works: the next sound chunk (seq 5) is delivered.
-    ep.post_write(0, 300, 100, 2).unwrap();
-    send(&mut ep, &good(5, 400, 300, 100).encode());
+    ep.post_write(0, 300, 128, 2).unwrap();
+    send(&mut ep, &good(5, 128 + 320, 300, 128).encode());
     let d = next_data(&inboxes[1]);
     assert_eq!(d.data.bytes(), &[0xab; 300][..]);
 }
