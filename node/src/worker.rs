@@ -906,12 +906,13 @@ impl Worker {
                         continue;
                     };
                     let rows_total = front_batch.num_rows();
-                    let (buf, len, rows) = match encode_chunk(
-                        &router,
-                        &front_batch,
-                        *rows_hint,
-                        max,
-                    )? {
+                    let t_enc = Instant::now();
+                    let enc = encode_chunk(&router, &front_batch, *rows_hint, max)?;
+                    if let Some(j) = self.joins.get_mut(&task) {
+                        // Encoding into the arena is part of building the join table.
+                        j.stats.build += t_enc.elapsed();
+                    }
+                    let (buf, len, rows) = match enc {
                         Enc::Fit(buf, len, rows) => (buf, len, rows),
                         Enc::Blocked => return Ok(true),
                         Enc::TooBig => {
