@@ -55,3 +55,16 @@ bench-vm: deps
 
 clean:
 	$(CARGO) clean
+
+# The design's join example ("new customers who bought in July") on smrdb (1 node x 2
+# Tstores, shm) and DuckDB (2 threads) side by side: 1 M customers x 10 M purchases,
+# answers checked. The CSVs are reused from $TMPDIR/smrdb-query-bench; DuckDB is
+# pip-installed once into ~/.cache/smrdb-bench/venv.
+.PHONY: bench-query
+bench-query: deps
+	$(CARGO) build --release -p smrdb-harness -p smrdb-node
+	mkdir -p $(REPORT_DIR)
+	@echo "# smrdb vs DuckDB, multi-set query ($$(git rev-parse --short HEAD 2>/dev/null), $$(date -u +%F))" > $(REPORT_DIR)/report-query.md
+	./target/release/smrdb-bench query --fabric shm --nodes 1 --tstores 2 --customers 1000000 --purchases 10000000 \
+	  --repeats 5 --duckdb-threads 2 --json $(REPORT_DIR)/query-shm.json | tee -a $(REPORT_DIR)/report-query.md
+	@echo "report: $(REPORT_DIR)/report-query.md"

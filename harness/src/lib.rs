@@ -7,4 +7,5 @@
 
 pub mod broadcast_bench;
 pub mod load_bench;
+pub mod query_bench;
 pub mod transport_bench;

@@ -87,7 +87,8 @@ fn write_csv(path: &Path, rows: u64) -> Result<()> {
     Ok(())
 }
 
-struct Cluster(Child);
+/// A running `smrdb cluster`, stopped (SIGINT, then SIGKILL) when dropped.
+pub(crate) struct Cluster(pub(crate) Child);
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -105,7 +106,8 @@ impl Drop for Cluster {
     }
 }
 
-fn smrdb_binary() -> Result<PathBuf> {
+/// The `smrdb` binary next to this one.
+pub(crate) fn smrdb_binary() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("smrdb");
     if !bin.is_file() {
@@ -117,7 +119,8 @@ fn smrdb_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn connect(port: u16, within: Duration) -> Result<postgres::Client> {
+/// Connects to the cluster's front end, retrying for `within`.
+pub(crate) fn connect(port: u16, within: Duration) -> Result<postgres::Client> {
     let t = Instant::now();
     loop {
         match postgres::Client::connect(

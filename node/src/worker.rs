@@ -91,8 +91,6 @@ enum Out {
         jt: u16,
         batches: VecDeque<RecordBatch>,
         abort: bool,
-        /// Rows per chunk that fit last time (a starting guess for the next chunk).
-        rows_hint: usize,
     },
 }
 
@@ -208,12 +206,16 @@ impl Write for SliceWriter<'_> {
     }
 }
 
-/// Encodes `batch` as an IPC stream into `buf`; `None` if it does not fit.
-fn encode_into(batch: &RecordBatch, buf: &mut [u8]) -> Option<usize> {
+/// Encodes `batches` (one schema, at least one) as one IPC stream into `buf`; `None`
+/// if it does not fit.
+fn encode_into(batches: &[RecordBatch], buf: &mut [u8]) -> Option<usize> {
+    let first = batches.first()?;
     let mut w = SliceWriter { buf, pos: 0 };
     {
-        let mut sw = StreamWriter::try_new(&mut w, &batch.schema()).ok()?;
-        sw.write(batch).ok()?;
+        let mut sw = StreamWriter::try_new(&mut w, &first.schema()).ok()?;
+        for b in batches {
+            sw.write(b).ok()?;
+        }
         sw.finish().ok()?;
     }
     Some(w.pos)
@@ -229,56 +231,99 @@ fn batch_bytes(b: &RecordBatch) -> usize {
 
 /// The outcome of encoding the next chunk of a join table.
 enum Enc {
-    /// Encoded into the buffer: IPC length, rows taken.
-    Fit(OutBuf, usize, usize),
+    /// Encoded into the buffer: IPC length, whole batches taken from the front, then
+    /// rows taken from the next batch (0: none), rows in all.
+    Fit {
+        buf: OutBuf,
+        len: usize,
+        whole: usize,
+        partial: usize,
+        rows: usize,
+    },
     /// No arena space now.
     Blocked,
     /// Not even one row fits a chunk.
     TooBig,
 }
 
-/// Encodes as many leading rows of `batch` as fit one chunk (starting from `hint`
-/// rows, or an estimate) straight into an arena buffer, leaving room for the trailer.
+/// Encodes batches from the front of `batches` (all of one schema), as many whole ones
+/// as fit and then a leading slice of the next, into one IPC stream written straight
+/// into an arena buffer of at most `max` bytes, leaving room for the trailer.
 fn encode_chunk(
     router: &RouterHandle,
-    batch: &RecordBatch,
-    hint: usize,
+    batches: &VecDeque<RecordBatch>,
     max: usize,
 ) -> Result<Enc, RouterError> {
-    let total = batch.num_rows();
-    let per_row = (batch_bytes(batch) / total.max(1)).max(1);
+    /// IPC framing per batch message (flatbuffer header, padding), roughly.
+    const PER_BATCH: usize = 512;
     let budget = max.saturating_sub(IPC_SLACK + JOIN_TRAILER).max(1);
-    let mut rows = if hint > 0 {
-        hint.min(total)
-    } else {
-        (budget / per_row).clamp(1, total)
-    };
+    let mut parts: Vec<RecordBatch> = Vec::new();
+    let mut est = 0usize;
+    let mut partial = 0usize;
+    for b in batches {
+        let bb = batch_bytes(b) + PER_BATCH;
+        if est + bb <= budget {
+            parts.push(b.clone());
+            est += bb;
+            continue;
+        }
+        let n = b.num_rows();
+        let per_row = (batch_bytes(b) / n.max(1)).max(1);
+        let rows = (budget.saturating_sub(est + PER_BATCH) / per_row).min(n);
+        if rows > 0 && (parts.is_empty() || rows >= 1024) {
+            parts.push(b.slice(0, rows));
+            est += batch_bytes(&parts[parts.len() - 1]) + PER_BATCH;
+            partial = rows;
+        } else if parts.is_empty() {
+            parts.push(b.slice(0, 1));
+            est += batch_bytes(&parts[0]) + PER_BATCH;
+            partial = 1;
+        }
+        break;
+    }
     loop {
-        let slice = batch.slice(0, rows);
-        let est = batch_bytes(&slice);
         let want = (est + est / 8 + IPC_SLACK + JOIN_TRAILER)
             .min(max)
             .max(JOIN_TRAILER + 64);
         let Some(mut buf) = router.try_alloc(want)? else {
             return Ok(Enc::Blocked);
         };
-        if let Some(len) = encode_into(&slice, &mut buf.as_mut_slice()[..want - JOIN_TRAILER]) {
-            return Ok(Enc::Fit(buf, len, rows));
-        }
-        if want < max {
-            // The estimate was short: try the largest buffer before cutting rows.
+        let mut fit = encode_into(&parts, &mut buf.as_mut_slice()[..want - JOIN_TRAILER]);
+        if fit.is_none() && want < max {
+            // The estimate was short: try the largest buffer before taking less.
             drop(buf);
-            let Some(mut big) = router.try_alloc(max)? else {
+            let Some(big) = router.try_alloc(max)? else {
                 return Ok(Enc::Blocked);
             };
-            if let Some(len) = encode_into(&slice, &mut big.as_mut_slice()[..max - JOIN_TRAILER]) {
-                return Ok(Enc::Fit(big, len, rows));
+            buf = big;
+            fit = encode_into(&parts, &mut buf.as_mut_slice()[..max - JOIN_TRAILER]);
+        }
+        if let Some(len) = fit {
+            let rows = parts.iter().map(|p| p.num_rows()).sum();
+            let whole = parts.len() - usize::from(partial > 0);
+            return Ok(Enc::Fit {
+                buf,
+                len,
+                whole,
+                partial,
+                rows,
+            });
+        }
+        drop(buf);
+        // Take less: drop a partial slice or the last whole batch, else halve the rows.
+        if parts.len() > 1 {
+            parts.pop();
+            partial = 0;
+        } else {
+            let n = parts[0].num_rows();
+            if n == 1 {
+                return Ok(Enc::TooBig);
             }
+            let half = n.div_ceil(2);
+            parts[0] = parts[0].slice(0, half);
+            partial = half;
         }
-        if rows == 1 {
-            return Ok(Enc::TooBig);
-        }
-        rows = rows.div_ceil(2);
+        est = parts.iter().map(|p| batch_bytes(p) + PER_BATCH).sum();
     }
 }
 
@@ -535,7 +580,6 @@ impl Worker {
                 jt: jt as u16,
                 batches: batches.into_iter().filter(|b| b.num_rows() > 0).collect(),
                 abort: false,
-                rows_hint: 0,
             });
         }
         if error.is_some() {
@@ -882,14 +926,13 @@ impl Worker {
                     jt,
                     batches,
                     abort,
-                    rows_hint,
                 } => {
                     let (task, jt) = (*task, *jt);
                     // Drop empty batches at the front.
                     while batches.front().is_some_and(|b| b.num_rows() == 0) {
                         batches.pop_front();
                     }
-                    let Some(front_batch) = batches.front().cloned() else {
+                    if batches.is_empty() {
                         // Nothing (more) to send: one empty last chunk.
                         let Some(mut buf) = router.try_alloc(JOIN_TRAILER)? else {
                             return Ok(true);
@@ -904,16 +947,21 @@ impl Worker {
                         self.send_join_chunk(buf, task)?;
                         self.out.pop_front();
                         continue;
-                    };
-                    let rows_total = front_batch.num_rows();
+                    }
                     let t_enc = Instant::now();
-                    let enc = encode_chunk(&router, &front_batch, *rows_hint, max)?;
+                    let enc = encode_chunk(&router, batches, max)?;
                     if let Some(j) = self.joins.get_mut(&task) {
                         // Encoding into the arena is part of building the join table.
                         j.stats.build += t_enc.elapsed();
                     }
-                    let (buf, len, rows) = match enc {
-                        Enc::Fit(buf, len, rows) => (buf, len, rows),
+                    let (mut buf, len, whole, partial, rows) = match enc {
+                        Enc::Fit {
+                            buf,
+                            len,
+                            whole,
+                            partial,
+                            rows,
+                        } => (buf, len, whole, partial, rows),
                         Enc::Blocked => return Ok(true),
                         Enc::TooBig => {
                             // One row larger than a chunk: this task cannot run here.
@@ -930,8 +978,16 @@ impl Worker {
                             continue;
                         }
                     };
-                    let last = rows == rows_total && batches.len() == 1;
-                    let mut buf = buf;
+                    batches.drain(..whole);
+                    if partial > 0 {
+                        if let Some(b) = batches.front_mut() {
+                            *b = b.slice(partial, b.num_rows() - partial);
+                        }
+                    }
+                    while batches.front().is_some_and(|b| b.num_rows() == 0) {
+                        batches.pop_front();
+                    }
+                    let last = batches.is_empty();
                     let flags = if last { JOIN_LAST } else { 0 };
                     buf.as_mut_slice()[len..len + JOIN_TRAILER].copy_from_slice(
                         &JoinTrailer {
@@ -942,17 +998,6 @@ impl Worker {
                         .encode(),
                     );
                     buf.set_len(len + JOIN_TRAILER);
-                    if let Some(Out::JoinTable {
-                        batches, rows_hint, ..
-                    }) = self.out.front_mut()
-                    {
-                        *rows_hint = rows;
-                        if rows == rows_total {
-                            batches.pop_front();
-                        } else if let Some(b) = batches.front_mut() {
-                            *b = b.slice(rows, rows_total - rows);
-                        }
-                    }
                     if let Some(j) = self.joins.get_mut(&task) {
                         j.built_bytes[usize::from(jt)] += (len + JOIN_TRAILER) as u64;
                         j.built_chunks[usize::from(jt)] += 1;

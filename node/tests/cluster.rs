@@ -589,7 +589,7 @@ fn join_counts(fabric: &str) {
     let mut c = connect(cl.port);
     c.batch_execute("CREATE TABLE jp (k INT, v INT); CREATE TABLE jb (k INT, pad TEXT, w INT)")
         .unwrap();
-    // jp: 4000 rows, k = i % 1000; jb: 30000 rows with ~100-byte text (about 3 MB, so
+    // jp: 4000 rows, k = i % 1000; jb: 30000 rows with ~300-byte text (about 9 MB, so
     // every Tstore's join table spans several 1 MiB chunks), k = i % 1500.
     let mut sql = String::from("INSERT INTO jp VALUES ");
     for i in 0..4000 {
@@ -599,7 +599,7 @@ fn join_counts(fabric: &str) {
         sql.push_str(&format!("({}, {i})", i % 1000));
     }
     c.batch_execute(&sql).unwrap();
-    let pad = "x".repeat(100);
+    let pad = "x".repeat(300);
     for chunk in 0..6 {
         let mut sql = String::from("INSERT INTO jb VALUES ");
         for j in 0..5000 {
@@ -615,7 +615,7 @@ fn join_counts(fabric: &str) {
     // i in 0..30000 with i % 1500 == k: 20 rows.
     let expect_count: i64 = 4000 * 20;
     let expect_sum: i64 = (0..4000i64).map(|i| i * 20).sum();
-    // max(jb.pad) keeps the text column in the join table (about 3 MB cluster-wide).
+    // max(jb.pad) keeps the text column in the join table (about 9 MB cluster-wide).
     let q = "SELECT count(*), sum(jp.v), max(jb.pad) FROM jp JOIN jb ON jp.k = jb.k";
     let r = text_rows(&mut c, &format!("SET smrdb.pivot = 'jp'; {q}"));
     assert_eq!(
@@ -626,7 +626,7 @@ fn join_counts(fabric: &str) {
             Some(format!("{pad}9999")),
         ]]
     );
-    // EXPLAIN ANALYZE with jp forced as the pivot: jb (3 MB) is the join table.
+    // EXPLAIN ANALYZE with jp forced as the pivot: jb (9 MB) is the join table.
     let plan: Vec<String> = text_rows(&mut c, &format!("EXPLAIN ANALYZE {q}"))
         .into_iter()
         .map(|r| r[0].clone().unwrap_or_default())
