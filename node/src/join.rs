@@ -261,6 +261,9 @@ impl Engine {
             "  network (join tables; one copy per remote node, expected from the Tstores' counts):"
                 .into(),
         );
+        if by_node.len() < 2 {
+            lines.push("    (one node: nothing crosses the network)".into());
+        }
         for (&a, &(bytes, chunks)) in &by_node {
             for &b in by_node.keys().filter(|&&b| b != a) {
                 lines.push(format!(
@@ -270,6 +273,9 @@ impl Engine {
         }
         lines
             .push("  network (measured by the routers during this statement, all traffic):".into());
+        if after.values().all(Vec::is_empty) {
+            lines.push("    (one node: no remote peers)".into());
+        }
         for (node, peers) in &after {
             for p in peers {
                 let old = before
