@@ -9,6 +9,7 @@
 //! ring_mib = 16                 # receive ring per remote peer
 //! arena_mib = 64                # outgoing arena
 //! chunk_kib = 1024              # largest chunk a message is cut into
+//! # router_mode = "naive"       # smr (default) | naive: one copy per remote Tstore
 //! task_timeout_s = 60           # how long the primary waits for Tstore replies
 //! connect_timeout_s = 60        # how long a node waits for its peers at start
 //!
@@ -27,7 +28,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use smrdb_router::{NodeSpec, RouterConfig};
+use smrdb_router::{Mode, NodeSpec, RouterConfig};
 use smrdb_transport::{FabricConfig, FabricKind};
 
 use crate::error::{Error, Result};
@@ -40,6 +41,12 @@ fn default_arena() -> usize {
 }
 fn default_chunk() -> usize {
     1024
+}
+fn default_mode() -> Mode {
+    Mode::Smr
+}
+fn is_smr(m: &Mode) -> bool {
+    *m == Mode::Smr
 }
 fn default_task_timeout() -> u64 {
     60
@@ -77,6 +84,11 @@ pub struct ClusterFile {
     /// Largest message chunk, KiB.
     #[serde(default = "default_chunk")]
     pub chunk_kib: usize,
+    /// How broadcasts reach remote Tstores: `smr` (one copy per remote node, fanned
+    /// out there by pointer: the design) or `naive` (one copy per remote Tstore: the
+    /// baseline experiments compare against).
+    #[serde(default = "default_mode", skip_serializing_if = "is_smr")]
+    pub router_mode: Mode,
     /// Seconds the primary waits for the replies to one task.
     #[serde(default = "default_task_timeout")]
     pub task_timeout_s: u64,
@@ -243,6 +255,7 @@ impl ClusterFile {
         rc.ring_bytes = self.ring_mib << 20;
         rc.arena_bytes = self.arena_mib << 20;
         rc.max_chunk = self.chunk_kib << 10;
+        rc.mode = self.router_mode;
         rc.connect_timeout = Duration::from_secs(self.connect_timeout_s);
         rc.backpressure_timeout = self.task_timeout();
         rc
@@ -266,6 +279,7 @@ impl ClusterFile {
             ring_mib: 8,
             arena_mib: 32,
             chunk_kib: 1024,
+            router_mode: Mode::Smr,
             task_timeout_s: default_task_timeout(),
             connect_timeout_s: default_connect_timeout(),
             primary: Primary {
@@ -301,6 +315,13 @@ mod tests {
         let rc = cf.router_config(1);
         assert_eq!(rc.me, 1);
         assert_eq!(rc.ring_bytes, cf.ring_mib << 20);
+        assert_eq!(rc.mode, Mode::Smr);
+        let naive = text.replacen("router_mode = \"smr\"", "router_mode = \"naive\"", 1);
+        let cf = ClusterFile::parse(&naive, false).unwrap();
+        assert_eq!(cf.router_mode, Mode::Naive);
+        assert_eq!(cf.router_config(0).mode, Mode::Naive);
+        let without = text.replacen("router_mode = \"smr\"", "", 1);
+        assert_eq!(ClusterFile::parse(&without, false).unwrap().router_mode, Mode::Smr);
     }
 
     #[test]
@@ -311,6 +332,7 @@ mod tests {
             ("fabric = \"shm\"", "fabric = \"ipoib\""),
             ("id = 1", "id = 0"),
             ("secret = ", "unknown_key = 1\nsecret = "),
+            ("router_mode = \"smr\"", "router_mode = \"broadcast\""),
         ] {
             assert!(text.contains(from), "{from}");
             let t = text.replacen(from, to, 1);

@@ -406,7 +406,11 @@ impl Engine {
                 })
             }
             Plan::Set { name, value } => {
-                session.vars.insert(name.to_lowercase(), value);
+                let name = name.to_lowercase();
+                if name == smrdb_planner::OVERLAP_SETTING {
+                    smrdb_planner::parse_bool_setting(&name, &value)?;
+                }
+                session.vars.insert(name, value);
                 Ok(Output::Command(CommandTag::new("SET")))
             }
             Plan::Show { name } => {
@@ -735,6 +739,8 @@ fn default_setting(name: &str) -> Option<&'static str> {
         "application_name" => "",
         "extra_float_digits" => "1",
         "max_identifier_length" => "63",
+        "smrdb.overlap" => "on",
+        "smrdb.pivot" => "auto",
         _ => return None,
     })
 }

@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 use smrdb_node::config::ClusterFile;
 use smrdb_node::node::{self, Exit, NodeOptions};
 use smrdb_transport::FabricKind;
+use smrdb_router::Mode;
 
 #[derive(Parser)]
 #[command(
@@ -50,27 +51,7 @@ enum Cmd {
     },
     /// Start a local cluster (one process per node, on loopback) in the foreground
     /// until Ctrl-C.
-    Cluster {
-        /// Number of nodes.
-        #[arg(long, default_value_t = 2)]
-        nodes: u32,
-        /// Tstores per node.
-        #[arg(long, default_value_t = 2)]
-        tstores: u32,
-        /// Fabric: shm, tcp or verbs.
-        #[arg(long, default_value = "shm")]
-        fabric: FabricKind,
-        /// Postgres port of the primary.
-        #[arg(long, default_value_t = 5432)]
-        port: u16,
-        /// Data directory (durable); volatile without it. The cluster file is written
-        /// there too.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// verbs device.
-        #[arg(long)]
-        device: Option<String>,
-    },
+    Cluster(ClusterArgs),
     /// Run SQL against a running cluster: one statement with -c, else a shell.
     Sql {
         /// Host of the primary.
@@ -83,6 +64,46 @@ enum Cmd {
         #[arg(short = 'c')]
         command: Option<String>,
     },
+}
+
+/// The shape and settings of a local cluster.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    /// Tstores per node.
+    #[arg(long, default_value_t = 2)]
+    tstores: u32,
+    /// Fabric: shm, tcp or verbs.
+    #[arg(long, default_value = "shm")]
+    fabric: FabricKind,
+    /// Postgres port of the primary.
+    #[arg(long, default_value_t = 5432)]
+    port: u16,
+    /// Data directory (durable); volatile without it. The cluster file is written
+    /// there too.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// verbs device.
+    #[arg(long)]
+    device: Option<String>,
+    /// How broadcasts reach remote Tstores: smr (one copy per remote node) or naive
+    /// (one copy per remote Tstore).
+    #[arg(long, default_value = "smr")]
+    router_mode: Mode,
+    /// Receive ring per remote peer, MiB.
+    #[arg(long, default_value_t = 8)]
+    ring_mib: usize,
+    /// Outgoing arena per node, MiB.
+    #[arg(long, default_value_t = 32)]
+    arena_mib: usize,
+    /// Largest chunk a message is cut into, KiB.
+    #[arg(long, default_value_t = 1024)]
+    chunk_kib: usize,
+    /// Write each node's log to DIR/node-<id>.log instead of this terminal.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
 }
 
 fn init_logging() {
@@ -104,14 +125,7 @@ fn main() -> Result<()> {
             data_dir,
             stop_on_eof,
         } => run_node(&cluster, id, data_dir, stop_on_eof),
-        Cmd::Cluster {
-            nodes,
-            tstores,
-            fabric,
-            port,
-            data_dir,
-            device,
-        } => run_cluster(nodes, tstores, fabric, port, data_dir, device),
+        Cmd::Cluster(a) => run_cluster(a),
         Cmd::Sql {
             host,
             port,
@@ -210,14 +224,20 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn run_cluster(
-    nodes: u32,
-    tstores: u32,
-    fabric: FabricKind,
-    port: u16,
-    data_dir: Option<PathBuf>,
-    device: Option<String>,
-) -> Result<()> {
+fn run_cluster(a: ClusterArgs) -> Result<()> {
+    let ClusterArgs {
+        nodes,
+        tstores,
+        fabric,
+        port,
+        data_dir,
+        device,
+        router_mode,
+        ring_mib,
+        arena_mib,
+        chunk_kib,
+        log_dir,
+    } = a;
     if nodes == 0 || tstores == 0 {
         bail!("--nodes and --tstores must be at least 1");
     }
@@ -240,8 +260,17 @@ fn run_cluster(
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let mut cf = ClusterFile::local(fabric, nodes, tstores, port, &ports, hex::encode(secret));
     cf.verbs_device = device;
+    cf.router_mode = router_mode;
+    cf.ring_mib = ring_mib;
+    cf.arena_mib = arena_mib;
+    cf.chunk_kib = chunk_kib;
+    cf.validate()?;
     let file = dir.join("cluster.toml");
     cf.save(&file)?;
+    if let Some(d) = &log_dir {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("cannot create the log directory {}", d.display()))?;
+    }
     restrict(&file);
 
     let exe = std::env::current_exe().context("cannot find the smrdb executable")?;
@@ -257,6 +286,12 @@ fn run_cluster(
             .stdin(Stdio::piped());
         if let Some(d) = &data_dir {
             cmd.arg("--data-dir").arg(d);
+        }
+        if let Some(d) = &log_dir {
+            let path = d.join(format!("node-{id}.log"));
+            let f = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            cmd.stderr(f.try_clone()?).stdout(f);
         }
         let child = cmd
             .spawn()
@@ -284,7 +319,11 @@ fn run_cluster(
         std::thread::sleep(Duration::from_millis(50));
     }
     say(&format!(
-        "smrdb cluster ready: {nodes} node(s) x {tstores} tstore(s) on {fabric}, cluster file {}",
+        "smrdb cluster ready: {nodes} node(s) x {tstores} tstore(s) on {fabric} ({} router), cluster file {}",
+        match router_mode {
+            Mode::Smr => "smr",
+            Mode::Naive => "naive",
+        },
         file.display()
     ));
     say(&format!(

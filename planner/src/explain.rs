@@ -303,7 +303,11 @@ fn join_lines(out: &mut Vec<String>, q: &QueryPlan, spec: &JoinSpec, compact: &[
              one copy per remote node (local Tstores read it in place)",
             jt.alias
         ));
-        out.push(if k == last {
+        out.push(if k == last && !spec.overlap {
+            "  collected (SET smrdb.overlap = off): every chunk is copied out of the ring \
+             and compared only once the whole table is in"
+                .to_string()
+        } else if k == last {
             "  streamed: each arriving chunk is compared at once, never waiting for the \
              whole table"
                 .to_string()

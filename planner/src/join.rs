@@ -56,6 +56,24 @@ pub(crate) const SEL_EQ: f64 = 0.1;
 pub(crate) const SEL_OTHER: f64 = 0.33;
 /// The session setting that forces the pivot.
 pub(crate) const PIVOT_SETTING: &str = "smrdb.pivot";
+/// The session setting that turns compare-while-receiving off (`off`) for the
+/// overlap experiment; `on` (the default) streams.
+pub const OVERLAP_SETTING: &str = "smrdb.overlap";
+
+/// The value of a boolean setting as PostgreSQL spells booleans.
+///
+/// # Errors
+/// 22023 for anything else.
+pub fn parse_bool_setting(name: &str, value: &str) -> Result<bool, PlanError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" | "t" | "y" => Ok(true),
+        "off" | "false" | "no" | "0" | "f" | "n" => Ok(false),
+        _ => Err(PlanError::InvalidReference {
+            code: "22023",
+            msg: format!("parameter \"{name}\" requires a Boolean value, not '{value}'"),
+        }),
+    }
+}
 
 /// Bytes per value of a type in a join table (a guess for TEXT).
 pub(crate) fn type_width(t: DataType) -> u64 {
@@ -535,6 +553,10 @@ pub(crate) fn plan_join(
             .collect::<Result<_, _>>()?,
         steps,
         pivot_reason,
+        overlap: match catalog.setting(OVERLAP_SETTING) {
+            Some(v) => parse_bool_setting(OVERLAP_SETTING, &v)?,
+            None => true,
+        },
     };
 
     // The SELECT machinery's fragment and finish, onto the combined row.

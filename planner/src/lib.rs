@@ -42,6 +42,7 @@ use sqlparser::parser::Parser;
 pub use error::PlanError;
 pub use explain::{explain_lines, render_expr};
 pub use finish::{Finish, SortKey};
+pub use join::{parse_bool_setting, OVERLAP_SETTING};
 pub use smrdb_tstore::{
     DataType, Expr, Fragment, JoinInput, JoinSpec, JoinStep, PartialAgg, RecordBatch, TableSchema,
     Value,
@@ -301,13 +302,18 @@ fn plan_statement(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan, PlanE
         }
         Statement::Delete(d) => ddl::delete(d, catalog),
         Statement::Set(s) => ddl::set(s),
-        Statement::ShowVariable { variable } => Ok(Plan::Show {
-            name: variable
-                .iter()
-                .map(|i| i.value.to_lowercase())
-                .collect::<Vec<_>>()
-                .join(" "),
-        }),
+        Statement::ShowVariable { variable } => {
+            // sqlparser splits `smrdb.overlap` and `TRANSACTION ISOLATION LEVEL`
+            // alike into words; PostgreSQL's multi-word names map to their settings.
+            let words: Vec<String> = variable.iter().map(|i| i.value.to_lowercase()).collect();
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            let name = match words.as_slice() {
+                ["time", "zone"] => "timezone".to_string(),
+                ["transaction", "isolation", "level"] => "transaction_isolation".to_string(),
+                w => w.join("."),
+            };
+            Ok(Plan::Show { name })
+        }
         Statement::StartTransaction { statements, .. } if statements.is_empty() => {
             Ok(Plan::Transaction {
                 kind: "BEGIN".into(),

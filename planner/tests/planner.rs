@@ -312,6 +312,12 @@ fn statements() {
     assert!(
         matches!(one("SHOW server_version").unwrap(), Plan::Show { name } if name == "server_version")
     );
+    assert!(
+        matches!(one("SHOW smrdb.overlap").unwrap(), Plan::Show { name } if name == "smrdb.overlap")
+    );
+    assert!(
+        matches!(one("SHOW TRANSACTION ISOLATION LEVEL").unwrap(), Plan::Show { name } if name == "transaction_isolation")
+    );
     for (s, k) in [
         ("BEGIN", "BEGIN"),
         ("COMMIT", "COMMIT"),

@@ -97,6 +97,11 @@ pub struct JoinSpec {
     pub steps: Vec<JoinStep>,
     /// Why this pivot (EXPLAIN).
     pub pivot_reason: String,
+    /// Compare while receiving (the design): each chunk of the last join table is
+    /// probed as it arrives. `false` (`SET smrdb.overlap = off`, for the overlap
+    /// experiment) copies every chunk out of the ring and compares only once the whole
+    /// table is in.
+    pub overlap: bool,
 }
 
 /// What one Tstore measured while running its part of a join (EXPLAIN ANALYZE).
@@ -1509,7 +1514,7 @@ impl JoinExec {
             if jt + 1 < self.spec.join_tables.len() {
                 let copy = deep_copy(&want, &batch)?;
                 self.collected[jt].push(copy);
-            } else if self.probe.is_some() {
+            } else if self.probe.is_some() && self.spec.overlap {
                 self.probe_chunk(&batch)?;
             } else {
                 let copy = deep_copy(&want, &batch)?;
@@ -1531,6 +1536,14 @@ impl JoinExec {
         if self.probe.is_none() && self.complete[..k - 1].iter().all(|&c| c) {
             let start = Instant::now();
             self.prepare_last()?;
+            self.stats.compare += start.elapsed();
+        }
+        if jt + 1 == k && self.probe.is_some() && !self.queued.is_empty() {
+            // Overlap off: the whole last join table is in; compare it now.
+            let start = Instant::now();
+            for q in std::mem::take(&mut self.queued) {
+                self.probe_chunk(&q)?;
+            }
             self.stats.compare += start.elapsed();
         }
         Ok(())
@@ -1694,6 +1707,7 @@ mod tests {
             join_tables,
             steps,
             pivot_reason: "test".into(),
+            overlap: true,
         }
     }
 
@@ -2103,6 +2117,39 @@ mod tests {
         assert_eq!(
             final_rows(&count_star(), out.into_iter().map(|o| o.0).collect()),
             vec![vec![Value::BigInt(6)]]
+        );
+    }
+
+    #[test]
+    fn overlap_off_compares_only_once_complete() {
+        let stores = shop();
+        let mut sp = spec(
+            input("orders", "o", vec![1, 2], None),
+            vec![input("customers", "c", vec![0, 1], None)],
+            vec![step(vec![c(0)], vec![c(0)], None)],
+        );
+        let post = project(vec![c(1), c(3)], None);
+        let streamed = join_rows(&stores, &sp, &post);
+        sp.overlap = false;
+        assert_eq!(join_rows(&stores, &sp, &post), streamed);
+        assert_eq!(streamed.len(), 6);
+        // Nothing is joined while chunks arrive; all of it when the table completes.
+        let mut e = JoinExec::new(&stores[0], sp.clone(), count_star()).unwrap();
+        for b in build_join_table(&stores[1], &sp.join_tables[0]).unwrap() {
+            e.push(0, b).unwrap();
+        }
+        assert_eq!(e.stats.joined_rows, 0);
+        for b in build_join_table(&stores[0], &sp.join_tables[0]).unwrap() {
+            e.push(0, b).unwrap();
+        }
+        assert_eq!(e.stats.joined_rows, 0);
+        e.complete(0).unwrap();
+        assert_eq!(e.stats.joined_rows, 3);
+        let (out, stats) = e.finish().unwrap();
+        assert_eq!(stats.joined_rows, 3);
+        assert_eq!(
+            final_rows(&count_star(), vec![out]),
+            vec![vec![Value::BigInt(3)]]
         );
     }
 
