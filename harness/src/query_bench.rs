@@ -1,25 +1,28 @@
 //! `smrdb-bench query`: the design's multi-set example ("new customers who bought in
-//! July") on smrdb and on DuckDB, side by side in one run, on the same data.
+//! July") on smrdb and on DuckDB, side by side in one run, on the same data; and the
+//! engine drivers any [`Workload`] runs with.
 //!
-//! * Data: `customers(cust_id, name, is_new, region)` and
-//!   `purchases(purchase_id, cust_id, month, amount, item)` from a deterministic PRNG,
-//!   written once as CSV files into a work directory and reused when a file for the
-//!   same parameters (sizes, seed, generator version) is already there.
-//! * DuckDB (the reference): `harness/py/duckdb_bench.py`, embedded in this binary,
-//!   run by the interpreter of a venv this module creates and fills (`pip install
-//!   duckdb`) when `import duckdb` fails; `SET threads`, `read_csv` with explicit
-//!   columns into in-memory tables, warm-up + repeats timed around
+//! * Data: [`workload::example`] (`customers` x `purchases` from a deterministic PRNG,
+//!   written once as CSV files into a subdirectory of the work directory and reused
+//!   when a manifest there records the same parameters).
+//! * DuckDB (the reference): [`run_duckdb`] runs `harness/py/duckdb_bench.py`,
+//!   embedded in this binary, with the interpreter of a venv [`ensure_duckdb`] creates
+//!   and fills (`pip install duckdb`) when `import duckdb` fails; `SET threads`, each
+//!   table created with the workload's DuckDB DDL and filled by `read_csv` with its
+//!   explicit column types, warm-up + repeats timed around
 //!   `con.execute(sql).fetchall()`.
-//! * smrdb: `smrdb cluster` (as `smrdb-bench load` starts it), `COPY` of both CSVs,
-//!   warm-up + repeats timed at the client (the `postgres` crate, simple protocol,
-//!   all rows received), then `EXPLAIN ANALYZE` of Q1 once.
-//! * The answers of both engines are compared (same rows in the same order; numbers
-//!   with a relative tolerance, since float sums depend on the summation order).
+//! * smrdb: `smrdb cluster` (as `smrdb-bench load` starts it),
+//!   [`workload::load_smrdb`], then [`run_smrdb_queries`]: warm-up + repeats timed at
+//!   the client (the `postgres` crate, simple protocol, all rows received), then
+//!   `EXPLAIN ANALYZE` of Q1 once.
+//! * [`compare_answers`] compares the answers of both engines: the same rows, numbers
+//!   within a relative 1e-6 (float sums depend on the summation order), in the same
+//!   order where the query has an ORDER BY (ties on its keys in any order).
 //!
 //! The engines run one after the other (DuckDB first, then smrdb, whose cluster is
 //! stopped before this returns), never at the same time.
 
-use std::io::{BufWriter, Write};
+use std::cmp::Ordering;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,43 +32,13 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::load_bench::{connect, smrdb_binary, Cluster};
+use crate::workload::{self, pg_error, Workload};
 
-/// The DuckDB driver script, written into the work directory at run time.
+/// The DuckDB driver script, written beside the workload's CSVs at run time.
 const DUCKDB_SCRIPT: &str = include_str!("../py/duckdb_bench.py");
 
-/// Bumped whenever the generated data changes, so stale CSVs are not reused.
-const GENERATOR_VERSION: u32 = 1;
-/// Regions are 1..=REGIONS.
-const REGIONS: u64 = 20;
-/// Items are 1..=ITEMS.
-const ITEMS: u64 = 5000;
-
-/// The join every query shares: new customers who bought in July.
-const JOIN: &str = "FROM purchases p JOIN customers c ON p.cust_id = c.cust_id \
-                    WHERE c.is_new AND p.month = 7";
-
-/// The benchmark's queries, (name, SQL). Every ORDER BY is total, so both engines
-/// must return the same rows in the same order.
-pub fn queries() -> Vec<(String, String)> {
-    vec![
-        ("Q1 count".into(), format!("SELECT count(*) {JOIN}")),
-        (
-            "Q2 group by region".into(),
-            format!(
-                "SELECT c.region, count(*), sum(p.amount) {JOIN} GROUP BY c.region ORDER BY c.region"
-            ),
-        ),
-        (
-            "Q3 distinct region, item".into(),
-            // (region, item) pairs are unique after DISTINCT: the order is total.
-            format!("SELECT DISTINCT c.region, p.item {JOIN} ORDER BY 1, 2 LIMIT 20"),
-        ),
-        (
-            "Q4 count distinct".into(),
-            format!("SELECT count(DISTINCT p.cust_id) {JOIN}"),
-        ),
-    ]
-}
+/// Relative tolerance of numeric cells in [`compare_answers`].
+const REL_TOL: f64 = 1e-6;
 
 /// Which engines to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -135,11 +108,11 @@ impl QueryRun {
 pub struct EngineRun {
     /// Engine version (DuckDB's `__version__`, smrdb's git revision).
     pub version: String,
-    /// Load time per table, seconds (`customers`, `purchases`).
+    /// Load time per table, seconds, in the workload's load order.
     pub load_s: Vec<(String, f64)>,
     /// The queries.
     pub queries: Vec<QueryRun>,
-    /// smrdb: `EXPLAIN ANALYZE` of Q1 (or its error).
+    /// smrdb: `EXPLAIN ANALYZE` of the first query (or its error).
     pub explain_analyze: Option<String>,
 }
 
@@ -209,6 +182,8 @@ pub struct Summary {
 pub struct Report {
     /// The environment.
     pub env: Environment,
+    /// The workload: tables (CSV files, DDL, rows) and queries.
+    pub workload: Workload,
     /// The side-by-side table.
     pub summary: Vec<Summary>,
     /// smrdb's run.
@@ -254,110 +229,6 @@ fn median(xs: &[f64]) -> Option<f64> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     })
-}
-
-// ---------------------------------------------------------------------------------
-// Data
-
-/// SplitMix64: small, fast, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, stream: u64) -> Self {
-        Rng(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        let n = hi - lo + 1;
-        lo + ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-}
-
-/// Writes `path` through `fill` into a temporary file renamed into place on success,
-/// unless `path` already exists (same name = same parameters). Returns whether it
-/// was generated.
-fn generate(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<bool> {
-    if path.is_file() {
-        return Ok(false);
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-    fill(&mut w)?;
-    w.flush()?;
-    drop(w);
-    std::fs::rename(&tmp, path)?;
-    Ok(true)
-}
-
-/// `cust_id` 1..=n, `name`, `is_new` (true for ~10%), `region` 1..=REGIONS.
-fn write_customers(w: &mut dyn Write, n: u64, seed: u64) -> Result<()> {
-    let mut rng = Rng::new(seed, 1);
-    for id in 1..=n {
-        let is_new = rng.range(0, 9) == 0;
-        let region = rng.range(1, REGIONS);
-        writeln!(w, "{id},cust{id},{is_new},{region}")?;
-    }
-    Ok(())
-}
-
-/// `purchase_id` 1..=n, `cust_id` uniform over 1..=customers, `month` 1..=12,
-/// `amount` 1.00..=1000.00 (cents), `item` 1..=ITEMS.
-fn write_purchases(w: &mut dyn Write, n: u64, customers: u64, seed: u64) -> Result<()> {
-    let mut rng = Rng::new(seed, 2);
-    for id in 1..=n {
-        let cust = rng.range(1, customers);
-        let month = rng.range(1, 12);
-        let cents = rng.range(100, 100_000);
-        let item = rng.range(1, ITEMS);
-        writeln!(
-            w,
-            "{id},{cust},{month},{}.{:02},{item}",
-            cents / 100,
-            cents % 100
-        )?;
-    }
-    Ok(())
-}
-
-fn make_data(o: &Options) -> Result<(PathBuf, PathBuf, f64, bool)> {
-    std::fs::create_dir_all(&o.work_dir)
-        .with_context(|| format!("create work dir {}", o.work_dir.display()))?;
-    let v = GENERATOR_VERSION;
-    let customers = o
-        .work_dir
-        .join(format!("customers-v{v}-n{}-s{}.csv", o.customers, o.seed));
-    let purchases = o.work_dir.join(format!(
-        "purchases-v{v}-n{}-c{}-s{}.csv",
-        o.purchases, o.customers, o.seed
-    ));
-    let t = Instant::now();
-    let mut made = generate(&customers, |w| write_customers(w, o.customers, o.seed))?;
-    made |= generate(&purchases, |w| {
-        write_purchases(w, o.purchases, o.customers, o.seed)
-    })?;
-    let secs = t.elapsed().as_secs_f64();
-    eprintln!(
-        "data: {} {} and {} ({:.1} s)",
-        if made { "generated" } else { "reusing" },
-        customers.display(),
-        purchases.display(),
-        secs
-    );
-    Ok((
-        std::fs::canonicalize(&customers)?,
-        std::fs::canonicalize(&purchases)?,
-        if made { secs } else { 0.0 },
-        !made,
-    ))
 }
 
 // ---------------------------------------------------------------------------------
@@ -410,31 +281,36 @@ fn apt_install_venv() -> bool {
     apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "python3-venv"])
 }
 
-/// Makes sure `venv` has duckdb; returns its interpreter.
-fn ensure_duckdb(o: &Options) -> Result<PathBuf> {
-    let py = o.venv.join("bin").join("python");
+/// Makes sure `venv` has duckdb, creating the venv with `python -m venv` (and
+/// installing Debian's python3-venv when that is missing and we may) and running `pip
+/// install duckdb` as needed; returns the venv's interpreter.
+///
+/// # Errors
+/// `venv` exists and is not a venv, or the venv or duckdb cannot be installed.
+pub fn ensure_duckdb(venv: &Path, python: &str) -> Result<PathBuf> {
+    let py = venv.join("bin").join("python");
     if !py.is_file() || !runs_ok(Command::new(&py).args(["-c", "import pip"])) {
         // Never delete a directory that is not (the remains of) a venv.
-        let is_venv = o.venv.join("pyvenv.cfg").is_file();
-        let empty = std::fs::read_dir(&o.venv).map_or(true, |mut d| d.next().is_none());
+        let is_venv = venv.join("pyvenv.cfg").is_file();
+        let empty = std::fs::read_dir(venv).map_or(true, |mut d| d.next().is_none());
         if !is_venv && !empty {
             bail!(
                 "{} exists and is not a Python venv: pass another --venv",
-                o.venv.display()
+                venv.display()
             );
         }
-        eprintln!("duckdb: creating venv {}", o.venv.display());
-        let _ = std::fs::remove_dir_all(&o.venv);
+        eprintln!("duckdb: creating venv {}", venv.display());
+        let _ = std::fs::remove_dir_all(venv);
         let create = || {
-            Command::new(&o.python)
+            Command::new(python)
                 .args(["-m", "venv"])
-                .arg(&o.venv)
+                .arg(venv)
                 .stdin(Stdio::null())
                 .output()
         };
-        let out = create().with_context(|| format!("run `{} -m venv`", o.python))?;
+        let out = create().with_context(|| format!("run `{} -m venv`", python))?;
         if !out.status.success() {
-            let _ = std::fs::remove_dir_all(&o.venv);
+            let _ = std::fs::remove_dir_all(venv);
             let msg = String::from_utf8_lossy(&out.stdout).to_string()
                 + &String::from_utf8_lossy(&out.stderr);
             // Debian's python3 without python3-venv: "ensurepip is not available".
@@ -446,15 +322,15 @@ fn ensure_duckdb(o: &Options) -> Result<PathBuf> {
                     "`{} -m venv {}` failed: {}\n(on Debian/Ubuntu install the venv module: \
                      `sudo apt-get install python3-venv`; or pass --python with an interpreter \
                      that has it, or --engines smrdb to skip DuckDB)",
-                    o.python,
-                    o.venv.display(),
+                    python,
+                    venv.display(),
                     msg.trim()
                 );
             }
         }
     }
     if !runs_ok(Command::new(&py).args(["-c", "import duckdb"])) {
-        eprintln!("duckdb: pip install duckdb into {}", o.venv.display());
+        eprintln!("duckdb: pip install duckdb into {}", venv.display());
         let ok = Command::new(&py)
             .args([
                 "-m",
@@ -472,7 +348,7 @@ fn ensure_duckdb(o: &Options) -> Result<PathBuf> {
             bail!(
                 "could not install duckdb into {} (`{} -m pip install duckdb` failed; is PyPI \
                  reachable?); --engines smrdb skips DuckDB",
-                o.venv.display(),
+                venv.display(),
                 py.display()
             );
         }
@@ -483,9 +359,15 @@ fn ensure_duckdb(o: &Options) -> Result<PathBuf> {
 #[derive(Deserialize)]
 struct DuckOut {
     duckdb_version: String,
-    load_s: std::collections::BTreeMap<String, f64>,
-    rows_loaded: std::collections::BTreeMap<String, u64>,
+    tables: Vec<DuckTable>,
     queries: Vec<DuckQuery>,
+}
+
+#[derive(Deserialize)]
+struct DuckTable {
+    name: String,
+    load_s: f64,
+    rows: u64,
 }
 
 #[derive(Deserialize)]
@@ -506,40 +388,68 @@ fn json_cell(v: &serde_json::Value) -> String {
     }
 }
 
-fn run_duckdb(o: &Options, customers: &Path, purchases: &Path) -> Result<EngineRun> {
-    let py = ensure_duckdb(o)?;
-    let script = o.work_dir.join("duckdb_bench.py");
-    std::fs::write(&script, DUCKDB_SCRIPT)?;
-    let spec = o
-        .work_dir
-        .join(format!("duckdb-spec-{}.json", std::process::id()));
-    let queries = queries()
-        .into_iter()
-        .map(|(name, sql)| serde_json::json!({ "name": name, "sql": sql }))
+/// Runs `w` on DuckDB: makes sure the venv has duckdb ([`ensure_duckdb`]), writes the
+/// driver script beside the workload's CSVs, and runs it: every table created with
+/// its [`workload::Table::duckdb_ddl`] and filled from its CSV by `read_csv` with the
+/// table's column types, `SET threads TO threads`, every query's
+/// [`workload::Query::duckdb_sql`] once as a warm-up then `repeats` times. The rows
+/// are the last repeat's, as text (NULL as `NULL`, dates `YYYY-MM-DD`). Query errors
+/// are recorded per query, not returned.
+///
+/// # Errors
+/// DuckDB cannot be installed, the script fails or prints something unexpected, or a
+/// table's row count differs from its CSV's.
+pub fn run_duckdb(
+    w: &Workload,
+    repeats: usize,
+    threads: u32,
+    venv: &Path,
+    python: &str,
+) -> Result<EngineRun> {
+    let py = ensure_duckdb(venv, python)?;
+    let dir = w
+        .tables
+        .first()
+        .and_then(|t| t.csv.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let pid = std::process::id();
+    let script = dir.join("duckdb_bench.py");
+    let tmp = dir.join(format!("duckdb_bench.py.tmp{pid}"));
+    std::fs::write(&tmp, DUCKDB_SCRIPT)
+        .and_then(|()| std::fs::rename(&tmp, &script))
+        .with_context(|| format!("write {}", script.display()))?;
+    let spec = dir.join(format!("duckdb-spec-{pid}.json"));
+    let tables = w
+        .tables
+        .iter()
+        .map(|t| serde_json::json!({ "name": t.name, "ddl": t.duckdb_ddl, "csv": t.csv }))
+        .collect::<Vec<_>>();
+    let queries = w
+        .queries
+        .iter()
+        .map(|q| serde_json::json!({ "name": q.name, "sql": q.duckdb_sql }))
         .collect::<Vec<_>>();
     std::fs::write(
         &spec,
         serde_json::to_string_pretty(&serde_json::json!({
-            "customers_csv": customers,
-            "purchases_csv": purchases,
-            "threads": o.duckdb_threads,
-            "repeats": o.repeats,
+            "threads": threads,
+            "repeats": repeats,
+            "tables": tables,
             "queries": queries,
         }))?,
-    )?;
-    eprintln!(
-        "duckdb: running {} (threads {})",
-        script.display(),
-        o.duckdb_threads
-    );
+    )
+    .with_context(|| format!("write {}", spec.display()))?;
+    eprintln!("duckdb: running {} (threads {threads})", script.display());
     let out = Command::new(&py)
         .arg(&script)
         .arg(&spec)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .context("run the DuckDB script")?;
+        .context("run the DuckDB script");
     let _ = std::fs::remove_file(&spec);
+    let out = out?;
     if !out.status.success() {
         bail!("the DuckDB script failed ({})", out.status);
     }
@@ -549,13 +459,19 @@ fn run_duckdb(o: &Options, customers: &Path, purchases: &Path) -> Result<EngineR
             String::from_utf8_lossy(&out.stdout)
         )
     })?;
-    for (table, want) in [("customers", o.customers), ("purchases", o.purchases)] {
-        let got = d.rows_loaded.get(table).copied().unwrap_or(0);
-        anyhow::ensure!(got == want, "DuckDB loaded {got} {table}, expected {want}");
+    for t in &w.tables {
+        let got = d.tables.iter().find(|x| x.name == t.name).map(|x| x.rows);
+        anyhow::ensure!(
+            got == Some(t.rows),
+            "DuckDB loaded {} rows into {}, the file holds {}",
+            got.map_or("no".into(), |n| n.to_string()),
+            t.name,
+            t.rows
+        );
     }
     Ok(EngineRun {
         version: format!("DuckDB {}", d.duckdb_version),
-        load_s: d.load_s.into_iter().collect(),
+        load_s: d.tables.into_iter().map(|t| (t.name, t.load_s)).collect(),
         queries: d
             .queries
             .into_iter()
@@ -578,23 +494,6 @@ fn run_duckdb(o: &Options, customers: &Path, purchases: &Path) -> Result<EngineR
 
 // ---------------------------------------------------------------------------------
 // smrdb
-
-/// A Postgres error with the server's message (SQLSTATE, message, detail, hint).
-fn pg_error(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => {
-            let mut s = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
-            if let Some(x) = d.detail() {
-                s += &format!(" (detail: {x})");
-            }
-            if let Some(x) = d.hint() {
-                s += &format!(" (hint: {x})");
-            }
-            s
-        }
-        None => format!("{e}"),
-    }
-}
 
 fn pg_rows(c: &mut postgres::Client, sql: &str) -> std::result::Result<Vec<Vec<String>>, String> {
     let mut out = Vec::new();
@@ -630,7 +529,55 @@ fn smrdb_version() -> String {
     }
 }
 
-fn run_smrdb(o: &Options, customers: &Path, purchases: &Path) -> Result<EngineRun> {
+/// Runs every query of `w` (its smrdb [`workload::Query::sql`]) on the smrdb behind
+/// `c`, whose tables are loaded ([`workload::load_smrdb`]): once as a warm-up, then
+/// `repeats` times, timed at the client around the simple-protocol query with every
+/// row received. The rows are the last repeat's, as text (NULL as `NULL`). A failing
+/// query is recorded (with the server's message) and the next one runs.
+pub fn run_smrdb_queries(c: &mut postgres::Client, w: &Workload, repeats: usize) -> Vec<QueryRun> {
+    let mut runs = Vec::new();
+    for query in &w.queries {
+        let (name, sql) = (&query.name, &query.sql);
+        let mut q = QueryRun {
+            name: name.clone(),
+            sql: sql.clone(),
+            warmup_s: None,
+            times_s: Vec::new(),
+            rows: Vec::new(),
+            error: None,
+        };
+        let t = Instant::now();
+        match pg_rows(c, sql) {
+            Err(e) => {
+                eprintln!("smrdb: {name} failed: {e}");
+                q.error = Some(e);
+            }
+            Ok(rows) => {
+                q.warmup_s = Some(t.elapsed().as_secs_f64());
+                q.rows = rows;
+                for _ in 0..repeats {
+                    let t = Instant::now();
+                    match pg_rows(c, sql) {
+                        Ok(rows) => {
+                            q.times_s.push(t.elapsed().as_secs_f64());
+                            q.rows = rows;
+                        }
+                        Err(e) => {
+                            eprintln!("smrdb: {name} failed on a repeat: {e}");
+                            q.error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                eprintln!("smrdb: {name} done");
+            }
+        }
+        runs.push(q);
+    }
+    runs
+}
+
+fn run_smrdb(o: &Options, w: &Workload) -> Result<EngineRun> {
     let bin = smrdb_binary()?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut cmd = Command::new(&bin);
@@ -653,83 +600,19 @@ fn run_smrdb(o: &Options, customers: &Path, purchases: &Path) -> Result<EngineRu
     );
     let _cluster = Cluster(cmd.spawn().context("start smrdb cluster")?);
     let mut c = connect(port, Duration::from_secs(60))?;
-    c.batch_execute(
-        "DROP TABLE IF EXISTS purchases; DROP TABLE IF EXISTS customers; \
-         CREATE TABLE customers (cust_id INT NOT NULL, name TEXT, is_new BOOLEAN, region INT); \
-         CREATE TABLE purchases (purchase_id BIGINT NOT NULL, cust_id INT NOT NULL, month INT, \
-                                 amount DOUBLE PRECISION, item INT)",
-    )
-    .map_err(|e| anyhow::anyhow!("smrdb: create tables: {}", pg_error(&e)))?;
-    let mut load_s = Vec::new();
-    for (table, path, want) in [
-        ("customers", customers, o.customers),
-        ("purchases", purchases, o.purchases),
-    ] {
-        let t = Instant::now();
-        let n = c
-            .execute(
-                &format!(
-                    "COPY {table} FROM '{}' WITH (FORMAT csv)",
-                    path.display().to_string().replace('\'', "''")
-                ),
-                &[],
-            )
-            .map_err(|e| anyhow::anyhow!("smrdb: COPY {table}: {}", pg_error(&e)))?;
-        let secs = t.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            n == want,
-            "smrdb: COPY {table} loaded {n} rows, expected {want}"
+    let load_s = workload::load_smrdb(&mut c, w)?;
+    let runs = run_smrdb_queries(&mut c, w, o.repeats);
+    let explain =
+        w.queries.first().map(
+            |q| match pg_rows(&mut c, &format!("EXPLAIN ANALYZE {}", q.sql)) {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|r| r.join(" | "))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                Err(e) => format!("error: {e}"),
+            },
         );
-        eprintln!("smrdb: loaded {n} {table} in {secs:.2} s");
-        load_s.push((table.to_string(), secs));
-    }
-    let mut runs = Vec::new();
-    for (name, sql) in queries() {
-        let mut q = QueryRun {
-            name: name.clone(),
-            sql: sql.clone(),
-            warmup_s: None,
-            times_s: Vec::new(),
-            rows: Vec::new(),
-            error: None,
-        };
-        let t = Instant::now();
-        match pg_rows(&mut c, &sql) {
-            Err(e) => {
-                eprintln!("smrdb: {name} failed: {e}");
-                q.error = Some(e);
-            }
-            Ok(_) => {
-                q.warmup_s = Some(t.elapsed().as_secs_f64());
-                for _ in 0..o.repeats {
-                    let t = Instant::now();
-                    match pg_rows(&mut c, &sql) {
-                        Ok(rows) => {
-                            q.times_s.push(t.elapsed().as_secs_f64());
-                            q.rows = rows;
-                        }
-                        Err(e) => {
-                            eprintln!("smrdb: {name} failed on a repeat: {e}");
-                            q.error = Some(e);
-                            break;
-                        }
-                    }
-                }
-                eprintln!("smrdb: {name} done");
-            }
-        }
-        runs.push(q);
-    }
-    let explain = queries().first().map(|(_, sql)| {
-        match pg_rows(&mut c, &format!("EXPLAIN ANALYZE {sql}")) {
-            Ok(rows) => rows
-                .iter()
-                .map(|r| r.join(" | "))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Err(e) => format!("error: {e}"),
-        }
-    });
     Ok(EngineRun {
         version: smrdb_version(),
         load_s,
@@ -749,17 +632,240 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// Same value: equal text, equal booleans, or numbers within a relative 1e-9.
+/// A cell as a number, when it is one (`nan`, `inf` included).
+fn number(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok()
+}
+
+/// Same value: equal text, equal booleans, or numbers within a relative [`REL_TOL`].
 fn cells_agree(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
-    if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
-        return x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0);
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
+        return x == y
+            || (x.is_nan() && y.is_nan())
+            || (x - y).abs() <= REL_TOL * x.abs().max(y.abs()).max(1.0);
     }
     matches!((parse_bool(a), parse_bool(b)), (Some(x), Some(y)) if x == y)
 }
 
+fn rows_agree(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| cells_agree(x, y))
+}
+
+/// A total order on cells: numbers (numerically) before booleans before text.
+fn cell_cmp(a: &str, b: &str) -> Ordering {
+    let rank = |s: &str| match (number(s), parse_bool(s)) {
+        (Some(x), _) => (0, Some(x), None),
+        (None, Some(v)) => (1, None, Some(v)),
+        (None, None) => (2, None, None),
+    };
+    let (ra, rb) = (rank(a), rank(b));
+    ra.0.cmp(&rb.0)
+        .then_with(|| match (ra.1, rb.1) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            _ => ra.2.cmp(&rb.2),
+        })
+        .then_with(|| if ra.0 == 2 { a.cmp(b) } else { Ordering::Equal })
+}
+
+fn row_cmp(a: &[String], b: &[String]) -> Ordering {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| cell_cmp(x, y))
+        .find(|o| o.is_ne())
+        .unwrap_or_else(|| a.len().cmp(&b.len()))
+}
+
+/// `sql` with everything inside quotes or parentheses blanked out and letters lower
+/// case, byte for byte the same length: top-level keywords and commas are found in it
+/// at the positions they have in `sql`.
+fn top_level(sql: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sql.len());
+    let (mut depth, mut quote) = (0usize, None::<u8>);
+    for &b in sql.as_bytes() {
+        let keep = match quote {
+            Some(q) => {
+                if b == q {
+                    quote = None;
+                }
+                false
+            }
+            None => match b {
+                b'\'' | b'"' => {
+                    quote = Some(b);
+                    false
+                }
+                b'(' => {
+                    depth += 1;
+                    false
+                }
+                b')' => {
+                    depth = depth.saturating_sub(1);
+                    false
+                }
+                _ => depth == 0,
+            },
+        };
+        out.push(if keep { b.to_ascii_lowercase() } else { b' ' });
+    }
+    out
+}
+
+/// Byte offsets of the top-level word `word` (lower case) in the masked `m`.
+fn find_words(m: &[u8], word: &str) -> Vec<usize> {
+    let w = word.as_bytes();
+    let is_id = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.';
+    (0..m.len().saturating_sub(w.len() - 1))
+        .filter(|&i| {
+            &m[i..i + w.len()] == w
+                && (i == 0 || !is_id(m[i - 1]))
+                && m.get(i + w.len()).is_none_or(|&b| !is_id(b))
+        })
+        .collect()
+}
+
+/// Splits `sql[range]` at its top-level commas.
+fn split_top<'a>(sql: &'a str, m: &[u8], start: usize, end: usize) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut from = start;
+    for i in start..end {
+        if m[i] == b',' {
+            out.push(sql[from..i].trim());
+            from = i + 1;
+        }
+    }
+    out.push(sql[from..end].trim());
+    out
+}
+
+/// Lower case without white space, for comparing expressions' text.
+fn norm(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The ORDER BY of a query, as far as the answers' comparison needs it.
+#[derive(Debug, PartialEq)]
+struct OrderBy {
+    /// 0-based output columns of the ORDER BY keys; `None` when a key is not an
+    /// output column (or could not be matched to one).
+    keys: Option<Vec<usize>>,
+    /// The query has a LIMIT.
+    limit: bool,
+    /// The query has an OFFSET.
+    offset: bool,
+}
+
+/// The top-level ORDER BY of `sql` (not one inside parentheses, like `WITHIN GROUP
+/// (ORDER BY x)`), with each key resolved to an output column: an ordinal, an output
+/// alias, the same expression as a select item, or a column whose name (without its
+/// qualifier) matches a select item's.
+fn order_by(sql: &str) -> Option<OrderBy> {
+    let m = top_level(sql);
+    let ws = |from: usize| {
+        m[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count()
+    };
+    // The last top-level "order" followed by white space and the word "by".
+    let by_end = find_words(&m, "order").into_iter().rev().find_map(|i| {
+        let gap = ws(i + 5);
+        let at = i + 5 + gap;
+        (gap > 0 && find_words(&m, "by").contains(&at)).then_some(at + 2)
+    })?;
+    let limit = find_words(&m, "limit").into_iter().find(|&i| i > by_end);
+    let offset = find_words(&m, "offset").into_iter().find(|&i| i > by_end);
+    let end = [limit, offset]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(sql.len());
+    let end = sql[..end]
+        .trim_end()
+        .trim_end_matches(';')
+        .len()
+        .max(by_end);
+    let items = split_top(sql, &m, by_end, end);
+    // The select list: after SELECT [DISTINCT], up to the first top-level FROM, as
+    // (normalized expression, normalized alias).
+    let select = find_words(&m, "select").into_iter().next();
+    let from = select.and_then(|s| find_words(&m, "from").into_iter().find(|&f| f > s));
+    let outputs: Vec<(String, Option<String>)> = match (select, from) {
+        (Some(s), Some(f)) => {
+            let mut s = s + "select".len();
+            let distinct = s + ws(s);
+            if find_words(&m, "distinct").contains(&distinct) {
+                s = distinct + "distinct".len();
+            }
+            split_top(sql, &m, s, f)
+                .into_iter()
+                .map(|item| match find_words(&top_level(item), "as").last() {
+                    Some(&a) => (
+                        norm(&item[..a]),
+                        Some(norm(&item[a + 2..]).trim_matches('"').to_string()),
+                    ),
+                    None => (norm(item), None),
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let is_path = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
+    };
+    let last_part = |s: &str| s.rsplit('.').next().unwrap_or(s).to_string();
+    let resolve = |key: &str| -> Option<usize> {
+        // Drop NULLS FIRST / LAST, then ASC / DESC.
+        let lower = key.to_lowercase();
+        let mut words: Vec<&str> = lower.split_whitespace().collect();
+        if words.len() > 2
+            && words[words.len() - 2] == "nulls"
+            && matches!(words[words.len() - 1], "first" | "last")
+        {
+            words.truncate(words.len() - 2);
+        }
+        if words.len() > 1 && matches!(words[words.len() - 1], "asc" | "desc") {
+            words.pop();
+        }
+        let k = norm(&words.concat());
+        if let Ok(n) = k.parse::<usize>() {
+            return (1..=outputs.len()).contains(&n).then(|| n - 1);
+        }
+        if let Some(i) = outputs
+            .iter()
+            .position(|(_, a)| a.as_deref() == Some(k.as_str()))
+            .or_else(|| outputs.iter().position(|(e, _)| *e == k))
+        {
+            return Some(i);
+        }
+        if !is_path(&k) {
+            return None;
+        }
+        // `o_orderdate` for `o.o_orderdate` (and back): only when unambiguous.
+        let mut hits = outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, (e, _))| is_path(e) && last_part(e) == last_part(&k));
+        match (hits.next(), hits.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    };
+    Some(OrderBy {
+        keys: items.iter().map(|k| resolve(k)).collect(),
+        limit: limit.is_some(),
+        offset: offset.is_some(),
+    })
+}
+
+/// Compares one query's answers (see [`compare_answers`]).
 fn compare(s: &QueryRun, d: &QueryRun) -> Check {
     let check = |outcome: &str, detail: String| Check {
         query: s.name.clone(),
@@ -779,19 +885,136 @@ fn compare(s: &QueryRun, d: &QueryRun) -> Check {
             ),
         );
     }
-    for (i, (a, b)) in s.rows.iter().zip(&d.rows).enumerate() {
-        if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| !cells_agree(x, y)) {
-            return check(
+    let differ = |i: usize, a: &[String], b: &[String]| {
+        check(
+            "DIFFER",
+            format!(
+                "row {i}: smrdb [{}] vs DuckDB [{}]",
+                a.join(", "),
+                b.join(", ")
+            ),
+        )
+    };
+    // Compares two equally long row sets as multisets; the first mismatch.
+    let same_set = |a: &[Vec<String>], b: &[Vec<String>]| -> Option<(Vec<String>, Vec<String>)> {
+        let mut x = a.to_vec();
+        let mut y = b.to_vec();
+        x.sort_by(|p, q| row_cmp(p, q));
+        y.sort_by(|p, q| row_cmp(p, q));
+        x.into_iter().zip(y).find(|(p, q)| !rows_agree(p, q))
+    };
+    let n = s.rows.len();
+    match order_by(&s.sql) {
+        None => match same_set(&s.rows, &d.rows) {
+            None => check("agree", format!("{n} rows (unordered)")),
+            Some((a, b)) => check(
                 "DIFFER",
                 format!(
-                    "row {i}: smrdb [{}] vs DuckDB [{}]",
+                    "(sorted) smrdb [{}] vs DuckDB [{}]",
                     a.join(", "),
                     b.join(", ")
                 ),
-            );
+            ),
+        },
+        Some(OrderBy { keys: None, .. }) => {
+            for (i, (a, b)) in s.rows.iter().zip(&d.rows).enumerate() {
+                if !rows_agree(a, b) {
+                    return differ(i, a, b);
+                }
+            }
+            check("agree", format!("{n} rows (in order)"))
+        }
+        Some(OrderBy {
+            keys: Some(keys),
+            limit,
+            offset,
+        }) => {
+            let key_agree = |a: &[String], b: &[String]| {
+                keys.iter().all(|&k| match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => cells_agree(x, y),
+                    _ => false,
+                })
+            };
+            // Runs of rows tied on the ORDER BY keys, in smrdb's answer; DuckDB's rows
+            // at the same positions must have the same keys and, as a multiset, be the
+            // same rows, except in a run the LIMIT (or OFFSET) may have cut, where
+            // either engine may have kept different members of the tie.
+            let mut ties_permuted = 0usize;
+            let mut start = 0;
+            while start < n {
+                let mut end = start + 1;
+                while end < n && key_agree(&s.rows[start], &s.rows[end]) {
+                    end += 1;
+                }
+                for i in start..end {
+                    if !key_agree(&s.rows[start], &d.rows[i]) {
+                        return differ(i, &s.rows[i], &d.rows[i]);
+                    }
+                }
+                let cut = (limit && end == n) || (offset && start == 0);
+                let (a, b) = (&s.rows[start..end], &d.rows[start..end]);
+                if !a.iter().zip(b).all(|(p, q)| rows_agree(p, q)) {
+                    match same_set(a, b) {
+                        None => ties_permuted += 1,
+                        Some(_) if cut => ties_permuted += 1,
+                        Some((p, q)) => {
+                            return check(
+                                "DIFFER",
+                                format!(
+                                    "rows {start}..{end} (tied on the ORDER BY keys): smrdb \
+                                     has [{}] where DuckDB has [{}]",
+                                    p.join(", "),
+                                    q.join(", ")
+                                ),
+                            )
+                        }
+                    }
+                }
+                start = end;
+            }
+            let note = if ties_permuted > 0 {
+                format!(", {ties_permuted} runs of ORDER BY ties in another order")
+            } else {
+                String::new()
+            };
+            check("agree", format!("{n} rows (in order{note})"))
         }
     }
-    check("agree", format!("{} rows", s.rows.len()))
+}
+
+/// Compares the answers of the same queries on smrdb and DuckDB, pairwise in order
+/// (`smrdb[i]` with `duckdb[i]`, named after the smrdb side).
+///
+/// Cells agree when their text is equal, they are the same boolean (`t` / `true`) or
+/// numbers within a relative 1e-6 (float sums depend on the summation order). A query
+/// without a top-level ORDER BY must return the same rows as a multiset. With an ORDER
+/// BY whose keys are all output columns (an ordinal, an output alias, or the same
+/// expression or column as a select item), the rows must come in the same order
+/// except within runs of rows tied on those keys, which may be in any order (the SQL
+/// leaves it open); with a LIMIT the last run may even hold different rows (and the
+/// first with an OFFSET), since the engines may cut a tie in different places. With
+/// keys that are not output columns the rows must come in exactly the same order.
+/// Outcomes: `agree`, `DIFFER` (with the first difference), or `not compared` (a side
+/// failed or is missing).
+pub fn compare_answers(smrdb: &[QueryRun], duckdb: &[QueryRun]) -> Vec<Check> {
+    let mut out = Vec::new();
+    for i in 0..smrdb.len().max(duckdb.len()) {
+        match (smrdb.get(i), duckdb.get(i)) {
+            (Some(s), Some(d)) if s.name == d.name => out.push(compare(s, d)),
+            (Some(s), Some(d)) => out.push(Check {
+                query: s.name.clone(),
+                outcome: "not compared".into(),
+                detail: format!("smrdb ran {} where DuckDB ran {}", s.name, d.name),
+            }),
+            (Some(q), None) | (None, Some(q)) => out.push(Check {
+                query: q.name.clone(),
+                outcome: "not compared".into(),
+                detail: "only one engine ran it".into(),
+            }),
+            (None, None) => {}
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------
@@ -804,25 +1027,42 @@ fn compare(s: &QueryRun, d: &QueryRun) -> Check {
 /// or a load that fails.
 pub fn run(o: &Options) -> Result<Report> {
     anyhow::ensure!(o.customers > 0 && o.purchases > 0, "empty tables");
-    let (customers, purchases, generate_s, data_reused) = make_data(o)?;
+    let w = workload::example(o.customers, o.purchases, o.seed, &o.work_dir)?;
+    let csv = |name: &str| {
+        w.table(name)
+            .map(|t| t.csv.clone())
+            .with_context(|| format!("the example has no {name} table"))
+    };
+    let (customers, purchases) = (csv("customers")?, csv("purchases")?);
+    eprintln!(
+        "data: {} {} and {} ({:.1} s)",
+        if w.reused { "reusing" } else { "generated" },
+        customers.display(),
+        purchases.display(),
+        w.generate_s
+    );
     let loadavg_before = loadavg();
     let duckdb = if o.engines.contains(&Engine::Duckdb) {
-        Some(run_duckdb(o, &customers, &purchases)?)
+        Some(run_duckdb(
+            &w,
+            o.repeats,
+            o.duckdb_threads,
+            &o.venv,
+            &o.python,
+        )?)
     } else {
         None
     };
     let smrdb = if o.engines.contains(&Engine::Smrdb) {
-        Some(run_smrdb(o, &customers, &purchases)?)
+        Some(run_smrdb(o, &w)?)
     } else {
         None
     };
-    let mut checks = Vec::new();
-    if let (Some(s), Some(d)) = (&smrdb, &duckdb) {
-        for (a, b) in s.queries.iter().zip(&d.queries) {
-            checks.push(compare(a, b));
-        }
-    }
-    let summary = summarize(smrdb.as_ref(), duckdb.as_ref());
+    let checks = match (&smrdb, &duckdb) {
+        (Some(s), Some(d)) => compare_answers(&s.queries, &d.queries),
+        _ => Vec::new(),
+    };
+    let summary = summarize(&w, smrdb.as_ref(), duckdb.as_ref());
     Ok(Report {
         summary,
         env: Environment {
@@ -837,11 +1077,12 @@ pub fn run(o: &Options) -> Result<Report> {
             host_cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             customers_csv: customers,
             purchases_csv: purchases,
-            generate_s,
-            data_reused,
+            generate_s: w.generate_s,
+            data_reused: w.reused,
             loadavg_before,
             loadavg_after: loadavg(),
         },
+        workload: w,
         smrdb,
         duckdb,
         checks,
@@ -858,17 +1099,17 @@ fn ok(q: &QueryRun) -> bool {
     q.error.is_none() && !q.times_s.is_empty()
 }
 
-fn summarize(smrdb: Option<&EngineRun>, duckdb: Option<&EngineRun>) -> Vec<Summary> {
-    queries()
-        .into_iter()
+fn summarize(w: &Workload, smrdb: Option<&EngineRun>, duckdb: Option<&EngineRun>) -> Vec<Summary> {
+    w.queries
+        .iter()
         .enumerate()
-        .map(|(i, (name, _))| {
+        .map(|(i, q)| {
             let sq = smrdb.and_then(|x| x.queries.get(i)).filter(|q| ok(q));
             let dq = duckdb.and_then(|x| x.queries.get(i)).filter(|q| ok(q));
             let sm = sq.and_then(QueryRun::median_s);
             let dm = dq.and_then(QueryRun::median_s);
             Summary {
-                query: name,
+                query: q.name.clone(),
                 smrdb_median_s: sm,
                 duckdb_median_s: dm,
                 ratio: match (sm, dm) {
@@ -976,7 +1217,8 @@ pub fn markdown(r: &Report) -> String {
         s += "\n";
     }
     s += "queries (rows = rows returned; every answer is in the JSON):\n\n";
-    for (i, (name, sql)) in queries().into_iter().enumerate() {
+    for (i, q) in r.workload.queries.iter().enumerate() {
+        let (name, sql) = (&q.name, &q.sql);
         // One-cell answers (the counts) are shown; DuckDB's when it ran, else smrdb's.
         let answer = [&r.duckdb, &r.smrdb]
             .into_iter()
@@ -1001,46 +1243,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_is_deterministic_and_in_range() {
-        let mut a = Vec::new();
-        let mut b = Vec::new();
-        write_purchases(&mut a, 1000, 50, 7).unwrap();
-        write_purchases(&mut b, 1000, 50, 7).unwrap();
-        assert_eq!(a, b);
-        for line in String::from_utf8(a).unwrap().lines() {
-            let f: Vec<&str> = line.split(',').collect();
-            let cust: u64 = f[1].parse().unwrap();
-            let month: u64 = f[2].parse().unwrap();
-            let amount: f64 = f[3].parse().unwrap();
-            assert!((1..=50).contains(&cust) && (1..=12).contains(&month));
-            assert!((1.0..=1000.0).contains(&amount));
-        }
-        let mut c = Vec::new();
-        write_customers(&mut c, 10_000, 7).unwrap();
-        let new = String::from_utf8(c)
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains(",true,"))
-            .count();
-        assert!((800..1200).contains(&new), "{new} new customers of 10000");
-    }
-
-    #[test]
     fn cells() {
         assert!(cells_agree("3", "3"));
         assert!(cells_agree("1234567.891", "1234567.8910000001"));
-        assert!(!cells_agree("1234567.891", "1234567.9"));
+        assert!(cells_agree("1234567.891", "1234567.9"));
+        assert!(!cells_agree("1234567.891", "1234580.891"));
+        assert!(!cells_agree("0.5", "0.6"));
         assert!(cells_agree("t", "true"));
         assert!(!cells_agree("abc", "abd"));
+        assert!(cells_agree("1995-03-15", "1995-03-15"));
+        assert!(!cells_agree("NULL", "0"));
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
 
-    #[test]
-    fn compare_rows() {
-        let run = |rows: &[&[&str]]| QueryRun {
+    fn run(sql: &str, rows: &[&[&str]]) -> QueryRun {
+        QueryRun {
             name: "Q".into(),
-            sql: String::new(),
+            sql: sql.into(),
             warmup_s: Some(0.1),
             times_s: vec![0.1],
             rows: rows
@@ -1048,17 +1268,114 @@ mod tests {
                 .map(|r| r.iter().map(|c| c.to_string()).collect())
                 .collect(),
             error: None,
-        };
-        let a = run(&[&["1", "10", "224194.51"], &["2", "3", "0.5"]]);
+        }
+    }
+
+    #[test]
+    fn compare_rows() {
+        let ordered = "SELECT a, b, c FROM t ORDER BY a";
+        let a = run(ordered, &[&["1", "10", "224194.51"], &["2", "3", "0.5"]]);
         assert_eq!(compare(&a, &a).outcome, "agree");
-        let b = run(&[&["1", "10", "224194.51000000002"], &["2", "3", "0.5"]]);
+        let b = run(
+            ordered,
+            &[&["1", "10", "224194.51000000002"], &["2", "3", "0.5"]],
+        );
         assert_eq!(compare(&a, &b).outcome, "agree");
-        let c = run(&[&["1", "10", "224194.51"], &["2", "4", "0.5"]]);
+        let c = run(ordered, &[&["1", "10", "224194.51"], &["2", "4", "0.5"]]);
         assert_eq!(compare(&a, &c).outcome, "DIFFER");
-        let d = run(&[&["1", "10", "224194.51"]]);
+        let d = run(ordered, &[&["1", "10", "224194.51"]]);
         assert_eq!(compare(&a, &d).outcome, "DIFFER");
-        let mut e = run(&[]);
+        let mut e = run(ordered, &[]);
         e.error = Some("ERROR 0A000: not supported: joins".into());
         assert_eq!(compare(&e, &a).outcome, "not compared");
+        // Out of order under an ORDER BY: differ; without one: agree.
+        let swapped = run(ordered, &[&["2", "3", "0.5"], &["1", "10", "224194.51"]]);
+        assert_eq!(compare(&a, &swapped).outcome, "DIFFER");
+        let mut u = a.clone();
+        u.sql = "SELECT a, b, c FROM t".into();
+        let mut v = swapped.clone();
+        v.sql = u.sql.clone();
+        assert_eq!(compare(&u, &v).outcome, "agree");
+        let mut w = c.clone();
+        w.sql = u.sql.clone();
+        assert_eq!(compare(&u, &w).outcome, "DIFFER");
+    }
+
+    #[test]
+    fn ties_on_the_order_keys_may_come_in_any_order() {
+        let sql = "SELECT g, x FROM t ORDER BY g DESC";
+        let a = run(sql, &[&["2", "a"], &["1", "b"], &["1", "c"], &["0", "d"]]);
+        let b = run(sql, &[&["2", "a"], &["1", "c"], &["1", "b"], &["0", "d"]]);
+        assert_eq!(compare(&a, &b).outcome, "agree");
+        // Not a tie: the keys differ.
+        let c = run(sql, &[&["2", "a"], &["0", "d"], &["1", "c"], &["1", "b"]]);
+        assert_eq!(compare(&a, &c).outcome, "DIFFER");
+        // A tie with different members: differ, unless a LIMIT cut that tie.
+        let d = run(sql, &[&["2", "a"], &["1", "b"], &["1", "e"], &["0", "d"]]);
+        assert_eq!(compare(&a, &d).outcome, "DIFFER");
+        let lim = "SELECT g, x FROM t ORDER BY g DESC LIMIT 3";
+        let e = run(lim, &[&["2", "a"], &["1", "b"], &["1", "c"]]);
+        let f = run(lim, &[&["2", "a"], &["1", "e"], &["1", "b"]]);
+        assert_eq!(compare(&e, &f).outcome, "agree");
+        let g = run(lim, &[&["2", "z"], &["1", "b"], &["1", "c"]]);
+        assert_eq!(compare(&e, &g).outcome, "DIFFER");
+        // Keys that are not output columns: exact order.
+        let hidden = "SELECT x FROM t ORDER BY g";
+        let h = run(hidden, &[&["a"], &["b"]]);
+        let i = run(hidden, &[&["b"], &["a"]]);
+        assert_eq!(compare(&h, &i).outcome, "DIFFER");
+    }
+
+    #[test]
+    fn order_by_keys_resolve_to_output_columns() {
+        let keys = |sql: &str| order_by(sql).and_then(|o| o.keys);
+        assert_eq!(order_by("SELECT count(*) FROM t"), None);
+        assert_eq!(
+            keys("SELECT DISTINCT c.region, p.item FROM p JOIN c ON p.c = c.id ORDER BY 1, 2 LIMIT 20"),
+            Some(vec![0, 1])
+        );
+        assert_eq!(
+            keys("SELECT c.region, count(*), sum(p.amount) FROM p, c GROUP BY c.region ORDER BY c.region"),
+            Some(vec![0])
+        );
+        let q3 = "SELECT l_orderkey, sum(l_extendedprice * (1 - l_discount)) AS revenue, \
+                  o_orderdate, o_shippriority FROM customer, orders, lineitem \
+                  WHERE c_mktsegment = 'BUILDING' GROUP BY l_orderkey, o_orderdate, \
+                  o_shippriority ORDER BY revenue DESC, o_orderdate LIMIT 10";
+        let o = order_by(q3).unwrap();
+        assert_eq!(o.keys, Some(vec![1, 2]));
+        assert!(o.limit && !o.offset);
+        assert_eq!(
+            keys("SELECT o.amount + c.tier AS s, o.id FROM o, c ORDER BY o.amount + c.tier DESC NULLS FIRST, id"),
+            Some(vec![0, 1])
+        );
+        // An ORDER BY inside parentheses is not the query's.
+        assert_eq!(
+            order_by("SELECT mode() WITHIN GROUP (ORDER BY x) FROM t"),
+            None
+        );
+        assert_eq!(keys("SELECT x FROM t ORDER BY y"), None);
+        assert_eq!(keys("SELECT x FROM t ORDER BY 2"), None);
+        let off = order_by("select a from t order by a limit 5 offset 10;").unwrap();
+        assert_eq!(off.keys, Some(vec![0]));
+        assert!(off.limit && off.offset);
+        // Words inside string literals are not keywords.
+        assert_eq!(
+            keys("SELECT a FROM t WHERE s = 'order by b' ORDER BY a"),
+            Some(vec![0])
+        );
+    }
+
+    #[test]
+    fn compare_answers_pairs_by_position() {
+        let a = run("SELECT 1", &[&["1"]]);
+        let mut b = a.clone();
+        b.name = "other".into();
+        let checks = compare_answers(&[a.clone(), a.clone()], &[a.clone(), b]);
+        assert_eq!(checks[0].outcome, "agree");
+        assert_eq!(checks[1].outcome, "not compared");
+        let checks = compare_answers(std::slice::from_ref(&a), &[]);
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].outcome, "not compared");
     }
 }
