@@ -6,6 +6,13 @@
 #![deny(missing_docs)]
 
 pub mod broadcast_bench;
+pub mod cluster;
 pub mod load_bench;
+pub mod measure;
+pub mod paper;
+pub mod plot;
+pub mod progress;
 pub mod query_bench;
+pub mod report;
 pub mod transport_bench;
+pub mod workload;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use smrdb_harness::{broadcast_bench, load_bench, query_bench, transport_bench};
+use smrdb_harness::cluster::Launch;
+use smrdb_harness::{broadcast_bench, load_bench, paper, query_bench, transport_bench};
 use smrdb_router::Mode;
 use smrdb_transport::FabricKind;
 
@@ -31,6 +32,269 @@ enum Cmd {
     Load(LoadArgs),
     /// The design's join example on smrdb and DuckDB side by side, answers checked.
     Query(QueryArgs),
+    /// Start a local cluster (or attach to one described by a cluster file), print how
+    /// to connect, and keep it up until Ctrl-C.
+    Cluster(ClusterCmdArgs),
+    /// Every experiment of the paper (or those named by --experiments) into one report:
+    /// reports/<date>-<sha>/report.md with results.json, table.md and SVG plots per
+    /// experiment and the environment.
+    Paper(PaperArgs),
+    /// The scaling experiment alone: query time vs Tstores and nodes, and vs data size.
+    Scaling(PaperArgs),
+    /// The pivot experiment alone: the planner's pivot vs every forced alternative.
+    Pivot(PaperArgs),
+    /// The overlap experiment alone: compare-while-receiving on vs off.
+    Overlap(PaperArgs),
+    /// The TPC-H experiment alone: Q3/Q5/Q10-shaped queries vs DuckDB, same data.
+    Tpch(PaperArgs),
+}
+
+/// Options shared by `paper` and the experiment subcommands.
+#[derive(Args)]
+struct PaperArgs {
+    /// Small data and few repeats: every experiment in minutes (CI, `make demo`).
+    #[arg(long)]
+    quick: bool,
+    /// Fabric of every cluster: shm, tcp or verbs.
+    #[arg(long, default_value = "shm")]
+    fabric: String,
+    /// verbs device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Multiplies every data size.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Nodes of the base cluster shape.
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    /// Tstores per node of the base shape.
+    #[arg(long, default_value_t = 2)]
+    tstores: u32,
+    /// Timed repeats per measurement (after a warm-up) [default: 3, --quick 2].
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// `paper` only: the experiments to run, comma-separated
+    /// [default: transport,broadcast,scaling,pivot,overlap,tpch].
+    #[arg(long, value_delimiter = ',')]
+    experiments: Vec<String>,
+    /// Reports go to OUT/<date>-<sha>/.
+    #[arg(long, default_value = "reports")]
+    out: PathBuf,
+    /// Generated data is kept (and reused) here [default: $TMPDIR/smrdb-paper-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run pivot, overlap and tpch on the cluster of this file instead of local ones.
+    #[arg(long)]
+    cluster_file: Option<PathBuf>,
+    /// With --cluster-file: print the per-host commands (print), start the nodes over
+    /// ssh (ssh), or attach to a running cluster (running).
+    #[arg(long, default_value = "print")]
+    launch: String,
+    /// The venv with DuckDB, created and filled when needed
+    /// [default: ~/.cache/smrdb-bench/venv].
+    #[arg(long)]
+    venv: Option<PathBuf>,
+    /// The interpreter that creates the venv.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// DuckDB's threads.
+    #[arg(long, default_value_t = 2)]
+    duckdb_threads: u32,
+}
+
+impl PaperArgs {
+    fn options(&self, only: Option<paper::Experiment>) -> Result<paper::PaperOptions> {
+        anyhow::ensure!(
+            self.scale.is_finite() && self.scale > 0.0,
+            "--scale must be a positive number"
+        );
+        anyhow::ensure!(
+            self.nodes >= 1 && self.tstores >= 1,
+            "--nodes and --tstores must be at least 1"
+        );
+        let experiments = match only {
+            Some(e) => vec![e],
+            None if self.experiments.is_empty() => paper::Experiment::ALL.to_vec(),
+            None => self
+                .experiments
+                .iter()
+                .map(|e| e.parse())
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let launch = match self.launch.as_str() {
+            "print" => Launch::Print,
+            "ssh" => Launch::Ssh,
+            "running" => Launch::Running,
+            o => anyhow::bail!("--launch {o:?}: print, ssh or running"),
+        };
+        let data_dir = self.data_dir.clone().unwrap_or_else(paper::default_data_dir);
+        Ok(paper::PaperOptions {
+            fabric: self.fabric.clone(),
+            device: self.device.clone(),
+            quick: self.quick,
+            scale: self.scale,
+            nodes: self.nodes,
+            tstores: self.tstores,
+            repeats: self
+                .repeats
+                .unwrap_or(if self.quick { 2 } else { 3 })
+                .max(1),
+            experiments,
+            out: self.out.clone(),
+            venv: self
+                .venv
+                .clone()
+                .unwrap_or_else(|| query_bench::default_venv(&data_dir)),
+            data_dir,
+            python: self.python.clone(),
+            duckdb_threads: self.duckdb_threads.max(1),
+            cluster_file: self.cluster_file.clone().map(|f| (f, launch)),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        })
+    }
+}
+
+fn run_paper(a: &PaperArgs, only: Option<paper::Experiment>) -> Result<()> {
+    let o = a.options(only)?;
+    let report = paper::run(&o)?;
+    println!("report: {}", report.display());
+    Ok(())
+}
+
+/// `smrdb-bench cluster`: a cluster to experiment with by hand.
+///
+/// ```text
+/// smrdb-bench cluster --nodes N --tstores T --fabric shm|tcp|verbs [--router-mode smr|naive]
+///                     [--device rxe0] [--data-dir D] [--ring-mib 8] [--chunk-kib 1024]
+///                     [--log-dir DIR]
+/// smrdb-bench cluster --file F [--print | --ssh | --running] [--log-dir DIR]
+/// ```
+///
+/// Without `--file` it starts `smrdb cluster` on loopback (the `smrdb` binary next to
+/// this one; node logs in DIR/node-<id>.log). With `--file` the cluster file decides the
+/// shape, fabric and router mode, and the nodes are started by hand (`--print`, the
+/// default: the command for every host is printed), over ssh (`--ssh`: `ssh -o
+/// BatchMode=yes <host> smrdb node --cluster F --id N --stop-on-eof`, output in
+/// DIR/node-<id>.log), or are already running (`--running`). Once every node answers it
+/// prints the psql line and waits; Ctrl-C stops what it started (a `--running` or
+/// `--print` cluster is left running) and a process that dies ends it with its log tail.
+/// DIR defaults to `$TMPDIR/smrdb-bench-cluster-<pid>`.
+#[derive(Args)]
+#[command(group(
+    clap::ArgGroup::new("launch")
+        .args(["print", "ssh", "running"])
+        .requires("file")
+))]
+struct ClusterCmdArgs {
+    /// Attach to the cluster this file (TOML, or JSON when named *.json) describes.
+    #[arg(
+        long,
+        conflicts_with_all = ["nodes", "tstores", "fabric", "router_mode", "device", "data_dir", "ring_mib", "chunk_kib"]
+    )]
+    file: Option<PathBuf>,
+    /// With --file: print each node's command and wait for someone to run them
+    /// (default).
+    #[arg(long)]
+    print: bool,
+    /// With --file: start each node over ssh.
+    #[arg(long)]
+    ssh: bool,
+    /// With --file: the nodes are already running.
+    #[arg(long)]
+    running: bool,
+    /// Nodes (one process each).
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    /// Tstores per node.
+    #[arg(long, default_value_t = 2)]
+    tstores: u32,
+    /// shm, tcp or verbs.
+    #[arg(long, default_value = "shm")]
+    fabric: String,
+    /// smr (one copy per remote node) or naive (one copy per remote Tstore).
+    #[arg(long, default_value = "smr")]
+    router_mode: Mode,
+    /// verbs device (default: the first one).
+    #[arg(long)]
+    device: Option<String>,
+    /// Data directory (durable writes); volatile without it.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Receive ring per remote peer, MiB.
+    #[arg(long, default_value_t = 8)]
+    ring_mib: usize,
+    /// Largest chunk a message is cut into, KiB.
+    #[arg(long, default_value_t = 1024)]
+    chunk_kib: usize,
+    /// Where the logs go [default: $TMPDIR/smrdb-bench-cluster-<pid>].
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+}
+
+/// Runs `smrdb-bench cluster` (see [`ClusterCmdArgs`]).
+fn run_cluster_cmd(a: &ClusterCmdArgs) -> Result<()> {
+    use smrdb_harness::cluster::{Cluster, ClusterSpec};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("cannot install the Ctrl-C handler")?;
+    let should_stop = || stop.load(Ordering::Relaxed);
+    let log_dir = a.log_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("smrdb-bench-cluster-{}", std::process::id()))
+    });
+    let (mut cluster, ours) = match &a.file {
+        Some(file) => {
+            let launch = if a.ssh {
+                Launch::Ssh
+            } else if a.running {
+                Launch::Running
+            } else {
+                Launch::Print
+            };
+            let c = Cluster::from_file_until(file, launch, &log_dir, &should_stop)
+                .with_context(|| format!("cluster of {}", file.display()))?;
+            (c, launch == Launch::Ssh)
+        }
+        None => {
+            let mut spec = ClusterSpec::new(&a.fabric, a.nodes, a.tstores);
+            spec.router_mode = a.router_mode;
+            spec.device = a.device.clone();
+            spec.data_dir = a.data_dir.clone();
+            spec.ring_mib = a.ring_mib;
+            spec.chunk_kib = a.chunk_kib;
+            let c = Cluster::start_local_until(&spec, &log_dir, &should_stop)
+                .with_context(|| format!("local cluster {}", spec.label()))?;
+            (c, true)
+        }
+    };
+    println!(
+        "cluster {} ready: {} node(s), {} Tstore(s) in all, primary at {}",
+        cluster.label(),
+        cluster.nodes(),
+        cluster.tstores_total(),
+        cluster.primary()
+    );
+    println!("connect with: {}", cluster.psql_command());
+    println!(
+        "logs in {}; Ctrl-C {}",
+        cluster.log_dir().display(),
+        if ours {
+            "stops the cluster"
+        } else {
+            "detaches (the nodes keep running)"
+        }
+    );
+    while !should_stop() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        cluster.check()?;
+    }
+    if ours {
+        println!("stopping cluster {}", cluster.label());
+    }
+    cluster.stop()
 }
 
 #[derive(Args)]
@@ -375,6 +639,12 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Query(a) => run_query(&a)?,
+        Cmd::Cluster(a) => run_cluster_cmd(&a)?,
+        Cmd::Paper(a) => run_paper(&a, None)?,
+        Cmd::Scaling(a) => run_paper(&a, Some(paper::Experiment::Scaling))?,
+        Cmd::Pivot(a) => run_paper(&a, Some(paper::Experiment::Pivot))?,
+        Cmd::Overlap(a) => run_paper(&a, Some(paper::Experiment::Overlap))?,
+        Cmd::Tpch(a) => run_paper(&a, Some(paper::Experiment::Tpch))?,
         Cmd::BroadcastNode(a) => {
             let modes = a.modes()?;
             let id = a.id.context("--id is required")?;
