@@ -31,13 +31,20 @@ test-vm: deps
 
 demo: deps
 	$(CARGO) build --release -p smrdb-harness -p smrdb-node
-	mkdir -p $(REPORT_DIR)
-	@echo "# smrdb demo ($$(git rev-parse --short HEAD 2>/dev/null), $$(date -u +%F))" > $(REPORT_DIR)/report.md
-	./target/release/smrdb-bench load --fabric shm --nodes 2 --tstores 2 --rows 1000000 --json $(REPORT_DIR)/load-shm.json | tee -a $(REPORT_DIR)/report.md
-	./target/release/smrdb-bench transport --fabric shm --mib-per-size 128 --json $(REPORT_DIR)/transport-shm.json | tee -a $(REPORT_DIR)/report.md
-	@echo "### broadcast on shm: SMR vs naive, 3 nodes (processes), 32 MiB per node" >> $(REPORT_DIR)/report.md
-	./target/release/smrdb-bench broadcast --fabric shm --nodes 3 --tstores 1,2,4 --size-mib 32 --repeats 3 --json $(REPORT_DIR)/broadcast-shm.json | tee -a $(REPORT_DIR)/report.md
-	@echo "report: $(REPORT_DIR)/report.md"
+	./target/release/smrdb-bench paper --quick --fabric shm --nodes 2 --tstores 2 --out reports
+
+# Every experiment of the paper at the quick scale on all three fabrics: shm and tcp
+# on this host, verbs (Soft-RoCE rxe0) inside the micro-VM. One report per fabric
+# under reports/paper-quick/. The shm run also creates the DuckDB venv the VM reuses.
+.PHONY: paper-quick
+paper-quick: deps
+	$(CARGO) build --release -p smrdb-harness -p smrdb-node
+	mkdir -p reports/paper-quick
+	./target/release/smrdb-bench paper --quick --fabric shm --out reports/paper-quick
+	./target/release/smrdb-bench paper --quick --fabric tcp --out reports/paper-quick
+	SMRDB_VM_OUTDIR=$(abspath reports/paper-quick) soft-roce-setup/vm.sh -- sh -c '\
+	  ./target/release/smrdb-bench paper --quick --fabric verbs --scale 0.2 \
+	    --out "$$SMRDB_VM_OUT" --data-dir /tmp/smrdb-paper-data'
 
 # The verbs figures on rxe, in one boot of the Soft-RoCE VM: transport next to
 # ib_write_bw / ib_write_lat, and SMR vs naive broadcast (3 node processes). Sizes are

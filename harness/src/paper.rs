@@ -318,6 +318,7 @@ fn transport(cx: &Ctx) -> Result<Section> {
     cx.progress
         .set_message(&format!("transport on {}", o.fabric));
     let r = transport_bench::run(&opts).context("transport bench")?;
+    cx.progress.step("transport");
     cx.dir.write_results(&r)?;
     let md = transport_bench::markdown(&r);
     cx.dir.write_markdown(&md)?;
@@ -1244,8 +1245,9 @@ pub fn run(o: &PaperOptions) -> Result<PathBuf> {
                     8
                 }
             }
+            // One step per query of the example (4) and the synthetic workload (3).
             Experiment::Pivot => 7,
-            Experiment::Overlap => 4,
+            Experiment::Overlap => 3,
         })
         .sum();
     let bar = Progress::new(total, "paper");

@@ -101,7 +101,7 @@ struct ClusterArgs {
     /// Largest chunk a message is cut into, KiB.
     #[arg(long, default_value_t = 1024)]
     chunk_kib: usize,
-    /// Write each node's log to DIR/node-<id>.log instead of this terminal.
+    /// Append each node's log to DIR/node-<id>.log instead of this terminal.
     #[arg(long)]
     log_dir: Option<PathBuf>,
 }
@@ -289,8 +289,12 @@ fn run_cluster(a: ClusterArgs) -> Result<()> {
         }
         if let Some(d) = &log_dir {
             let path = d.join(format!("node-{id}.log"));
-            let f = std::fs::File::create(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
+            // Appended: a log directory reused by several runs keeps every run's log.
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
             cmd.stderr(f.try_clone()?).stdout(f);
         }
         let child = cmd
