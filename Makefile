@@ -43,8 +43,7 @@ paper-quick: deps
 	./target/release/smrdb-bench paper --quick --fabric shm --out reports/paper-quick
 	./target/release/smrdb-bench paper --quick --fabric tcp --out reports/paper-quick
 	SMRDB_VM_OUTDIR=$(abspath reports/paper-quick) soft-roce-setup/vm.sh -- sh -c '\
-	  ./target/release/smrdb-bench paper --quick --fabric verbs --scale 0.2 \
-	    --out "$$SMRDB_VM_OUT" --data-dir /tmp/smrdb-paper-data'
+	  ./target/release/smrdb-bench paper --quick --fabric verbs --scale 0.2 --out "$$SMRDB_VM_OUT"'
 
 # The verbs figures on rxe, in one boot of the Soft-RoCE VM: transport next to
 # ib_write_bw / ib_write_lat, and SMR vs naive broadcast (3 node processes). Sizes are

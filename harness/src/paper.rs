@@ -153,6 +153,15 @@ impl PaperOptions {
         }
     }
 
+    /// Node counts of the router-level SMR-vs-naive sweep.
+    fn node_steps(&self) -> Vec<u32> {
+        if self.quick {
+            vec![2, 3]
+        } else {
+            vec![2, 3, 4]
+        }
+    }
+
     fn tstore_steps(&self) -> Vec<u32> {
         if self.quick {
             vec![1, 2]
@@ -417,19 +426,23 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
         (false, true) => 8,
         (false, false) => 32,
     };
-    for &t in &steps {
+    // Tstores per node at `nodes` nodes, then more nodes at the most Tstores.
+    let t_max = steps.last().copied().unwrap_or(1);
+    let mut shapes: Vec<(u32, u32)> = steps.iter().map(|&t| (nodes, t)).collect();
+    shapes.extend(o.node_steps().into_iter().filter(|&n| n > nodes).map(|n| (n, t_max)));
+    for &(n, t) in &shapes {
         for mode in [Mode::Smr, Mode::Naive] {
             if cx.stop() {
                 break;
             }
             cx.progress.set_message(&format!(
-                "broadcast: router, {nodes} nodes x {t} Tstores, {}",
+                "broadcast: router, {n} nodes x {t} Tstores, {}",
                 mode_name(mode)
             ));
             let r = broadcast_bench::run(&broadcast_bench::Options {
                 fabric,
                 device: o.device.clone(),
-                nodes,
+                nodes: n,
                 tstores: t,
                 size_mib,
                 mode,
@@ -437,13 +450,13 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
                 ring_mib: if verbs { 4 } else { 16 },
                 chunk_kib: 1024,
             })
-            .with_context(|| format!("router broadcast T={t} {}", mode_name(mode)))?;
+            .with_context(|| format!("router broadcast {n}x{t} {}", mode_name(mode)))?;
             if !r.checksums_agree {
-                bail!("router broadcast T={t}: Tstores saw different bytes");
+                bail!("router broadcast {n}x{t}: Tstores saw different bytes");
             }
             res.router.push(r);
         }
-        cx.progress.step(&format!("router broadcast T={t}"));
+        cx.progress.step(&format!("router broadcast {n}x{t}"));
     }
     // 2. Join queries on a cluster in each mode: dim is forced as the pivot, so every
     // Tstore ships its slice of the large fact table (what SMR saves grows with it).
@@ -478,14 +491,15 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
 
     // Tables.
     let mut md = format!(
-        "Router alone: each of {nodes} nodes broadcasts {size_mib} MiB to every Tstore; \
-         median of {} repeats.\n\n",
+        "Router alone: each node broadcasts {size_mib} MiB to every Tstore of the \
+         cluster; median of {} repeats.\n\n",
         o.repeats.max(1)
     );
     let mut rows = Vec::new();
     for pair in res.router.chunks(2) {
         if let [s, n] = pair {
             rows.push(vec![
+                s.nodes.to_string(),
                 s.tstores.to_string(),
                 format!("{:.1}", mib(s.wire_bytes)),
                 format!("{:.1}", mib(n.wire_bytes)),
@@ -498,6 +512,7 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
     }
     md += &report::markdown_table(
         &[
+            "nodes",
             "Tstores/node",
             "SMR MiB",
             "naive MiB",
@@ -554,7 +569,7 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
             format!("router {}", mode_name(mode)),
             res.router
                 .iter()
-                .filter(|r| r.mode == mode)
+                .filter(|r| r.mode == mode && r.nodes == nodes)
                 .map(|r| (r.tstores as f64, f(r)))
                 .collect(),
         )
@@ -599,8 +614,31 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
             query_series(Mode::Naive, &|q| q.median_s),
         ],
     )?;
+    let by_nodes = |mode: Mode, f: &dyn Fn(&broadcast_bench::Report) -> f64| {
+        Series::new(
+            format!("router {}", mode_name(mode)),
+            res.router
+                .iter()
+                .filter(|r| r.mode == mode && r.tstores == t_max)
+                .map(|r| (r.nodes as f64, f(r)))
+                .collect(),
+        )
+    };
+    let nodes_svg = cx.dir.svg_path("nodes");
+    plot::line_chart(
+        &nodes_svg,
+        &Axes::new(
+            format!("SMR vs naive vs nodes ({t_max} Tstores per node, {})", o.fabric),
+            "nodes",
+            "MiB written",
+        ),
+        &[
+            by_nodes(Mode::Smr, &|r| mib(r.wire_bytes)),
+            by_nodes(Mode::Naive, &|r| mib(r.wire_bytes)),
+        ],
+    )?;
     let mut s = Section::new(&cx.dir, "broadcast: SMR vs naive", md);
-    s.plots = vec![bytes_svg, time_svg];
+    s.plots = vec![bytes_svg, time_svg, nodes_svg];
     s.status = cx.status();
     Ok(s)
 }
@@ -1237,7 +1275,13 @@ pub fn run(o: &PaperOptions) -> Result<PathBuf> {
         .iter()
         .map(|e| match e {
             Experiment::Transport | Experiment::Tpch => 1,
-            Experiment::Broadcast => 2 * steps,
+            Experiment::Broadcast => {
+                2 * steps
+                    + o.node_steps()
+                        .iter()
+                        .filter(|&&n| n > o.nodes.max(2))
+                        .count() as u64
+            }
             Experiment::Scaling => {
                 if o.quick {
                     5

@@ -77,9 +77,10 @@ struct PaperArgs {
     /// [default: transport,broadcast,scaling,pivot,overlap,tpch].
     #[arg(long, value_delimiter = ',')]
     experiments: Vec<String>,
-    /// Reports go to OUT/<date>-<sha>/.
-    #[arg(long, default_value = "reports")]
-    out: PathBuf,
+    /// Reports go to OUT/<date>-<sha>/ [default: reports, or $SMRDB_VM_OUT/reports
+    /// inside the Soft-RoCE VM, whose view of the checkout is read-only].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Generated data is kept (and reused) here [default: $TMPDIR/smrdb-paper-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -140,7 +141,11 @@ impl PaperArgs {
                 .unwrap_or(if self.quick { 2 } else { 3 })
                 .max(1),
             experiments,
-            out: self.out.clone(),
+            out: self.out.clone().unwrap_or_else(|| {
+                std::env::var_os("SMRDB_VM_OUT")
+                    .map(|d| PathBuf::from(d).join("reports"))
+                    .unwrap_or_else(paper::default_out)
+            }),
             venv: self
                 .venv
                 .clone()
