@@ -1,9 +1,10 @@
 //! EXPLAIN: a readable account of a [`QueryPlan`], one line per fact, and the
 //! expression renderer it uses.
 //!
-//! For a multi-set query the lines name the pivot and why, every join table (kept
-//! columns, pushed filter, estimates, what crosses the network), each join step's keys
-//! and filter, the fragment every Tstore runs over the joined rows, and the primary's
+//! For a multi-set query the lines name the pivot and why, the join order and why
+//! each join table is where it is (the estimated rows of every candidate at its step,
+//! `crate::join` module docs step 5), every join table (kept columns, pushed filter,
+//! estimates, what crosses the network), each join step's keys and filter, the fragment every Tstore runs over the joined rows, and the primary's
 //! post-processing. For a single-table query: the scan, filter, projection or partial
 //! aggregation, and the post-processing.
 
@@ -11,6 +12,7 @@ use smrdb_tstore::expr::BinaryOp;
 use smrdb_tstore::{AggCall, AggFunc, Expr, JoinInput, JoinSpec, PartialAgg, TableSchema};
 use sqlparser::ast;
 
+use crate::join::order_lines;
 use crate::{PlanError, QueryPlan};
 
 /// Binding strength of an expression's outermost operator (higher binds tighter).
@@ -277,16 +279,20 @@ fn input_lines(
 
 fn join_lines(out: &mut Vec<String>, q: &QueryPlan, spec: &JoinSpec, compact: &[String]) {
     let n = spec.join_tables.len() + 1;
+    let pivot_reason = &spec.pivot_reason;
+    let order = order_lines(&spec.order_reasons, spec.join_tables.len());
     out.push(format!(
         "Multi-set query: {n} tables, pivot {}",
         input_label(&spec.pivot)
     ));
     out.push(format!(
-        "Pivot {}: stays in place, every Tstore compares its own slice ({})",
+        "Pivot {}: stays in place, every Tstore compares its own slice ({pivot_reason})",
         input_label(&spec.pivot),
-        spec.pivot_reason
     ));
     input_lines(out, &spec.pivot, q.input_schemas.first(), compact, 0);
+    if let Some((summary, _)) = &order {
+        out.push(format!("Join order: {summary}"));
+    }
     let mut start = spec.pivot.columns.len();
     let mut starts = Vec::new();
     let last = spec.join_tables.len().saturating_sub(1);
@@ -297,6 +303,9 @@ fn join_lines(out: &mut Vec<String>, q: &QueryPlan, spec: &JoinSpec, compact: &[
             k + 1,
             input_label(jt)
         ));
+        if let Some(why) = order.as_ref().and_then(|(_, why)| why.get(k)) {
+            out.push(format!("  why here: {why}"));
+        }
         input_lines(out, jt, q.input_schemas.get(k + 1), compact, start);
         out.push(format!(
             "  network: join table {}: every Tstore sends its slice's rows to every Tstore: \

@@ -18,9 +18,39 @@
 //!    [`SEL_OTHER`] otherwise), times the bytes of the kept columns ([`type_width`]).
 //! 4. Pivot: the table whose join table would be largest (it stays in place), unless
 //!    the session setting `smrdb.pivot` names one (a FROM alias or table name).
-//! 5. Join order: each next join table is one with a key to what is already joined
-//!    (a cross product only when none has), the smallest first, and the largest join
-//!    table last (it is the one streamed) unless that would need a cross product.
+//! 5. Join order: greedy on estimated rows ([`OrderModel`]). Starting from the
+//!    pivot's estimated rows, each next join table is, among the tables with an
+//!    equi-join key to what is already joined (all remaining ones, a cross product,
+//!    only when none has), the one whose step is estimated to produce the fewest
+//!    rows; a tie goes to the smaller join table (then FROM order). Without
+//!    distinct-value statistics an equi-join key between `t` and a joined table `u`
+//!    is taken to be a foreign key into a key of the *smaller* of the two tables (as
+//!    in System R, `1 / max(distinct values)` with distinct values at most the rows,
+//!    and the smaller side's values containing the larger's):
+//!
+//!    `rows after = rows so far x t's est. rows / min(rows of t, rows of u)`,
+//!
+//!    the division once per joined table `u` that `t` has keys to (however many key
+//!    columns), with table row counts before pushed filters, times the selectivity
+//!    guess of each residual condition the step completes. A key join through a
+//!    filtered table shrinks the rows, a join into a lookup table keeps them, and a
+//!    join on a column that is no key of the larger table (TPC-H Q5's
+//!    `c_nationkey = s_nationkey` when customer would come before orders) multiplies
+//!    them: it comes after the key joins that avoid that.
+//!
+//!    The *last* join table is streamed: its chunks are compared as they arrive,
+//!    never held whole. The ones before it are collected and joined with the pivot
+//!    when complete, so every step but the last materializes its rows on every
+//!    Tstore. Streaming the largest join table saves holding it and overlaps its
+//!    transfer with comparing, so the order is also planned holding the largest join
+//!    table back for last (it is taken earlier only when nothing else has a key), and
+//!    that order is used when it materializes no more estimated rows (the sum over
+//!    every step but the last) than the plain greedy one. Otherwise the greedy order
+//!    stands and a smaller table streams: in Q5, orders last would bring customer in
+//!    through the nation key, millions of rows where orders first keeps a few
+//!    thousand. EXPLAIN says under each join table why it is where it is (every
+//!    candidate's estimate at its step): those lines travel in
+//!    [`JoinSpec::order_reasons`].
 //! 6. Remapping. The *combined row* (the compact row) is the pivot's kept columns,
 //!    then each join table's kept columns in `join_tables` order; within a table,
 //!    kept columns are in table column order. Every full-scope column index `c` is
@@ -185,6 +215,8 @@ struct EquiKey {
 struct Estimate {
     /// `Catalog::row_count`, when known.
     known: Option<u64>,
+    /// Rows of the table before the pushed filter (`known`, else [`DEFAULT_ROWS`]).
+    table_rows: u64,
     /// Rows after the pushed filter.
     rows: u64,
     /// Bytes of the kept columns of one row.
@@ -315,6 +347,222 @@ fn forced_pivot(scope: &Scope, value: &str) -> Result<usize, PlanError> {
     })
 }
 
+/// Step 5 (module docs): the join order, from the estimates and the key graph.
+struct OrderModel<'a> {
+    est: &'a [Estimate],
+    /// How the query calls each table.
+    labels: Vec<String>,
+    /// The tables each table has an equi-join key to.
+    linked: Vec<BTreeSet<usize>>,
+    /// Each residual condition's tables and selectivity guess.
+    residuals: Vec<(BTreeSet<usize>, f64)>,
+}
+
+/// One planned join order.
+struct Order {
+    /// The join tables, in order.
+    tables: Vec<usize>,
+    /// Estimated rows after each step.
+    after: Vec<u64>,
+    /// Why each join table is where it is (EXPLAIN).
+    why: Vec<String>,
+}
+
+impl Order {
+    /// Estimated rows the steps before the streamed one materialize.
+    fn materialized(&self) -> u64 {
+        let k = self.after.len().saturating_sub(1);
+        self.after[..k]
+            .iter()
+            .fold(0u64, |sum, &r| sum.saturating_add(r))
+    }
+}
+
+impl OrderModel<'_> {
+    /// Estimated rows after joining `t` onto `joined` (`so_far` rows): see the module
+    /// docs, step 5.
+    fn rows_after(&self, joined: &[usize], so_far: u64, t: usize) -> u64 {
+        let rows = self.est[t].rows;
+        if so_far == 0 || rows == 0 {
+            return 0;
+        }
+        let mut x = so_far as f64 * rows as f64;
+        for &u in joined {
+            if self.linked[t].contains(&u) {
+                let key_side = self.est[t].table_rows.min(self.est[u].table_rows);
+                x /= key_side.max(1) as f64;
+            }
+        }
+        for (ts, sel) in &self.residuals {
+            if ts.contains(&t) && ts.iter().all(|u| *u == t || joined.contains(u)) {
+                x *= sel;
+            }
+        }
+        // `as` saturates.
+        (x.round() as u64).max(1)
+    }
+
+    /// The greedy order from `pivot`. `hold` is not taken while another candidate
+    /// has a key to what is joined.
+    fn greedy(&self, pivot: usize, hold: Option<usize>) -> Order {
+        let mut remaining: Vec<usize> = (0..self.est.len()).filter(|&t| t != pivot).collect();
+        let mut joined = vec![pivot];
+        let mut so_far = self.est[pivot].rows;
+        let mut o = Order {
+            tables: Vec::new(),
+            after: Vec::new(),
+            why: Vec::new(),
+        };
+        while !remaining.is_empty() {
+            let links = |t: usize| -> Vec<usize> {
+                joined
+                    .iter()
+                    .copied()
+                    .filter(|u| self.linked[t].contains(u))
+                    .collect()
+            };
+            let mut pool: Vec<usize> = remaining
+                .iter()
+                .copied()
+                .filter(|&t| !links(t).is_empty())
+                .collect();
+            let cross = pool.is_empty();
+            if cross {
+                pool = remaining.clone();
+            }
+            let held = hold.filter(|h| pool.len() > 1 && pool.contains(h));
+            // (table, est. rows after), best first: fewest rows, then the smaller join
+            // table, then FROM order (the sort is stable).
+            let mut cands: Vec<(usize, u64)> = pool
+                .iter()
+                .map(|&t| (t, self.rows_after(&joined, so_far, t)))
+                .collect();
+            cands.sort_by_key(|&(t, r)| (Some(t) == held, r, self.est[t].size()));
+            let (t, rows) = cands[0];
+            let mut why = if cross {
+                "no remaining table has a key to what is joined: cross product".to_string()
+            } else {
+                let to: Vec<String> = links(t).iter().map(|&u| self.labels[u].clone()).collect();
+                format!("key to {}", to.join(", "))
+            };
+            why.push_str(&format!("; est. {rows} rows after the step"));
+            if cands.len() > 1 {
+                let (next, next_rows) = cands[1];
+                let tie = if next_rows != rows || Some(next) == held {
+                    ""
+                } else if self.est[next].size() == self.est[t].size() {
+                    " (a tie: FROM order)"
+                } else {
+                    " (a tie: the smaller join table first)"
+                };
+                why.push_str(&format!(
+                    "; candidates (est. rows after): {}{}",
+                    cands
+                        .iter()
+                        .map(|&(c, r)| format!(
+                            "{} {r}{}",
+                            self.labels[c],
+                            if Some(c) == held {
+                                " (held back for last)"
+                            } else {
+                                ""
+                            }
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    tie
+                ));
+            } else if remaining.len() > 1 {
+                why.push_str("; the only table with a key to what is joined");
+            }
+            o.tables.push(t);
+            o.after.push(rows);
+            o.why.push(why);
+            joined.push(t);
+            so_far = rows;
+            remaining.retain(|&u| u != t);
+        }
+        o
+    }
+
+    /// The greedy order, or the one holding the largest join table back for last when
+    /// that materializes no more estimated rows; and EXPLAIN's lines for it: a
+    /// summary, then one per join table ([`order_lines`]); none for one join table.
+    fn choose(&self, pivot: usize) -> (Vec<usize>, Vec<String>) {
+        let mut largest: Option<usize> = None;
+        for t in (0..self.est.len()).filter(|&t| t != pivot) {
+            if largest.is_none_or(|l| self.est[t].size() > self.est[l].size()) {
+                largest = Some(t);
+            }
+        }
+        let Some(l) = largest else {
+            return (Vec::new(), Vec::new());
+        };
+        let name = &self.labels[l];
+        let plain = self.greedy(pivot, None);
+        if plain.tables.len() == 1 {
+            // Nothing to explain.
+            return (plain.tables, Vec::new());
+        }
+        let (mut o, note) = if plain.tables.last() == Some(&l) {
+            (plain, format!("the largest join table, {name}, is last"))
+        } else {
+            let held = self.greedy(pivot, Some(l));
+            if held.tables.last() != Some(&l) {
+                (
+                    plain,
+                    format!(
+                        "the largest join table, {name}, cannot be last without a cross \
+                         product"
+                    ),
+                )
+            } else if held.materialized() <= plain.materialized() {
+                let note = format!(
+                    "the largest join table, {name}, held back for last (the greedy order \
+                     would materialize est. {} rows)",
+                    plain.materialized()
+                );
+                (held, note)
+            } else {
+                let note = format!(
+                    "the largest join table, {name}, is not last: with it last, the steps \
+                     before the streamed one would materialize est. {} rows",
+                    held.materialized()
+                );
+                (plain, note)
+            }
+        };
+        if let Some(last) = o.why.last_mut() {
+            *last = format!("last, streamed: {last}");
+        }
+        let summary = format!(
+            "{} (each next one, of those with a key to what is joined, the one whose step \
+             makes the fewest est. rows; est. {} rows materialized before the last one \
+             streams; {note})",
+            o.tables
+                .iter()
+                .map(|&t| self.labels[t].clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            o.materialized()
+        );
+        let lines = std::iter::once(summary).chain(o.why.drain(..)).collect();
+        (o.tables, lines)
+    }
+}
+
+/// [`JoinSpec::order_reasons`] as [`plan_join`] writes them: a summary of the join
+/// order and one line per join table saying why it is where it is (`k` join tables);
+/// None when absent or malformed.
+pub(crate) fn order_lines(reasons: &[String], k: usize) -> Option<(&str, Vec<&str>)> {
+    match reasons.split_first() {
+        Some((summary, why)) if why.len() == k => {
+            Some((summary.as_str(), why.iter().map(String::as_str).collect()))
+        }
+        _ => None,
+    }
+}
+
 /// Turns the SELECT machinery's plan over the full scope (`body`: fragment and finish
 /// over all columns of all tables, no filter) and the bound join conditions (`conds`:
 /// every ON condition and WHERE) into a multi-set [`QueryPlan`]. See the module docs.
@@ -386,6 +634,7 @@ pub(crate) fn plan_join(
                 .sum();
             Estimate {
                 known,
+                table_rows: known.unwrap_or(DEFAULT_ROWS),
                 rows,
                 row_bytes,
             }
@@ -430,39 +679,31 @@ pub(crate) fn plan_join(
     };
 
     // 5. Join order.
-    let mut remaining: Vec<usize> = (0..n).filter(|&t| t != pivot).collect();
-    let mut largest = remaining.first().copied();
-    for &t in &remaining {
-        if let Some(l) = largest {
-            if est[t].size() > est[l].size() {
-                largest = Some(t);
-            }
-        }
-    }
-    let mut joined = vec![pivot];
-    let mut order: Vec<usize> = Vec::new();
-    while !remaining.is_empty() {
-        let connects = |t: usize| {
-            keys.iter()
-                .any(|k| (k.a == t && joined.contains(&k.b)) || (k.b == t && joined.contains(&k.a)))
-        };
-        let mut pool: Vec<usize> = remaining.iter().copied().filter(|&t| connects(t)).collect();
-        if pool.is_empty() {
-            pool = remaining.clone();
-        }
-        if pool.len() > 1 {
-            pool.retain(|&t| Some(t) != largest);
-        }
-        let mut pick = pool[0];
-        for &t in &pool[1..] {
-            if est[t].size() < est[pick].size() {
-                pick = t;
-            }
-        }
-        order.push(pick);
-        joined.push(pick);
-        remaining.retain(|&t| t != pick);
-    }
+    let model = OrderModel {
+        est: &est,
+        labels: (0..n).map(|t| label(scope, t)).collect(),
+        linked: (0..n)
+            .map(|t| {
+                keys.iter()
+                    .filter_map(|k| match (k.a == t, k.b == t) {
+                        (true, _) => Some(k.b),
+                        (_, true) => Some(k.a),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect(),
+        residuals: residuals
+            .iter()
+            .map(|(ts, e)| (ts.clone(), selectivity(e)))
+            .collect(),
+    };
+    let (order, order_text) = model.choose(pivot);
+    // One line each (a quoted alias may hold a newline).
+    let order_reasons: Vec<String> = order_text
+        .into_iter()
+        .map(|l| l.replace(['\n', '\r'], " "))
+        .collect();
     // Position in the combined row: the pivot 0, join_tables[i] i + 1.
     let seq: Vec<usize> = std::iter::once(pivot)
         .chain(order.iter().copied())
@@ -553,6 +794,7 @@ pub(crate) fn plan_join(
             .collect::<Result<_, _>>()?,
         steps,
         pivot_reason,
+        order_reasons,
         overlap: match catalog.setting(OVERLAP_SETTING) {
             Some(v) => parse_bool_setting(OVERLAP_SETTING, &v)?,
             None => true,

@@ -869,7 +869,9 @@ fn three_table_chain() {
 
 #[test]
 fn join_order_connects_and_streams_the_largest_last() {
-    // Star around the pivot: smallest first, the largest join table last.
+    // Star around the pivot, every key taken to be a foreign key into the join table:
+    // est. 1M rows after every step, so ties: the smaller join table first, and the
+    // largest one streams last.
     let c = with_rows(
         cat(),
         &[("t1", 1_000_000), ("t2", 50_000), ("t3", 10), ("t4", 200)],
@@ -1270,4 +1272,250 @@ fn render_expr_parenthesizes_only_where_needed() {
     assert_eq!(render_expr(&e, &names), "a > 1 AND (b IS NULL OR c = 'x')");
     let e = !(col(0).lt(col(9)));
     assert_eq!(render_expr(&e, &names), "NOT (a < #9)");
+}
+
+// ------------------------------------------------------------------ TPC-H shapes
+
+/// The TPC-H tables as the harness loads them (`harness/src/workload.rs` `tpch`),
+/// with the row counts of scale factor `sf`.
+fn tpch_cat(sf: f64) -> Cat {
+    use DataType::*;
+    let mut c = Cat::default();
+    let mut add = |n: &str, rows: f64, cols: &[(&str, DataType)]| {
+        c.tables.insert(n.to_string(), schema(cols));
+        c.rows.insert(n.to_string(), rows.round() as u64);
+    };
+    add("region", 5.0, &[("r_regionkey", BigInt), ("r_name", Text)]);
+    add(
+        "nation",
+        25.0,
+        &[
+            ("n_nationkey", BigInt),
+            ("n_name", Text),
+            ("n_regionkey", BigInt),
+        ],
+    );
+    add(
+        "supplier",
+        10_000.0 * sf,
+        &[("s_suppkey", BigInt), ("s_nationkey", BigInt)],
+    );
+    add(
+        "customer",
+        150_000.0 * sf,
+        &[
+            ("c_custkey", BigInt),
+            ("c_name", Text),
+            ("c_address", Text),
+            ("c_nationkey", BigInt),
+            ("c_phone", Text),
+            ("c_acctbal", Double),
+            ("c_mktsegment", Text),
+            ("c_comment", Text),
+        ],
+    );
+    add(
+        "orders",
+        1_500_000.0 * sf,
+        &[
+            ("o_orderkey", BigInt),
+            ("o_custkey", BigInt),
+            ("o_orderdate", Date),
+            ("o_orderpriority", Text),
+            ("o_shippriority", Int),
+        ],
+    );
+    add(
+        "lineitem",
+        6_000_000.0 * sf,
+        &[
+            ("l_orderkey", BigInt),
+            ("l_suppkey", BigInt),
+            ("l_extendedprice", Double),
+            ("l_discount", Double),
+            ("l_returnflag", Text),
+            ("l_shipdate", Date),
+            ("l_commitdate", Date),
+            ("l_receiptdate", Date),
+            ("l_shipmode", Text),
+        ],
+    );
+    c
+}
+
+const TPCH_Q3: &str = "SELECT l_orderkey, sum(l_extendedprice * (1 - l_discount)) AS revenue, \
+     o_orderdate, o_shippriority FROM customer, orders, lineitem \
+     WHERE c_mktsegment = 'BUILDING' AND c_custkey = o_custkey AND l_orderkey = o_orderkey \
+     AND o_orderdate < DATE '1995-03-15' AND l_shipdate > DATE '1995-03-15' \
+     GROUP BY l_orderkey, o_orderdate, o_shippriority ORDER BY revenue DESC, o_orderdate LIMIT 10";
+
+const TPCH_Q5: &str = "SELECT n_name, sum(l_extendedprice * (1 - l_discount)) AS revenue \
+     FROM customer, orders, lineitem, supplier, nation, region \
+     WHERE c_custkey = o_custkey AND l_orderkey = o_orderkey AND l_suppkey = s_suppkey \
+     AND c_nationkey = s_nationkey AND s_nationkey = n_nationkey \
+     AND n_regionkey = r_regionkey AND r_name = 'ASIA' \
+     AND o_orderdate >= DATE '1994-01-01' AND o_orderdate < DATE '1995-01-01' \
+     GROUP BY n_name ORDER BY revenue DESC";
+
+const TPCH_Q7: &str = "SELECT n1.n_name AS supp_nation, n2.n_name AS cust_nation, \
+     CASE WHEN l_shipdate < DATE '1996-01-01' THEN 1995 ELSE 1996 END AS l_year, \
+     sum(l_extendedprice * (1 - l_discount)) AS revenue \
+     FROM supplier, lineitem, orders, customer, nation n1, nation n2 \
+     WHERE s_suppkey = l_suppkey AND o_orderkey = l_orderkey AND c_custkey = o_custkey \
+     AND s_nationkey = n1.n_nationkey AND c_nationkey = n2.n_nationkey \
+     AND ((n1.n_name = 'FRANCE' AND n2.n_name = 'GERMANY') \
+     OR (n1.n_name = 'GERMANY' AND n2.n_name = 'FRANCE')) \
+     AND l_shipdate BETWEEN DATE '1995-01-01' AND DATE '1996-12-31' \
+     GROUP BY supp_nation, cust_nation, l_year ORDER BY supp_nation, cust_nation, l_year";
+
+const TPCH_Q10: &str =
+    "SELECT c_custkey, c_name, sum(l_extendedprice * (1 - l_discount)) AS revenue, \
+     c_acctbal, n_name, c_address, c_phone, c_comment \
+     FROM customer, orders, lineitem, nation \
+     WHERE c_custkey = o_custkey AND l_orderkey = o_orderkey \
+     AND o_orderdate >= DATE '1993-10-01' AND o_orderdate < DATE '1994-01-01' \
+     AND l_returnflag = 'R' AND c_nationkey = n_nationkey \
+     GROUP BY c_custkey, c_name, c_acctbal, c_phone, n_name, c_address, c_comment \
+     ORDER BY revenue DESC LIMIT 20";
+
+/// The pivot's alias, then the join tables' in join order.
+fn tpch_order(sf: f64, sql: &str) -> Vec<String> {
+    let q = query_in(&tpch_cat(sf), sql);
+    let s = spec(&q);
+    std::iter::once(&s.pivot)
+        .chain(&s.join_tables)
+        .map(|j| j.alias.clone())
+        .collect()
+}
+
+#[test]
+fn tpch_join_orders() {
+    // Orders before customer in Q5: customer joined before orders would come in through
+    // `c_nationkey = s_nationkey` alone, a join on a column that is no key of customer
+    // (every lineitem row meets every customer of its supplier's nation).
+    for sf in [0.01, 0.1, 1.0, 10.0] {
+        for (name, sql, want) in [
+            ("Q3", TPCH_Q3, &["lineitem", "orders", "customer"][..]),
+            (
+                "Q5",
+                TPCH_Q5,
+                &[
+                    "lineitem", "orders", "supplier", "customer", "nation", "region",
+                ][..],
+            ),
+            (
+                "Q7",
+                TPCH_Q7,
+                &["lineitem", "supplier", "n1", "orders", "customer", "n2"][..],
+            ),
+            (
+                "Q10",
+                TPCH_Q10,
+                &["lineitem", "orders", "customer", "nation"][..],
+            ),
+        ] {
+            assert_eq!(tpch_order(sf, sql), want, "{name} at SF {sf}");
+            // Every step has a key.
+            let q = query_in(&tpch_cat(sf), sql);
+            assert!(
+                spec(&q).steps.iter().all(|st| !st.left_keys.is_empty()),
+                "{name} at SF {sf}"
+            );
+        }
+    }
+    // Q5's customer step has both keys: c_custkey = o_custkey and the nation.
+    let q = query_in(&tpch_cat(0.1), TPCH_Q5);
+    assert_eq!(spec(&q).steps[2].left_keys.len(), 2);
+}
+
+#[test]
+fn tpch_q5_explain_says_why_each_table_is_where_it_is() {
+    let q = query_in(&tpch_cat(0.1), TPCH_Q5);
+    let lines = explain_lines(&q);
+    let text = lines.join("\n");
+    for needle in [
+        // The pivot line is unchanged (one line: harness/src/paper.rs reads it).
+        "Pivot lineitem: stays in place, every Tstore compares its own slice (largest join \
+         table: lineitem est. 600000 rows x 32 B)\n",
+        "Join order: orders, supplier, customer, nation, region (",
+        "the largest join table, orders, is not last: with it last, the steps before the \
+         streamed one would materialize est. 3120000 rows)",
+        // 600000 x 16335 / min(6M, 1.5M) x 10 rows.
+        "Join table 1: orders: every Tstore builds it from its slice\n  why here: key to \
+         lineitem; est. 65340 rows after the step; candidates (est. rows after): orders \
+         65340, supplier 600000\n",
+        "supplier 65340, customer 65340 (a tie: the smaller join table first)",
+        "why here: key to orders, supplier; est. 65 rows after the step; candidates (est. \
+         rows after): customer 65, nation 65340",
+        "why here: last, streamed: key to nation; est. 13 rows after the step",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    // One "why here" line per join table, right under its header.
+    for (i, l) in lines.iter().enumerate() {
+        if l.starts_with("Join table ") {
+            assert!(lines[i + 1].starts_with("  why here: "), "{}", lines[i + 1]);
+        }
+    }
+    // A quoted alias with a newline does not break the one line per join table.
+    let c = with_rows(cat(), &[("t1", 1_000_000), ("t2", 100_000), ("t3", 10)]);
+    let q = query_in(
+        &c,
+        "SELECT 1 FROM t1, t2 \"x\ny\", t3 WHERE t1.k = \"x\ny\".k AND t1.k = t3.k",
+    );
+    let lines = explain_lines(&q);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("  why here: "))
+            .count(),
+        2,
+        "{lines:#?}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("Join order: t3, t2 x y (")));
+    // Two tables: nothing to explain, the pivot's reason alone.
+    let c = with_rows(cat(), &[("emp", 10_000), ("dept", 10)]);
+    let q = query_in(&c, "SELECT d.dname FROM emp e JOIN dept d ON e.dept = d.id");
+    let text = explain_lines(&q).join("\n");
+    assert!(
+        !text.contains("why here") && !text.contains("Join order"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_largest_join_table_streams_last_unless_that_materializes_more() {
+    let sql = "SELECT t1.v FROM t1, t2, t3 WHERE t1.k = t2.k AND t1.k = t3.k";
+    let order = |c: &Cat, sql: &str| -> Vec<String> {
+        spec(&query_in(c, sql))
+            .join_tables
+            .iter()
+            .map(|j| j.table.clone())
+            .collect()
+    };
+    // Both key joins keep t1's rows (est. 1M after each step), whatever the order:
+    // the largest join table, t2, streams last.
+    let c = with_rows(cat(), &[("t1", 1_000_000), ("t2", 100_000), ("t3", 10)]);
+    assert_eq!(order(&c, sql), ["t3", "t2"]);
+    let text = explain_lines(&query_in(&c, sql)).join("\n");
+    assert!(
+        text.contains("the largest join table, t2, is last"),
+        "{text}"
+    );
+    // A filter on t2 makes its step shrink the rows to est. 100000 (1M x 10000 /
+    // 100000); joining t3 first would materialize 1M rows. t2 (still the largest
+    // join table) comes first and t3 streams.
+    let filtered = format!("{sql} AND t2.v = 1");
+    assert_eq!(order(&c, &filtered), ["t2", "t3"]);
+    let text = explain_lines(&query_in(&c, &filtered)).join("\n");
+    assert!(
+        text.contains(
+            "est. 100000 rows materialized before the last one streams; the largest join \
+             table, t2, is not last: with it last, the steps before the streamed one would \
+             materialize est. 1000000 rows"
+        ),
+        "{text}"
+    );
 }

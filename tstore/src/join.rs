@@ -97,6 +97,9 @@ pub struct JoinSpec {
     pub steps: Vec<JoinStep>,
     /// Why this pivot (EXPLAIN).
     pub pivot_reason: String,
+    /// Why the join tables are in this order (EXPLAIN): a summary, then one line per
+    /// join table; empty when there was nothing to choose.
+    pub order_reasons: Vec<String>,
     /// Compare while receiving (the design): each chunk of the last join table is
     /// probed as it arrives. `false` (`SET smrdb.overlap = off`, for the overlap
     /// experiment) copies every chunk out of the ring and compares only once the whole
@@ -1707,6 +1710,7 @@ mod tests {
             join_tables,
             steps,
             pivot_reason: "test".into(),
+            order_reasons: Vec::new(),
             overlap: true,
         }
     }
