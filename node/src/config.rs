@@ -15,8 +15,10 @@
 //!
 //! [primary]
 //! node = 0
-//! pg_host = "127.0.0.1"
+//! pg_host = "127.0.0.1"         # loopback only; "0.0.0.0" / "::" to serve other hosts
 //! pg_port = 5432
+//! auth = "trust"                # trust | md5 | scram-sha-256
+//! # users = [{ name = "smrdb", password = "..." }]
 //!
 //! [[nodes]]
 //! id = 0
@@ -59,6 +61,59 @@ fn default_pg_host() -> String {
 }
 fn default_pg_port() -> u16 {
     5432
+}
+fn is_trust(a: &AuthMethod) -> bool {
+    *a == AuthMethod::Trust
+}
+
+/// How Postgres clients authenticate to the primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthMethod {
+    /// No password: any user name is accepted (the local demo's default).
+    #[default]
+    #[serde(rename = "trust")]
+    Trust,
+    /// PostgreSQL's `md5` method: the client proves it knows the password with a
+    /// salted MD5 hash. A user whose stored password is a SCRAM verifier is asked for
+    /// SCRAM-SHA-256 instead, as PostgreSQL does.
+    #[serde(rename = "md5")]
+    Md5,
+    /// SCRAM-SHA-256 (RFC 7677, without channel binding): the password never crosses
+    /// the wire and the server proves it knows the verifier too.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+impl std::fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMethod::Trust => "trust",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+        })
+    }
+}
+
+/// One Postgres user of the primary (`auth` other than `trust`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The user name clients connect as.
+    pub name: String,
+    /// The password: in clear, or as PostgreSQL stores it (`rolpassword`): an MD5
+    /// hash `md5<32 hex digits>` (usable with `auth = "md5"` only) or a SCRAM
+    /// verifier `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub password: String,
+}
+
+impl std::fmt::Debug for User {
+    // Never print the password (or its hash).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The whole cluster file.
@@ -113,6 +168,12 @@ pub struct Primary {
     /// Port of the Postgres listener.
     #[serde(default = "default_pg_port")]
     pub pg_port: u16,
+    /// How clients authenticate.
+    #[serde(default, skip_serializing_if = "is_trust")]
+    pub auth: AuthMethod,
+    /// Who may connect when `auth` is not `trust`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<User>,
 }
 
 /// One node.
@@ -214,6 +275,48 @@ impl ClusterFile {
         if self.task_timeout_s == 0 || self.connect_timeout_s == 0 {
             return bad("timeouts must be > 0".into());
         }
+        if self.primary.pg_host.trim().is_empty() {
+            return bad("primary.pg_host is empty".into());
+        }
+        self.validate_users()
+    }
+
+    fn validate_users(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let p = &self.primary;
+        if p.auth != AuthMethod::Trust && p.users.is_empty() {
+            return bad(format!(
+                "primary.auth = \"{}\" needs at least one entry in primary.users",
+                p.auth
+            ));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for u in &p.users {
+            if u.name.is_empty() || u.name.contains('\0') {
+                return bad("primary.users: a user name is empty or contains NUL".into());
+            }
+            if names.contains(&u.name.as_str()) {
+                return bad(format!("primary.users: user {:?} is listed twice", u.name));
+            }
+            names.push(&u.name);
+            if u.password.is_empty() {
+                return bad(format!(
+                    "primary.users: user {:?} has an empty password",
+                    u.name
+                ));
+            }
+            // Hashed forms must be well formed (the error never shows the value).
+            if let Err(why) = crate::auth::check_password_form(&u.password) {
+                return bad(format!("primary.users: user {:?}: {why}", u.name));
+            }
+            if p.auth == AuthMethod::ScramSha256 && crate::auth::is_md5_hash(&u.password) {
+                return bad(format!(
+                    "primary.users: user {:?} has an MD5 hash, which cannot be used with \
+                     auth = \"scram-sha-256\" (give the password or a SCRAM verifier)",
+                    u.name
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -286,6 +389,8 @@ impl ClusterFile {
                 node: 0,
                 pg_host: default_pg_host(),
                 pg_port,
+                auth: AuthMethod::Trust,
+                users: Vec::new(),
             },
             nodes: (0..nodes)
                 .map(|i| NodeEntry {
@@ -321,7 +426,10 @@ mod tests {
         assert_eq!(cf.router_mode, Mode::Naive);
         assert_eq!(cf.router_config(0).mode, Mode::Naive);
         let without = text.replacen("router_mode = \"smr\"", "", 1);
-        assert_eq!(ClusterFile::parse(&without, false).unwrap().router_mode, Mode::Smr);
+        assert_eq!(
+            ClusterFile::parse(&without, false).unwrap().router_mode,
+            Mode::Smr
+        );
     }
 
     #[test]
@@ -338,5 +446,48 @@ mod tests {
             let t = text.replacen(from, to, 1);
             assert!(ClusterFile::parse(&t, false).is_err(), "{to} accepted");
         }
+    }
+
+    #[test]
+    fn auth_settings_parse_and_are_checked() {
+        let text = include_str!("../examples/cluster.toml");
+        let cf = ClusterFile::parse(text, false).unwrap();
+        assert_eq!(cf.primary.auth, AuthMethod::Trust);
+        assert_eq!(cf.primary.pg_host, "127.0.0.1");
+        let users = "auth = \"trust\"\nusers = [{ name = \"smrdb\", password = \"pw\" }, \
+                     { name = \"md\", password = \"md5a3556571e93b0d20722ba62be61e8c2d\" }]";
+        for (auth, ok) in [("md5", true), ("scram-sha-256", false), ("trust", true)] {
+            let t = text.replacen("auth = \"trust\"", &users.replace("trust", auth), 1);
+            let r = ClusterFile::parse(&t, false);
+            assert_eq!(r.is_ok(), ok, "{auth}: {r:?}");
+            if let Ok(cf) = r {
+                // Round trip, and Debug never shows a password.
+                let again = ClusterFile::parse(&toml::to_string(&cf).unwrap(), false).unwrap();
+                assert_eq!(again, cf);
+                let dbg = format!("{cf:?}");
+                assert!(!dbg.contains("\"pw\"") && !dbg.contains("md5a35"), "{dbg}");
+            }
+        }
+        for bad in [
+            "auth = \"scram-sha-256\"",
+            "auth = \"password\"",
+            "auth = \"md5\"\nusers = [{ name = \"a\", password = \"x\" }, { name = \"a\", password = \"y\" }]",
+            "auth = \"md5\"\nusers = [{ name = \"\", password = \"x\" }]",
+            "auth = \"md5\"\nusers = [{ name = \"a\", password = \"\" }]",
+            "auth = \"md5\"\nusers = [{ name = \"a\", password = \"SCRAM-SHA-256$1:x$y:z\" }]",
+            "auth = \"md5\"\nusers = [{ name = \"a\", pass = \"x\" }]",
+        ] {
+            let t = text.replacen("auth = \"trust\"", bad, 1);
+            assert!(ClusterFile::parse(&t, false).is_err(), "{bad} accepted");
+        }
+        assert!(ClusterFile::parse(
+            &text.replacen("pg_host = \"127.0.0.1\"", "pg_host = \" \"", 1),
+            false
+        )
+        .is_err());
+        // The local demo's file is trust and loopback.
+        let local = ClusterFile::local(FabricKind::Shm, 1, 1, 5432, &[7000], "s".into());
+        assert_eq!(local.primary.auth, AuthMethod::Trust);
+        assert_eq!(local.primary.pg_host, "127.0.0.1");
     }
 }

@@ -6,7 +6,17 @@
 //! reassembles replies and routes each to its task. A lost node fails every task
 //! waiting on one of its Tstores, and every later task that needs it, with an error
 //! naming the node.
+//!
+//! A statement can be interrupted (a client's CancelRequest, `statement_timeout`):
+//! the thread running it installs an [`Interrupt`] ([`Interrupt::install`]) and every
+//! exchange on that thread checks it before sending and, for read-only requests
+//! (queries, joins, statistics), while waiting. An interrupted task is abandoned: it is
+//! removed from the pending set, so its replies, when they come, are dropped by the
+//! controller as late replies (task ids are never reused) while the Tstores finish the
+//! work. A write that has been sent is never abandoned: its changes will be applied,
+//! so the statement waits for them and reports them.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +31,90 @@ use crate::proto::{self, Body, Reassembler, Reply, Request, TAG_TASK};
 enum Event {
     Reply(u32, Reply),
     Lost(u32, String),
+}
+
+/// How often a waiting statement looks at its [`Interrupt`].
+const INTERRUPT_POLL: Duration = Duration::from_millis(20);
+
+/// SQLSTATE of a canceled statement.
+pub const QUERY_CANCELED: &str = "57014";
+
+/// When the statement running on a thread must stop: a cancel flag (set by a
+/// client's CancelRequest) and an optional deadline (`statement_timeout`).
+#[derive(Debug, Clone)]
+pub struct Interrupt {
+    cancel: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Interrupt>> = const { RefCell::new(None) };
+}
+
+/// Restores the thread's previous [`Interrupt`] when dropped.
+#[must_use = "the interrupt is uninstalled when the guard drops"]
+pub struct InterruptGuard {
+    previous: Option<Interrupt>,
+}
+
+impl Drop for InterruptGuard {
+    fn drop(&mut self) {
+        let p = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = p);
+    }
+}
+
+impl Interrupt {
+    /// An interrupt raised by `cancel` or, with a timeout, `timeout` from now.
+    pub fn new(cancel: Arc<AtomicBool>, timeout: Option<Duration>) -> Interrupt {
+        Interrupt {
+            cancel,
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+        }
+    }
+
+    /// Ok while the statement may go on; else the error it fails with (SQLSTATE
+    /// 57014, as PostgreSQL words it).
+    ///
+    /// # Errors
+    /// Canceled or past the deadline.
+    pub fn check(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Error::sql(
+                QUERY_CANCELED,
+                "canceling statement due to user request",
+            ));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::sql(
+                QUERY_CANCELED,
+                "canceling statement due to statement timeout",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes this the current thread's interrupt until the guard drops.
+    pub fn install(&self) -> InterruptGuard {
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(self.clone()));
+        InterruptGuard { previous }
+    }
+
+    /// The current thread's interrupt, if any.
+    pub fn current() -> Option<Interrupt> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Checks the current thread's interrupt (Ok without one).
+    ///
+    /// # Errors
+    /// As [`Interrupt::check`].
+    pub fn check_current() -> Result<()> {
+        match Self::current() {
+            Some(i) => i.check(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Where a request goes.
@@ -144,11 +238,27 @@ impl Dispatcher {
             return Ok(Vec::new());
         }
         self.check_alive(&expect)?;
+        // Nothing is sent yet: any statement may stop here. Once sent, only reads
+        // are abandoned (see the module documentation).
+        let interrupt = Interrupt::current();
+        if let Some(i) = &interrupt {
+            i.check()?;
+        }
+        let reads_only = msgs.iter().all(|(_, r)| {
+            matches!(
+                r,
+                Request::Query { .. } | Request::Join { .. } | Request::Stats
+            )
+        });
+        let interrupt = interrupt.filter(|_| reads_only);
         let task = self.next_task.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         lock(&self.pending).insert(task, tx);
-        let res = self.send_and_wait(task, msgs, expect, rx);
+        let res = self.send_and_wait(task, msgs, expect, rx, interrupt.as_ref());
         lock(&self.pending).remove(&task);
+        if res.is_err() {
+            tracing::debug!("task {task} abandoned; its late replies will be dropped");
+        }
         res
     }
 
@@ -158,6 +268,7 @@ impl Dispatcher {
         msgs: Vec<(Addr, Request)>,
         mut expect: BTreeSet<u32>,
         rx: Receiver<Event>,
+        interrupt: Option<&Interrupt>,
     ) -> Result<Vec<(u32, Reply)>> {
         let me = Addr::controller(self.router.me());
         for (dst, req) in msgs {
@@ -173,7 +284,14 @@ impl Dispatcher {
         let mut replies = Vec::with_capacity(expect.len());
         while !expect.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            let wait = match interrupt {
+                Some(i) => {
+                    i.check()?;
+                    left.min(INTERRUPT_POLL)
+                }
+                None => left,
+            };
+            match rx.recv_timeout(wait) {
                 Ok(Event::Reply(t, r)) => {
                     if expect.remove(&t) {
                         replies.push((t, r));
@@ -187,6 +305,9 @@ impl Dispatcher {
                     if expect.iter().any(|&t| self.node_of(t) == Some(node)) {
                         return Err(Error::NodeLost { node, reason });
                     }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) if wait < left => {
+                    // A poll for the interrupt, checked at the top of the loop.
                 }
                 Err(_) => {
                     let missing: Vec<String> = expect

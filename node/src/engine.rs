@@ -13,9 +13,16 @@
 //! Statements are not transactional across Tstores: a failure on one Tstore (a lost
 //! node, a disk error, a runtime error such as division by zero in an UPDATE) can
 //! leave the others changed.
+//!
+//! A statement can be canceled (the session's cancel flag, set by a client's
+//! CancelRequest) or time out (`SET statement_timeout`, PostgreSQL's semantics: per
+//! statement, 0 = off): it then fails with SQLSTATE 57014. Reads stop promptly; a write
+//! stops only before its changes are sent to the Tstores (see [`crate::dispatch`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use smrdb_planner::{Catalog as PlannerCatalog, CopySource, InsertSource, Plan, QueryPlan};
@@ -26,7 +33,7 @@ use smrdb_tstore::{
 
 use crate::catalog::Catalog;
 use crate::copy::{self, CopyFormat};
-use crate::dispatch::{first_error, Dispatcher, Target};
+use crate::dispatch::{first_error, Dispatcher, Interrupt, Target};
 use crate::error::{store_sqlstate, Error, Result};
 use crate::proto::{Reply, Request};
 
@@ -146,11 +153,94 @@ pub enum Output {
     },
 }
 
-/// Per-connection settings (`SET` / `SHOW`).
+/// Name of the statement timeout setting.
+pub const STATEMENT_TIMEOUT: &str = "statement_timeout";
+
+/// Per-connection settings (`SET` / `SHOW`) and the cancel flag.
 #[derive(Debug, Clone, Default)]
 pub struct Session {
     /// Settings changed with SET, by lower-case name.
     pub vars: BTreeMap<String, String>,
+    /// Set (by the front end, on a client's CancelRequest) to make the running
+    /// statement fail with 57014; the front end clears it before each statement.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Session {
+    /// The statement timeout in force (`None`: off).
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        let ms = self
+            .vars
+            .get(STATEMENT_TIMEOUT)
+            .and_then(|v| parse_timeout_ms(v).ok())
+            .unwrap_or(0);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+}
+
+const MAX_TIMEOUT_MS: f64 = 2_147_483_647.0;
+
+/// Parses a time setting the way PostgreSQL does for `statement_timeout`: a number
+/// of milliseconds, or a number with a unit (`us`, `ms`, `s`, `min`, `h`, `d`);
+/// 0 turns it off.
+///
+/// # Errors
+/// 22023 for anything else, or a value out of 0..=2147483647 ms.
+pub fn parse_timeout_ms(value: &str) -> Result<u64> {
+    let bad = || {
+        Error::sql(
+            "22023",
+            format!(
+                "invalid value for parameter \"{STATEMENT_TIMEOUT}\": \"{value}\" \
+                 (a number of milliseconds, or with a unit: us, ms, s, min, h, d)"
+            ),
+        )
+    };
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1e3,
+        "min" => 60e3,
+        "h" => 3600e3,
+        "d" => 86400e3,
+        _ => return Err(bad()),
+    };
+    let ms = (n * scale).round();
+    if !ms.is_finite() || !(0.0..=MAX_TIMEOUT_MS).contains(&ms) {
+        return Err(Error::sql(
+            "22023",
+            format!(
+                "{value} is outside the valid range for parameter \"{STATEMENT_TIMEOUT}\" \
+                 (0 .. 2147483647 ms)"
+            ),
+        ));
+    }
+    Ok(ms as u64)
+}
+
+/// How `SHOW` prints a number of milliseconds: in the largest unit that divides it,
+/// as PostgreSQL does (`0`, `1500ms`, `2s`, `1min`, `1h`, `1d`).
+pub fn format_timeout_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0".into();
+    }
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("min", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// The statement engine.
@@ -270,10 +360,16 @@ impl Engine {
     ///
     /// # Errors
     /// Planning and execution errors, with SQLSTATEs.
+    /// The statement is interruptible: the session's cancel flag and its
+    /// `statement_timeout` (counted from here) make it fail with 57014.
     pub fn execute_sql(&self, sql: &str, session: &mut Session) -> Result<Vec<Output>> {
+        let interrupt = Interrupt::new(session.cancel.clone(), session.statement_timeout());
+        let _installed = interrupt.install();
+        interrupt.check()?;
         let plans = self.plan_in(sql, session)?;
         let mut out = Vec::with_capacity(plans.len());
         for p in plans {
+            interrupt.check()?;
             out.push(self.execute(p, session)?);
         }
         Ok(out)
@@ -409,6 +505,15 @@ impl Engine {
                 let name = name.to_lowercase();
                 if name == smrdb_planner::OVERLAP_SETTING {
                     smrdb_planner::parse_bool_setting(&name, &value)?;
+                }
+                if name == STATEMENT_TIMEOUT {
+                    if value.eq_ignore_ascii_case("default") {
+                        session.vars.remove(&name);
+                        return Ok(Output::Command(CommandTag::new("SET")));
+                    }
+                    let ms = parse_timeout_ms(&value)?;
+                    session.vars.insert(name, format_timeout_ms(ms));
+                    return Ok(Output::Command(CommandTag::new("SET")));
                 }
                 session.vars.insert(name, value);
                 Ok(Output::Command(CommandTag::new("SET")))
@@ -741,6 +846,7 @@ fn default_setting(name: &str) -> Option<&'static str> {
         "max_identifier_length" => "63",
         "smrdb.overlap" => "on",
         "smrdb.pivot" => "auto",
+        STATEMENT_TIMEOUT => "0",
         _ => return None,
     })
 }
@@ -799,4 +905,44 @@ pub fn rows_to_batch(schema: &TableSchema, rows: &[Vec<Value>]) -> Result<Record
 /// Unsupported column types.
 pub fn batch_rows(b: &RecordBatch) -> Result<Vec<Vec<Value>>> {
     Ok(smrdb_tstore::slice::batches_to_rows(std::iter::once(b))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_timeout_values_parse_and_print_like_postgres() {
+        for (v, ms, shown) in [
+            ("0", 0, "0"),
+            ("2000", 2000, "2s"),
+            ("2s", 2000, "2s"),
+            (" 1500 ms ", 1500, "1500ms"),
+            ("1.5s", 1500, "1500ms"),
+            ("1min", 60_000, "1min"),
+            ("2h", 7_200_000, "2h"),
+            ("1d", 86_400_000, "1d"),
+            ("2000us", 2, "2ms"),
+        ] {
+            assert_eq!(parse_timeout_ms(v).unwrap(), ms, "{v}");
+            assert_eq!(format_timeout_ms(ms), shown, "{v}");
+        }
+        for v in [
+            "",
+            "abc",
+            "-1",
+            "5 parsecs",
+            "1e400",
+            "3000000000",
+            "s",
+            "1..2s",
+        ] {
+            let e = parse_timeout_ms(v).unwrap_err();
+            assert_eq!(e.sqlstate(), "22023", "{v}");
+        }
+        let mut s = Session::default();
+        assert_eq!(s.statement_timeout(), None);
+        s.vars.insert(STATEMENT_TIMEOUT.into(), "250ms".into());
+        assert_eq!(s.statement_timeout(), Some(Duration::from_millis(250)));
+    }
 }

@@ -14,6 +14,7 @@
 //! * [`engine`]: executes planned statements ([`smrdb_planner::Plan`]).
 //! * [`join`]: multi-set queries on the primary, EXPLAIN [ANALYZE], router counters.
 //! * [`copy`]: CSV / text parsing for `COPY`.
+//! * [`auth`]: password authentication of Postgres clients (md5, SCRAM-SHA-256).
 //! * [`pg`]: the Postgres front end (simple and extended query protocols, COPY FROM
 //!   STDIN) on `pgwire`.
 //! * [`node`]: wiring it all into a running node.
@@ -21,6 +22,7 @@
 //! * [`values`]: Arrow results to Postgres text and binary values.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod copy;

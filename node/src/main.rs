@@ -60,6 +60,10 @@ enum Cmd {
         /// Postgres port of the primary.
         #[arg(long, short, default_value_t = 5432)]
         port: u16,
+        /// User name (the password, when the cluster asks for one, is read from
+        /// $PGPASSWORD).
+        #[arg(long, short = 'U', default_value = "smrdb")]
+        user: String,
         /// Run this and exit.
         #[arg(short = 'c')]
         command: Option<String>,
@@ -129,8 +133,9 @@ fn main() -> Result<()> {
         Cmd::Sql {
             host,
             port,
+            user,
             command,
-        } => run_sql(&host, port, command),
+        } => run_sql(&host, port, &user, command),
     }
 }
 
@@ -461,10 +466,20 @@ fn format_table(header: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn run_sql(host: &str, port: u16, command: Option<String>) -> Result<()> {
-    let conn = format!("host={host} port={port} user=smrdb dbname=smrdb connect_timeout=10");
-    let mut client = postgres::Client::connect(&conn, postgres::NoTls)
-        .with_context(|| format!("cannot connect to {host}:{port}"))?;
+fn run_sql(host: &str, port: u16, user: &str, command: Option<String>) -> Result<()> {
+    let mut cfg = postgres::Config::new();
+    cfg.host(host)
+        .port(port)
+        .user(user)
+        .dbname("smrdb")
+        .connect_timeout(Duration::from_secs(10));
+    // As psql: the password (auth = md5 / scram-sha-256) comes from $PGPASSWORD.
+    if let Some(p) = std::env::var_os("PGPASSWORD") {
+        cfg.password(p.to_string_lossy().as_bytes());
+    }
+    let mut client = cfg
+        .connect(postgres::NoTls)
+        .with_context(|| format!("cannot connect to {host}:{port} as {user}"))?;
     let report = |e: &postgres::Error| match e.as_db_error() {
         Some(d) => eprintln!("ERROR {}: {}", d.code().code(), d.message()),
         None => eprintln!("ERROR: {e}"),

@@ -19,6 +19,7 @@ use smrdb_router::{Inbox, Router, RouterConfig};
 use smrdb_transport::{Fabric, FabricKind};
 use smrdb_tstore::Store;
 
+use crate::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::config::ClusterFile;
 use crate::dispatch::{run_secondary_controller, Dispatcher};
@@ -95,6 +96,15 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
             Some(d) => Catalog::open(d, cf.total_tstores())?,
             None => Catalog::in_memory(cf.total_tstores()),
         })
+    } else {
+        None
+    };
+    // The primary's users too (a bad password entry stops the start).
+    let auth = if primary {
+        Some(
+            Authenticator::new(cf.primary.auth, &cf.primary.users)
+                .map_err(|e| Error::Config(format!("primary.users: {e}")))?,
+        )
     } else {
         None
     };
@@ -217,16 +227,34 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
                 .spawn(move || disp.run_controller(controller_inbox, s))?
         };
         let engine = Arc::new(Engine::new(disp, catalog));
-        let addr = format!("{}:{}", cf.primary.pg_host, cf.primary.pg_port);
+        let auth = auth.unwrap_or_else(Authenticator::trust);
+        let host = cf.primary.pg_host.trim();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let addr = if host.contains(':') {
+            format!("[{host}]:{}", cf.primary.pg_port)
+        } else {
+            format!("{host}:{}", cf.primary.pg_port)
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .thread_name("pg")
             .build()?;
         let served: Result<()> = rt.block_on(async {
-            let l = tokio::net::TcpListener::bind(&addr)
+            let l = tokio::net::TcpListener::bind((host.as_str(), cf.primary.pg_port))
                 .await
                 .map_err(|e| Error::Config(format!("cannot listen for Postgres on {addr}: {e}")))?;
+            if let Ok(local) = l.local_addr() {
+                if !local.ip().is_loopback() {
+                    tracing::warn!(
+                        "Postgres listens on {local}, beyond loopback (authentication: {})",
+                        cf.primary.auth
+                    );
+                }
+            }
             ready(&addr);
             let s = stop.clone();
             let stopped = async move {
@@ -234,7 +262,7 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             };
-            crate::pg::serve(l, engine, stopped).await;
+            crate::pg::serve(l, engine, auth, stopped).await;
             Ok(())
         });
         rt.shutdown_timeout(Duration::from_secs(2));
