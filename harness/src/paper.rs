@@ -1175,9 +1175,10 @@ fn tpch(cx: &Ctx) -> Result<Section> {
         rows.push(vec![
             q.name.clone(),
             q.description
-                .split(':')
+                .split([':', ';', '('])
                 .next()
                 .unwrap_or_default()
+                .trim()
                 .to_string(),
             secs(sm),
             secs(dm),
