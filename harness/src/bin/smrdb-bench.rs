@@ -70,7 +70,7 @@ struct PaperArgs {
     /// Tstores per node of the base shape.
     #[arg(long, default_value_t = 2)]
     tstores: u32,
-    /// Timed repeats per measurement (after a warm-up) [default: 3, --quick 2].
+    /// Timed repeats per measurement (after a warm-up) [default: 5, --quick 3].
     #[arg(long)]
     repeats: Option<usize>,
     /// `paper` only: the experiments to run, comma-separated
@@ -138,7 +138,7 @@ impl PaperArgs {
             tstores: self.tstores,
             repeats: self
                 .repeats
-                .unwrap_or(if self.quick { 2 } else { 3 })
+                .unwrap_or(if self.quick { 3 } else { 5 })
                 .max(1),
             experiments,
             out: self.out.clone().unwrap_or_else(|| {
