@@ -74,3 +74,15 @@ bench-query: deps
 	./target/release/smrdb-bench query --fabric shm --nodes 1 --tstores 2 --customers 1000000 --purchases 10000000 \
 	  --repeats 5 --duckdb-threads 2 --json $(REPORT_DIR)/query-shm.json | tee -a $(REPORT_DIR)/report-query.md
 	@echo "report: $(REPORT_DIR)/report-query.md"
+
+# Fuzzing (fuzz/: a cargo-fuzz project outside the workspace; targets header, task_msg,
+# sql): builds, runs every target FUZZ_SECONDS each, prints execs and crashes per
+# target, fails on a crash. Uses nightly if rustup has it, else stable with
+# RUSTC_BOOTSTRAP=1; installs cargo-fuzz when missing. fuzz-ci: 10 s per target.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz fuzz-ci
+fuzz: deps
+	fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-ci: deps
+	fuzz/run.sh 10

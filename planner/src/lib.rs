@@ -227,7 +227,8 @@ pub fn plan_sql(sql: &str, catalog: &dyn Catalog) -> Result<Vec<Plan>, PlanError
         // data (terminated by `\.`) to follow, so supply an empty data section.
         Err(e) => {
             let t = sql.trim().trim_end_matches(';');
-            if t.len() > 4 && t[..4].eq_ignore_ascii_case("copy") && !t.contains(';') {
+            // Bytes, not `t[..4]`: byte 4 may fall inside a multi-byte character.
+            if t.len() > 4 && t.as_bytes()[..4].eq_ignore_ascii_case(b"copy") && !t.contains(';') {
                 Parser::parse_sql(&PostgreSqlDialect {}, &format!("{t};\n\\.\n"))
                     .map_err(|_| PlanError::Syntax(e.to_string()))?
             } else {

@@ -351,9 +351,18 @@ impl<F: Fabric> Core<F> {
         work
     }
 
+    /// Counts and logs a refused message. A flood of bad messages must not become a
+    /// flood of log lines: the first 16 refusals from a peer are logged, then the
+    /// 32nd, 64th, 128th, ... (the counter has them all).
     fn refuse(&self, pos: usize, why: String) {
-        self.counters(pos).refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer = self.peers[pos].node, "refused a message: {why}");
+        let n = self.counters(pos).refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= 16 || n.is_power_of_two() {
+            tracing::warn!(
+                peer = self.peers[pos].node,
+                refused = n,
+                "refused a message: {why}"
+            );
+        }
     }
 
     fn on_message(&mut self, pos: usize, bytes: &[u8]) {
@@ -386,26 +395,11 @@ impl<F: Fabric> Core<F> {
     fn on_data(&mut self, pos: usize, h: &Header) {
         let sh = self.sh.clone();
         let index = self.peers[pos].index;
-        if !sh.lives_on(h.src, index) {
-            return self.refuse(
-                pos,
-                format!(
-                    "source {:?} does not live on node {}",
-                    h.src, self.peers[pos].node
-                ),
-            );
+        if let Err(e) = crate::header::validate(h, &sh.map, sh.me_index, index) {
+            return self.refuse(pos, e);
         }
-        let here = match h.dst {
-            Addr::ALL_TSTORES | Addr::ALL_CONTROLLERS => true,
-            a => match (a.as_tstore(), a.as_controller()) {
-                (Some(t), _) => sh.map.tstores_of(sh.me_index).contains(&t),
-                (_, Some(n)) => n == sh.me,
-                _ => false,
-            },
-        };
-        let targets = match sh.local_targets(h.dst) {
-            Ok(t) if here => t,
-            _ => return self.refuse(pos, format!("destination {:?} is not on this node", h.dst)),
+        let Ok(targets) = sh.local_targets(h.dst) else {
+            return self.refuse(pos, format!("destination {:?} is not on this node", h.dst));
         };
         let p = &mut self.peers[pos];
         let (off, id) = match p.rx.accept(h.ring_offset, u64::from(h.len), h.ring_end) {

@@ -17,7 +17,7 @@
 //! 64 reserved u32     68 crc32 u32 (of bytes 0..68)
 //! ```
 
-use crate::{Addr, RouterError};
+use crate::{Addr, ClusterMap, RouterError};
 
 /// Bytes of an encoded header.
 pub const HEADER_LEN: usize = 72;
@@ -166,6 +166,45 @@ impl Header {
     pub fn is_last(&self) -> bool {
         self.flags & FLAG_LAST != 0
     }
+}
+
+/// The checks of an inbound header that depend only on the cluster map, done by the
+/// receiving router after [`Header::decode`] and the sequence check, before it consults
+/// the ring ([`crate::ring::RxRing::accept`]): a DATA header's source must be a consumer
+/// living on the sending node (the node at cluster index `from`), and its destination
+/// must name a consumer on this node (the node at index `me`) or be a broadcast. A
+/// CREDIT header carries no addresses and always passes.
+///
+/// Pure (no I/O, no state): the fuzz target `header` calls it on arbitrary headers.
+///
+/// # Errors
+/// A description of the first thing wrong (also when `me` or `from` is not an index of
+/// `map`, or both name the same node).
+pub fn validate(h: &Header, map: &ClusterMap, me: usize, from: usize) -> Result<(), String> {
+    let n = map.nodes().len();
+    if me >= n || from >= n || me == from {
+        return Err(format!(
+            "node indexes {from} -> {me} do not name two nodes of a {n}-node cluster"
+        ));
+    }
+    if h.kind != Kind::Data {
+        return Ok(());
+    }
+    if !map.lives_on(h.src, from) {
+        return Err(format!(
+            "source {:?} does not live on node {}",
+            h.src,
+            map.nodes()[from].id
+        ));
+    }
+    let here = match h.dst {
+        Addr::ALL_TSTORES | Addr::ALL_CONTROLLERS => true,
+        a => map.lives_on(a, me),
+    };
+    if !here {
+        return Err(format!("destination {:?} is not on this node", h.dst));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

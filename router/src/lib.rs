@@ -170,6 +170,20 @@ impl ClusterMap {
     pub fn owner_of(&self, id: u32) -> Option<usize> {
         (0..self.nodes.len()).find(|&i| self.tstores_of(i).contains(&id))
     }
+
+    /// Whether `a` names one consumer living on the node at `index` (one of its
+    /// Tstores, or its controller); false for broadcasts and for an `index` past the
+    /// last node.
+    pub fn lives_on(&self, a: Addr, index: usize) -> bool {
+        if index >= self.nodes.len() {
+            return false;
+        }
+        match (a.as_tstore(), a.as_controller()) {
+            (Some(t), _) => self.tstores_of(index).contains(&t),
+            (_, Some(n)) => self.nodes[index].id == n,
+            _ => false,
+        }
+    }
 }
 
 /// How broadcasts reach remote Tstores.
@@ -653,6 +667,10 @@ pub struct RouterStats {
     pub peers: Vec<PeerStats>,
     /// Pointers handed to local consumers.
     pub local_deliveries: u64,
+    /// Incoming peer connections refused while the router started (wrong secret,
+    /// replayed or garbled handshake, a node it does not expect).
+    #[serde(default)]
+    pub refused_connections: u64,
 }
 
 impl RouterStats {
@@ -672,6 +690,7 @@ impl RouterStats {
 struct Counters {
     peers: Vec<(NodeId, PeerCounters)>,
     local_deliveries: AtomicU64,
+    refused_connections: u64,
 }
 
 impl Counters {
@@ -696,6 +715,7 @@ impl Counters {
                 })
                 .collect(),
             local_deliveries: l(&self.local_deliveries),
+            refused_connections: self.refused_connections,
         }
     }
 }
@@ -763,11 +783,7 @@ impl Shared {
 
     /// Whether `a` is a consumer living on the node at `index` (a valid source).
     fn lives_on(&self, a: Addr, index: usize) -> bool {
-        match (a.as_tstore(), a.as_controller()) {
-            (Some(t), _) => self.map.tstores_of(index).contains(&t),
-            (_, Some(n)) => self.map.nodes()[index].id == n,
-            _ => false,
-        }
+        self.map.lives_on(a, index)
     }
 }
 
@@ -810,7 +826,8 @@ impl Router {
         let fabric = F::open(&cfg.fabric, arena_base + cfg.arena_bytes)?;
         let region = fabric.region().clone();
         let arena = Arena::new(region.clone(), arena_base, cfg.arena_bytes);
-        let endpoints = mesh::connect::<F>(&fabric, &cfg, &map, me_index, ring_bytes, &listener)?;
+        let (endpoints, refused_connections) =
+            mesh::connect::<F>(&fabric, &cfg, &map, me_index, ring_bytes, &listener)?;
 
         let counters = Arc::new(Counters {
             peers: map
@@ -821,6 +838,7 @@ impl Router {
                 .map(|(_, n)| (n.id, PeerCounters::default()))
                 .collect(),
             local_deliveries: AtomicU64::new(0),
+            refused_connections,
         });
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let mine = map.tstores_of(me_index);

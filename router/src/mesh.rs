@@ -8,6 +8,9 @@ use smrdb_transport::{Control, Error as TError, Fabric, Window};
 
 use crate::{ClusterMap, RouterConfig, RouterError};
 
+/// Endpoints to peers, as (cluster index, endpoint).
+type Endpoints<E> = Vec<(usize, E)>;
+
 /// The ring of the peer at cluster index `peer` in a node at index `me`.
 pub(crate) fn window(peer: usize, me: usize, ring_bytes: usize) -> Window {
     let slot = if peer < me { peer } else { peer - 1 };
@@ -17,7 +20,9 @@ pub(crate) fn window(peer: usize, me: usize, ring_bytes: usize) -> Window {
     }
 }
 
-/// Endpoints to every peer, as (cluster index, endpoint), in index order.
+/// Endpoints to every peer, as (cluster index, endpoint), in index order, and how many
+/// incoming connections were refused on the way (strangers: wrong secret, replayed or
+/// garbled handshakes, nodes we do not expect).
 pub(crate) fn connect<F: Fabric>(
     fabric: &F,
     cfg: &RouterConfig,
@@ -25,10 +30,10 @@ pub(crate) fn connect<F: Fabric>(
     me: usize,
     ring_bytes: usize,
     listener: &TcpListener,
-) -> Result<Vec<(usize, F::Endpoint)>, RouterError> {
+) -> Result<(Endpoints<F::Endpoint>, u64), RouterError> {
     let deadline = Instant::now() + cfg.connect_timeout;
     let n = map.nodes().len();
-    let (accepted, dialled) = std::thread::scope(|s| {
+    let ((accepted, refused), dialled) = std::thread::scope(|s| {
         let acceptor =
             s.spawn(|| accept_higher::<F>(fabric, cfg, map, me, ring_bytes, listener, deadline));
         let mut dialled = Vec::new();
@@ -43,7 +48,7 @@ pub(crate) fn connect<F: Fabric>(
     let mut all: Vec<_> = dialled.into_iter().chain(accepted).collect();
     all.sort_by_key(|(j, _)| *j);
     debug_assert_eq!(all.len(), n - 1);
-    Ok(all)
+    Ok((all, refused))
 }
 
 fn remaining(deadline: Instant) -> Duration {
@@ -101,9 +106,10 @@ fn accept_higher<F: Fabric>(
     ring_bytes: usize,
     listener: &TcpListener,
     deadline: Instant,
-) -> Result<Vec<(usize, F::Endpoint)>, RouterError> {
+) -> Result<(Endpoints<F::Endpoint>, u64), RouterError> {
     let mut want: Vec<usize> = (me + 1..map.nodes().len()).collect();
     let mut got = Vec::new();
+    let mut refused = 0u64;
     while !want.is_empty() {
         let left = remaining(deadline);
         if left.is_zero() {
@@ -127,6 +133,7 @@ fn accept_higher<F: Fabric>(
             // it must not stop the node from starting.
             Err(e) => {
                 tracing::warn!("refused a connection: {e}");
+                refused += 1;
                 continue;
             }
         };
@@ -136,10 +143,11 @@ fn accept_higher<F: Fabric>(
                 ctl.peer(),
                 ctl.peer_addr()
             );
+            refused += 1;
             continue;
         };
         want.retain(|&w| w != j);
         got.push((j, fabric.establish(ctl, window(j, me, ring_bytes))?));
     }
-    Ok(got)
+    Ok((got, refused))
 }

@@ -153,12 +153,32 @@ pub fn encode_batches(batches: &[RecordBatch]) -> Result<Vec<u8>> {
 }
 
 /// Decodes an Arrow IPC stream produced by [`encode_batches`].
+///
+/// The bytes may come from a peer: a malformed stream is an [`Error::Corrupt`], also
+/// when arrow's reader panics on it (it does on some, e.g. a buffer whose length in
+/// the metadata runs past the message body).
 pub fn decode_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    let r = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|e| Error::Corrupt(format!("bad IPC stream: {e}")))?;
-    r.map(|b| b.map_err(|e| Error::Corrupt(format!("bad IPC batch: {e}"))))
-        .collect()
+    std::panic::catch_unwind(|| {
+        let r = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| Error::Corrupt(format!("bad IPC stream: {e}")))?;
+        r.map(|b| b.map_err(|e| Error::Corrupt(format!("bad IPC batch: {e}"))))
+            .collect()
+    })
+    .unwrap_or_else(|p| {
+        Err(Error::Corrupt(format!(
+            "bad IPC stream: {}",
+            panic_text(&*p)
+        )))
+    })
+}
+
+/// The message of a caught panic.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("the decoder panicked")
 }
