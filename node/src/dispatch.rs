@@ -198,10 +198,26 @@ impl Dispatcher {
     /// # Errors
     /// Lost nodes, router failures, timeouts.
     pub fn call(&self, target: Target, req: Request) -> Result<Vec<(u32, Reply)>> {
-        match target {
-            Target::All => self.exchange(vec![(Addr::ALL_TSTORES, req)]),
-            Target::One(t) => self.exchange(vec![(Addr::tstore(t), req)]),
-        }
+        self.exchange(vec![(addr(target), req)], true)
+    }
+
+    /// Sends the requests of a statement already recorded in the primary's statement
+    /// log (see `crate::redo`) and gathers the replies. Unlike [`Dispatcher::call`] it
+    /// does not look at the thread's [`Interrupt`] before sending: a logged statement
+    /// is completed (now, or at the next start).
+    ///
+    /// # Errors
+    /// As [`Dispatcher::call`].
+    pub fn call_logged(&self, msgs: Vec<(Target, Request)>) -> Result<Vec<(u32, Reply)>> {
+        self.exchange(msgs.into_iter().map(|(t, r)| (addr(t), r)).collect(), false)
+    }
+
+    /// Ok when no node of the cluster is known to be lost.
+    ///
+    /// # Errors
+    /// [`Error::NodeLost`] naming a lost node.
+    pub fn check_all_alive(&self) -> Result<()> {
+        self.check_alive(&(0..self.total_tstores()).collect())
     }
 
     /// Sends a different request to each listed Tstore (one message each) under one
@@ -214,10 +230,17 @@ impl Dispatcher {
             reqs.into_iter()
                 .map(|(t, r)| (Addr::tstore(t), r))
                 .collect(),
+            true,
         )
     }
 
-    fn exchange(&self, msgs: Vec<(Addr, Request)>) -> Result<Vec<(u32, Reply)>> {
+    /// Sends and gathers; `interruptible`: the thread's [`Interrupt`] may stop the
+    /// exchange before anything is sent.
+    fn exchange(
+        &self,
+        msgs: Vec<(Addr, Request)>,
+        interruptible: bool,
+    ) -> Result<Vec<(u32, Reply)>> {
         let total = self.total_tstores();
         let mut expect = BTreeSet::new();
         for (a, _) in &msgs {
@@ -240,14 +263,14 @@ impl Dispatcher {
         self.check_alive(&expect)?;
         // Nothing is sent yet: any statement may stop here. Once sent, only reads
         // are abandoned (see the module documentation).
-        let interrupt = Interrupt::current();
+        let interrupt = Interrupt::current().filter(|_| interruptible);
         if let Some(i) = &interrupt {
             i.check()?;
         }
         let reads_only = msgs.iter().all(|(_, r)| {
             matches!(
                 r,
-                Request::Query { .. } | Request::Join { .. } | Request::Stats
+                Request::Query { .. } | Request::Join { .. } | Request::Stats | Request::LastStmt
             )
         });
         let interrupt = interrupt.filter(|_| reads_only);
@@ -398,6 +421,13 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+fn addr(t: Target) -> Addr {
+    match t {
+        Target::All => Addr::ALL_TSTORES,
+        Target::One(t) => Addr::tstore(t),
     }
 }
 

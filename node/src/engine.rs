@@ -12,7 +12,9 @@
 //!
 //! Statements are not transactional across Tstores: a failure on one Tstore (a lost
 //! node, a disk error, a runtime error such as division by zero in an UPDATE) can
-//! leave the others changed.
+//! leave the others changed. A crash cannot: with a data dir, a write that spans
+//! several Tstores is recorded in the primary's statement log before it is sent and
+//! completed at the next start ([`crate::redo`]).
 //!
 //! A statement can be canceled (the session's cancel flag, set by a client's
 //! CancelRequest) or time out (`SET statement_timeout`, PostgreSQL's semantics: per
@@ -36,6 +38,8 @@ use crate::copy::{self, CopyFormat};
 use crate::dispatch::{first_error, Dispatcher, Interrupt, Target};
 use crate::error::{store_sqlstate, Error, Result};
 use crate::proto::{Reply, Request};
+use crate::redo::{StmtLog, Work};
+use smrdb_tstore::StmtWrite;
 
 /// Name of the system table: one row per (Tstore, table).
 pub const SYSTEM_TABLE: &str = "smrdb_tstores";
@@ -248,6 +252,8 @@ pub struct Engine {
     disp: Arc<Dispatcher>,
     catalog: Mutex<Catalog>,
     write: Mutex<()>,
+    /// The statement log (persistent clusters).
+    log: Option<Mutex<StmtLog>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -282,6 +288,18 @@ fn undefined_table(name: &str) -> Error {
     Error::sql("42P01", format!("relation \"{name}\" does not exist"))
 }
 
+/// The largest `Ack` count (the Tstores' answers to [`Request::LastStmt`]).
+fn count_max(replies: &[(u32, Reply)]) -> u64 {
+    replies
+        .iter()
+        .map(|(_, r)| match r {
+            Reply::Ack { count } => *count,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 fn count(replies: &[(u32, Reply)]) -> u64 {
     replies
         .iter()
@@ -299,7 +317,87 @@ impl Engine {
             disp,
             catalog: Mutex::new(catalog),
             write: Mutex::new(()),
+            log: None,
         }
+    }
+
+    /// Logs every write that spans several Tstores in `log` first (see
+    /// [`crate::redo`]); call [`Engine::recover`] before serving.
+    pub fn with_stmt_log(mut self, log: StmtLog) -> Engine {
+        self.log = Some(Mutex::new(log));
+        self
+    }
+
+    /// Completes the statements the log holds unfinished (cut by a crash): each is
+    /// re-sent to every Tstore it names, in order, and the Tstores that already
+    /// applied it skip it. Then empties the log. Returns how many were re-sent.
+    ///
+    /// # Errors
+    /// Dispatch errors (a Tstore that does not answer): the node should not serve.
+    pub fn recover(&self) -> Result<usize> {
+        let Some(log) = &self.log else {
+            return Ok(0);
+        };
+        let _w = lock(&self.write);
+        let mut log = lock(log);
+        let r = self.disp.call(Target::All, Request::LastStmt)?;
+        first_error(&r)?;
+        log.advance_past(count_max(&r));
+        let unfinished = log.take_recovered();
+        let n = unfinished.len();
+        for (id, work) in unfinished {
+            let r = self.disp.call_logged(work.requests(id))?;
+            if let Err(e) = first_error(&r) {
+                // As the statement itself would have reported it.
+                tracing::warn!("statement log: statement {id} failed on a Tstore: {e}");
+            }
+        }
+        log.reset()?;
+        if n > 0 {
+            tracing::info!("statement log: completed {n} statement(s) cut by a crash");
+        }
+        Ok(n)
+    }
+
+    /// Sends a write to the Tstores: through the statement log when it spans several
+    /// Tstores of a persistent cluster, else as plain requests (one WAL record on one
+    /// Tstore is atomic by itself).
+    fn write_tstores(&self, work: Work) -> Result<Vec<(u32, Reply)>> {
+        let spans = match &work {
+            Work::All(_) => self.disp.total_tstores() > 1,
+            Work::Each(v) => v.len() > 1,
+        };
+        let Some(log) = self.log.as_ref().filter(|_| spans) else {
+            let plain = |w: StmtWrite| match w {
+                StmtWrite::Insert { table, rows } => Request::Insert { table, rows },
+                StmtWrite::Update {
+                    table,
+                    assignments,
+                    filter,
+                } => Request::Update {
+                    table,
+                    assignments,
+                    filter,
+                },
+                StmtWrite::Delete { table, filter } => Request::Delete { table, filter },
+            };
+            return match work {
+                Work::All(w) => self.disp.call(Target::All, plain(w)),
+                Work::Each(v) => self
+                    .disp
+                    .call_each(v.into_iter().map(|(t, w)| (t, plain(w))).collect()),
+            };
+        };
+        // Refuse now what could not be sent now (a cancel, a lost node): once logged,
+        // a statement is completed, at the latest by the next start.
+        Interrupt::check_current()?;
+        self.disp.check_all_alive()?;
+        let id = lock(log).begin(&work)?;
+        let res = self.disp.call_logged(work.requests(id));
+        if res.is_ok() {
+            lock(log).done(id);
+        }
+        res
     }
 
     /// The dispatcher.
@@ -455,23 +553,20 @@ impl Engine {
                 // changing anything); only if none fails do they apply them. Writes are
                 // serialised by `self.write`, so nothing changes in between.
                 self.dry_run_update(&table, &schema, &assignments, &filter)?;
-                let r = self.disp.call(
-                    Target::All,
-                    Request::Update {
-                        table,
-                        assignments,
-                        filter,
-                    },
-                )?;
+                let work = Work::All(StmtWrite::Update {
+                    table,
+                    assignments,
+                    filter,
+                });
+                let r = self.write_tstores(work)?;
                 first_error(&r)?;
                 Ok(Output::Command(CommandTag::rows("UPDATE", count(&r))))
             }
             Plan::Delete { table, filter } => {
                 let _w = lock(&self.write);
                 self.schema_of(&table)?;
-                let r = self
-                    .disp
-                    .call(Target::All, Request::Delete { table, filter })?;
+                let work = Work::All(StmtWrite::Delete { table, filter });
+                let r = self.write_tstores(work)?;
                 first_error(&r)?;
                 Ok(Output::Command(CommandTag::rows("DELETE", count(&r))))
             }
@@ -638,21 +733,23 @@ impl Engine {
         if n == 0 {
             return Ok(0);
         }
-        let reqs: Vec<(u32, Request)> = buckets
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(t, rows)| {
-                (
-                    t as u32,
-                    Request::Insert {
-                        table: table.to_string(),
-                        rows,
-                    },
-                )
-            })
-            .collect();
-        let res = self.disp.call_each(reqs);
+        let work = Work::Each(
+            buckets
+                .into_iter()
+                .enumerate()
+                .filter(|(_, b)| !b.is_empty())
+                .map(|(t, rows)| {
+                    (
+                        t as u32,
+                        StmtWrite::Insert {
+                            table: table.to_string(),
+                            rows,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        let res = self.write_tstores(work);
         // Whatever reached the Tstores, the cursor moves on (it only decides balance).
         {
             let mut c = lock(&self.catalog);

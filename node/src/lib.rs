@@ -11,6 +11,8 @@
 //! * [`dispatch`]: the primary controller: sends tasks, gathers exactly one reply per
 //!   Tstore, fails a task when a node is lost.
 //! * [`catalog`]: table schemas and round-robin cursors, persisted on the primary.
+//! * [`redo`]: the primary's statement log, which makes writes that span several
+//!   Tstores all or nothing across a crash.
 //! * [`engine`]: executes planned statements ([`smrdb_planner::Plan`]).
 //! * [`join`]: multi-set queries on the primary, EXPLAIN [ANALYZE], router counters.
 //! * [`copy`]: CSV / text parsing for `COPY`.
@@ -33,6 +35,7 @@ pub mod join;
 pub mod node;
 pub mod pg;
 pub mod proto;
+pub mod redo;
 pub mod sqltext;
 pub mod values;
 pub mod worker;

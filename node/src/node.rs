@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! D/node-K/catalog.json      the primary's catalog (see crate::catalog)
+//! D/node-K/stmt.log          the primary's statement log (see crate::redo)
 //! D/node-K/tstore-i/         local Tstore i's store: wal.log, MANIFEST.json, *.arrow
 //! ```
 
@@ -25,6 +26,7 @@ use crate::config::ClusterFile;
 use crate::dispatch::{run_secondary_controller, Dispatcher};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::redo::StmtLog;
 use crate::worker::Tstore;
 
 /// How a node is started.
@@ -98,6 +100,10 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
         })
     } else {
         None
+    };
+    let stmt_log = match (&node_dir, primary) {
+        (Some(d), true) => Some(StmtLog::open(d)?),
+        _ => None,
     };
     // The primary's users too (a bad password entry stops the start).
     let auth = if primary {
@@ -226,7 +232,11 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
                 .name("controller".into())
                 .spawn(move || disp.run_controller(controller_inbox, s))?
         };
-        let engine = Arc::new(Engine::new(disp, catalog));
+        let mut engine = Engine::new(disp, catalog);
+        if let Some(log) = stmt_log {
+            engine = engine.with_stmt_log(log);
+        }
+        let engine = Arc::new(engine);
         let auth = auth.unwrap_or_else(Authenticator::trust);
         let host = cf.primary.pg_host.trim();
         let host = host
@@ -244,6 +254,8 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
             .thread_name("pg")
             .build()?;
         let served: Result<()> = rt.block_on(async {
+            // Statements cut by the last crash are completed before any client is served.
+            engine.recover()?;
             let l = tokio::net::TcpListener::bind((host.as_str(), cf.primary.pg_port))
                 .await
                 .map_err(|e| Error::Config(format!("cannot listen for Postgres on {addr}: {e}")))?;

@@ -14,7 +14,11 @@
 //!          Insert{table, rows}                                 (point-to-point, one per Tstore)
 //!          Update{table, assignments, filter} | Delete{table, filter} | Query{fragment}
 //!          | Join{spec, post, timeout_ms} | Stats                (broadcast)
+//!          Stmt{id, write: Insert | Update | Delete}           (a write of the primary's
+//!                                                              statement log, either way)
+//!          LastStmt                                            (broadcast, at start-up)
 //! Reply:   Ack{count} | Error{sqlstate, message} | Result{Arrow IPC stream}
+//!          (Ack to LastStmt: count = the Tstore's last applied statement id)
 //!          | Join{Arrow IPC stream, stats}
 //!          | Stats{core, tables: [{name, rows, bytes}], router: [per-peer counters]}
 //! ```
@@ -42,7 +46,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use smrdb_router::{Delivery, PeerStats};
-use smrdb_tstore::{Expr, Fragment, JoinSpec, JoinStats, TableSchema, Value};
+use smrdb_tstore::{Expr, Fragment, JoinSpec, JoinStats, StmtWrite, TableSchema, Value};
 
 use crate::error::{Error, Result};
 
@@ -145,6 +149,17 @@ pub enum Request {
     },
     /// Report rows and bytes of every table.
     Stats,
+    /// This Tstore's share of the primary's logged statement `id`: applied unless the
+    /// Tstore already applied statement `id` or a later one (then `Ack { count: 0 }`).
+    /// See `crate::redo`.
+    Stmt {
+        /// Statement id (increasing).
+        id: u64,
+        /// The write (rows already coerced by the primary).
+        write: StmtWrite,
+    },
+    /// Report the last statement id applied ([`Request::Stmt`]) as `Ack { count }`.
+    LastStmt,
 }
 
 /// Row and byte counts of one table slice.
@@ -250,14 +265,7 @@ pub fn decode(bytes: &[u8], task: u64) -> Result<Envelope> {
                 }
             }
             Request::DropTable { name } => check_name("table", name)?,
-            Request::Insert { table, rows } => {
-                check_name("table", table)?;
-                if let Some(first) = rows.first() {
-                    if rows.iter().any(|r| r.len() != first.len()) {
-                        return Err(Error::Protocol("rows of different widths".into()));
-                    }
-                }
-            }
+            Request::Insert { table, rows } => check_insert(table, rows)?,
             Request::Update { table, .. } | Request::Delete { table, .. } => {
                 check_name("table", table)?
             }
@@ -281,7 +289,13 @@ pub fn decode(bytes: &[u8], task: u64) -> Result<Envelope> {
                     }
                 }
             }
-            Request::Stats => {}
+            Request::Stats | Request::LastStmt => {}
+            Request::Stmt { write, .. } => match write {
+                StmtWrite::Insert { table, rows } => check_insert(table, rows)?,
+                StmtWrite::Update { table, .. } | StmtWrite::Delete { table, .. } => {
+                    check_name("table", table)?
+                }
+            },
         },
         Body::Reply(r) => match r {
             Reply::Error { sqlstate, .. } => {
@@ -305,6 +319,16 @@ pub fn decode(bytes: &[u8], task: u64) -> Result<Envelope> {
         },
     }
     Ok(env)
+}
+
+fn check_insert(table: &str, rows: &[Vec<Value>]) -> Result<()> {
+    check_name("table", table)?;
+    if let Some(first) = rows.first() {
+        if rows.iter().any(|r| r.len() != first.len()) {
+            return Err(Error::Protocol("rows of different widths".into()));
+        }
+    }
+    Ok(())
 }
 
 /// The trailer of a join-table chunk.
@@ -485,6 +509,21 @@ mod tests {
                 rows: vec![vec![Value::Int(1)], vec![Value::Null]],
             }),
             Body::Request(Request::Stats),
+            Body::Request(Request::Stmt {
+                id: 7,
+                write: StmtWrite::Insert {
+                    table: "t".into(),
+                    rows: vec![vec![Value::Int(2)]],
+                },
+            }),
+            Body::Request(Request::Stmt {
+                id: 8,
+                write: StmtWrite::Delete {
+                    table: "t".into(),
+                    filter: None,
+                },
+            }),
+            Body::Request(Request::LastStmt),
             Body::Reply(Reply::Ack { count: 3 }),
             Body::Reply(Reply::Result { ipc: vec![1, 2, 3] }),
             Body::Reply(Reply::Error {
@@ -521,6 +560,18 @@ mod tests {
         )
         .unwrap();
         assert!(decode(&empty, 1).is_err());
+        let ragged = encode(
+            1,
+            Body::Request(Request::Stmt {
+                id: 1,
+                write: StmtWrite::Insert {
+                    table: "t".into(),
+                    rows: vec![vec![Value::Int(1)], vec![]],
+                },
+            }),
+        )
+        .unwrap();
+        assert!(decode(&ragged, 1).is_err());
         // Garbage never panics.
         let mut x: u64 = 1;
         for _ in 0..2000 {

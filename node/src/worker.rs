@@ -167,19 +167,29 @@ fn decode_in_place(chunk: &ChunkRef, len: usize) -> smrdb_tstore::Result<Vec<Rec
             Arc::new(HeldChunk(AssertUnwindSafe(chunk.clone()))),
         )
     };
-    let mut dec = StreamDecoder::new();
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        if let Some(b) = dec
-            .decode(&mut buf)
-            .map_err(|e| smrdb_tstore::Error::Corrupt(format!("bad join chunk: {e}")))?
-        {
-            out.push(b);
+    // arrow's decoder panics on some malformed streams: a peer's bytes must not take the
+    // Tstore thread down.
+    std::panic::catch_unwind(AssertUnwindSafe(move || {
+        let mut dec = StreamDecoder::new();
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            if let Some(b) = dec
+                .decode(&mut buf)
+                .map_err(|e| smrdb_tstore::Error::Corrupt(format!("bad join chunk: {e}")))?
+            {
+                out.push(b);
+            }
         }
-    }
-    dec.finish()
-        .map_err(|e| smrdb_tstore::Error::Corrupt(format!("truncated join chunk: {e}")))?;
-    Ok(out)
+        dec.finish()
+            .map_err(|e| smrdb_tstore::Error::Corrupt(format!("truncated join chunk: {e}")))?;
+        Ok(out)
+    }))
+    .unwrap_or_else(|p| {
+        Err(smrdb_tstore::Error::Corrupt(format!(
+            "bad join chunk: {}",
+            smrdb_tstore::fragment::panic_text(&*p)
+        )))
+    })
 }
 
 /// A `Write` into a fixed slice; fails when it is full.
@@ -376,6 +386,11 @@ impl Tstore {
                 filter,
             } => ack(st.update(&table, assignments, filter)),
             Request::Delete { table, filter } => ack(st.delete(&table, filter)),
+            // A write of the primary's statement log: skipped when already applied.
+            Request::Stmt { id, write } => ack(st.write_stmt(id, write).map(|n| n.unwrap_or(0))),
+            Request::LastStmt => Reply::Ack {
+                count: st.last_stmt(),
+            },
             Request::Query { fragment } => {
                 match st.execute(&fragment).and_then(|b| encode_batches(&b)) {
                     Ok(ipc) => Reply::Result { ipc },

@@ -31,7 +31,7 @@ pub use expr::{BinaryOp, Expr};
 pub use fragment::{decode_batches, encode_batches, Fragment};
 pub use join::{JoinExec, JoinInput, JoinSpec, JoinStats, JoinStep};
 pub use slice::{Slice, DEFAULT_CHUNK_ROWS};
-pub use store::Store;
+pub use store::{StmtWrite, Store};
 pub use types::{parse_type, ColumnDef, DataType, TableSchema, Value};
 
 /// Re-export of the Arrow `RecordBatch` type used in this crate's API.

@@ -8,10 +8,16 @@
 //!   bad CRC on the final record, or an all-zero tail) is ignored and truncated away;
 //!   any other damage is [`Error::Corrupt`].
 //! * `MANIFEST.json` + `t{generation}_{i}.arrow` (Arrow IPC files): the last
-//!   checkpoint. A checkpoint writes new table files and a new manifest (temp file,
+//!   checkpoint (with `last_stmt`, see below). A checkpoint writes new table files and a new manifest (temp file,
 //!   fsync, rename), then starts a fresh log with the new generation. A log whose
 //!   generation is older than the manifest's is already contained in the checkpoint
 //!   and is discarded.
+//!
+//! Writes made for a statement of the primary's statement log ([`Store::write_stmt`])
+//! are logged as one record `Stmt { id, op }`: the change and the statement id are
+//! durable together. [`Store::last_stmt`] is the highest such id applied (kept in the
+//! manifest by a checkpoint); a statement with an id at or below it is skipped, so the
+//! primary can re-send a statement after a crash without applying it twice.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -62,6 +68,41 @@ enum WalRecord {
         key: String,
         value: u64,
     },
+    /// `op` on behalf of the primary's statement `id` (last variant: older logs,
+    /// without it, decode unchanged).
+    Stmt {
+        id: u64,
+        op: Box<WalRecord>,
+    },
+}
+
+/// One Tstore's share of a write statement of the primary's statement log (see
+/// [`Store::write_stmt`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StmtWrite {
+    /// Insert rows (see [`Store::insert`]).
+    Insert {
+        /// Table name.
+        table: String,
+        /// Rows in table column order.
+        rows: Vec<Vec<Value>>,
+    },
+    /// Update rows (see [`Store::update`]).
+    Update {
+        /// Table name.
+        table: String,
+        /// (column index, new value expression).
+        assignments: Vec<(usize, Expr)>,
+        /// Rows where this is TRUE (all when absent).
+        filter: Option<Expr>,
+    },
+    /// Delete rows (see [`Store::delete`]).
+    Delete {
+        /// Table name.
+        table: String,
+        /// Rows where this is TRUE (all when absent).
+        filter: Option<Expr>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +116,9 @@ struct Manifest {
     version: u32,
     generation: u64,
     tables: Vec<ManifestTable>,
+    /// [`Store::last_stmt`] at the checkpoint (absent in older manifests).
+    #[serde(default)]
+    last_stmt: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,6 +144,7 @@ pub struct Store {
     tables: BTreeMap<String, Table>,
     chunk_rows: usize,
     persist: Option<Persist>,
+    last_stmt: u64,
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -185,6 +230,7 @@ impl Store {
             tables: BTreeMap::new(),
             chunk_rows: DEFAULT_CHUNK_ROWS,
             persist: None,
+            last_stmt: 0,
         }
     }
 
@@ -210,6 +256,7 @@ impl Store {
             tables: BTreeMap::new(),
             chunk_rows,
             persist: None,
+            last_stmt: 0,
         };
         let mut generation = 0;
         let manifest_path = dir.join(MANIFEST_FILE);
@@ -223,6 +270,7 @@ impl Store {
                 )));
             }
             generation = m.generation;
+            store.last_stmt = m.last_stmt;
             for t in m.tables {
                 let mut slice = Slice::with_chunk_rows(t.schema, chunk_rows)?;
                 let f = File::open(dir.join(&t.file))?;
@@ -312,6 +360,12 @@ impl Store {
         self.tables.get(name).map(|t| &t.slice)
     }
 
+    /// The id of the last statement of the primary's statement log applied here
+    /// ([`Store::write_stmt`]); 0 when none.
+    pub fn last_stmt(&self) -> u64 {
+        self.last_stmt
+    }
+
     /// A table's persisted counter `key` (e.g. the round-robin cursor).
     pub fn meta(&self, table: &str, key: &str) -> Option<u64> {
         self.tables.get(table)?.meta.get(key).copied()
@@ -369,10 +423,19 @@ impl Store {
                 t.meta.insert(key.clone(), *value);
                 (table.clone(), Some(t), 0)
             }
+            WalRecord::Stmt { op, .. } => {
+                if matches!(**op, WalRecord::Stmt { .. }) {
+                    return Err(Error::Corrupt("a nested statement record".into()));
+                }
+                self.prepare(op)?
+            }
         })
     }
 
-    fn install(&mut self, name: String, t: Option<Table>) {
+    fn install(&mut self, rec: &WalRecord, name: String, t: Option<Table>) {
+        if let WalRecord::Stmt { id, .. } = rec {
+            self.last_stmt = self.last_stmt.max(*id);
+        }
         match t {
             Some(t) => {
                 self.tables.insert(name, t);
@@ -386,7 +449,7 @@ impl Store {
     /// Applies without logging (replay).
     fn apply(&mut self, rec: WalRecord) -> Result<usize> {
         let (name, t, n) = self.prepare(&rec)?;
-        self.install(name, t);
+        self.install(&rec, name, t);
         Ok(n)
     }
 
@@ -419,7 +482,7 @@ impl Store {
             }
             p.wal_len += bytes.len() as u64;
         }
-        self.install(name, t);
+        self.install(&rec, name, t);
         Ok(n)
     }
 
@@ -484,6 +547,39 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Applies `write`, this Tstore's share of the primary's logged statement `id`,
+    /// unless a statement with that id or a later one was already applied here: the
+    /// change and `id` are logged in one record, so after a crash either both are
+    /// durable or neither. Returns the rows affected, or `None` when skipped (already
+    /// applied: the primary re-sends unfinished statements after a restart).
+    ///
+    /// # Errors
+    /// As [`Store::insert`], [`Store::update`], [`Store::delete`]; nothing changes
+    /// and `id` is not recorded.
+    pub fn write_stmt(&mut self, id: u64, write: StmtWrite) -> Result<Option<usize>> {
+        if id <= self.last_stmt {
+            return Ok(None);
+        }
+        let op = match write {
+            StmtWrite::Insert { table, rows } => WalRecord::Insert { table, rows },
+            StmtWrite::Update {
+                table,
+                assignments,
+                filter,
+            } => WalRecord::Update {
+                table,
+                assignments,
+                filter,
+            },
+            StmtWrite::Delete { table, filter } => WalRecord::Delete { table, filter },
+        };
+        self.write(WalRecord::Stmt {
+            id,
+            op: Box::new(op),
+        })
+        .map(Some)
+    }
+
     /// Runs a fragment on its table.
     pub fn execute(&self, f: &Fragment) -> Result<Vec<RecordBatch>> {
         self.get(&f.table)?.slice.execute(f)
@@ -525,6 +621,7 @@ impl Store {
             version: MANIFEST_VERSION,
             generation: gen,
             tables: entries,
+            last_stmt: self.last_stmt,
         };
         let bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;

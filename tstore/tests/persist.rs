@@ -262,3 +262,56 @@ fn volatile_store_works_without_disk() {
     assert_eq!(s.meta("a", "rr"), Some(42));
     assert_eq!(s.meta("a", "other"), None);
 }
+
+#[test]
+fn statement_writes_apply_once_and_their_ids_survive_reopen_and_checkpoint() {
+    let dir = temp_dir("stmt");
+    {
+        let mut s = Store::open_with_chunk_rows(&dir, 7).unwrap();
+        assert_eq!(s.last_stmt(), 0);
+        s.create_table("a", schema()).unwrap();
+        let ins = |ids: std::ops::Range<i64>| StmtWrite::Insert {
+            table: "a".into(),
+            rows: ids.map(row).collect(),
+        };
+        assert_eq!(s.write_stmt(3, ins(0..4)).unwrap(), Some(4));
+        // Re-sent after a crash: skipped, also for an older id.
+        assert_eq!(s.write_stmt(3, ins(0..4)).unwrap(), None);
+        assert_eq!(s.write_stmt(2, ins(10..12)).unwrap(), None);
+        assert_eq!(s.last_stmt(), 3);
+        // A failed statement write changes nothing and records no id.
+        let bad = StmtWrite::Update {
+            table: "a".into(),
+            assignments: vec![(0, Expr::lit(1i64).binary(BinaryOp::Div, Expr::lit(0i64)))],
+            filter: None,
+        };
+        assert!(s.write_stmt(5, bad).is_err());
+        assert_eq!(s.last_stmt(), 3);
+        let upd = StmtWrite::Update {
+            table: "a".into(),
+            assignments: vec![(1, Expr::lit("u"))],
+            filter: Some(Expr::col(0).lt(Expr::lit(2i64))),
+        };
+        assert_eq!(s.write_stmt(5, upd).unwrap(), Some(2));
+        // Plain writes do not move the statement id.
+        s.insert("a", vec![row(50)]).unwrap();
+        assert_eq!(s.last_stmt(), 5);
+    }
+    {
+        let mut s = Store::open(&dir).unwrap();
+        assert_eq!(s.last_stmt(), 5, "replayed from the log");
+        assert_eq!(s.table("a").unwrap().row_count(), 5);
+        s.checkpoint().unwrap();
+        let del = StmtWrite::Delete {
+            table: "a".into(),
+            filter: Some(Expr::col(0).eq(Expr::lit(50i64))),
+        };
+        assert_eq!(s.write_stmt(6, del.clone()).unwrap(), Some(1));
+        s.checkpoint().unwrap();
+        assert_eq!(s.write_stmt(6, del).unwrap(), None);
+    }
+    let s = Store::open(&dir).unwrap();
+    assert_eq!(s.last_stmt(), 6, "kept by the checkpoint's manifest");
+    assert_eq!(s.table("a").unwrap().row_count(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
