@@ -192,10 +192,7 @@ impl Ctx<'_> {
 
     /// Starts a local cluster with its logs in `logs/<label>`.
     fn cluster(&self, spec: &ClusterSpec) -> Result<Cluster> {
-        let logs = self
-            .dir
-            .logs_dir()?
-            .join(spec.label().replace(' ', "-"));
+        let logs = self.dir.logs_dir()?.join(spec.label().replace(' ', "-"));
         self.progress
             .set_message(&format!("{}: starting {}", self.dir.name(), spec.label()));
         Cluster::start_local_until(spec, &logs, &progress::stop_requested)
@@ -304,7 +301,11 @@ fn transport(cx: &Ctx) -> Result<Section> {
     let verbs = o.fabric == "verbs";
     let (sizes, mib_per_size, lat_iters) = if o.quick {
         let m = if verbs { 4 } else { 32 };
-        (vec![4096, 65536, 1 << 20], m, if verbs { 1000 } else { 5000 })
+        (
+            vec![4096, 65536, 1 << 20],
+            m,
+            if verbs { 1000 } else { 5000 },
+        )
     } else {
         (
             vec![4096, 16384, 65536, 262_144, 1 << 20, 4 << 20],
@@ -372,7 +373,8 @@ fn transport(cx: &Ctx) -> Result<Section> {
 }
 
 fn which(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 // ---------------------------------------------------------------------------------
@@ -429,7 +431,12 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
     // Tstores per node at `nodes` nodes, then more nodes at the most Tstores.
     let t_max = steps.last().copied().unwrap_or(1);
     let mut shapes: Vec<(u32, u32)> = steps.iter().map(|&t| (nodes, t)).collect();
-    shapes.extend(o.node_steps().into_iter().filter(|&n| n > nodes).map(|n| (n, t_max)));
+    shapes.extend(
+        o.node_steps()
+            .into_iter()
+            .filter(|&n| n > nodes)
+            .map(|n| (n, t_max)),
+    );
     for &(n, t) in &shapes {
         for mode in [Mode::Smr, Mode::Naive] {
             if cx.stop() {
@@ -576,7 +583,11 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
     };
     let query_series = |mode: Mode, f: &dyn Fn(&QueryTiming) -> Option<f64>| {
         Series::new(
-            format!("join query ({}) {}", w.queries.first().map_or("", |q| q.name.as_str()), mode_name(mode)),
+            format!(
+                "join query ({}) {}",
+                w.queries.first().map_or("", |q| q.name.as_str()),
+                mode_name(mode)
+            ),
             res.query
                 .iter()
                 .filter(|r| r.mode == mode_name(mode))
@@ -588,7 +599,10 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
     plot::line_chart(
         &bytes_svg,
         &Axes::new(
-            format!("SMR vs naive: bytes on the wire ({nodes} nodes, {})", o.fabric),
+            format!(
+                "SMR vs naive: bytes on the wire ({nodes} nodes, {})",
+                o.fabric
+            ),
             "Tstores per node",
             "MiB written",
         ),
@@ -628,7 +642,10 @@ fn broadcast(cx: &Ctx) -> Result<Section> {
     plot::line_chart(
         &nodes_svg,
         &Axes::new(
-            format!("SMR vs naive vs nodes ({t_max} Tstores per node, {})", o.fabric),
+            format!(
+                "SMR vs naive vs nodes ({t_max} Tstores per node, {})",
+                o.fabric
+            ),
             "nodes",
             "MiB written",
         ),
@@ -691,7 +708,8 @@ fn scaling(cx: &Ctx) -> Result<Section> {
             load_s,
             queries,
         });
-        cx.progress.step(&format!("scaling {nodes}x{tstores} {p_rows} purchases"));
+        cx.progress
+            .step(&format!("scaling {nodes}x{tstores} {p_rows} purchases"));
         Ok(())
     };
     for &(n, t) in &shapes {
@@ -803,8 +821,8 @@ fn scaling(cx: &Ctx) -> Result<Section> {
 
 /// The pivot EXPLAIN reports and the other tables' aliases.
 fn explain_pivot(c: &mut postgres::Client, sql: &str) -> Result<(String, Vec<String>)> {
-    let lines = measure::pg_rows(c, &format!("EXPLAIN {sql}"))
-        .map_err(|e| anyhow!("EXPLAIN: {e}"))?;
+    let lines =
+        measure::pg_rows(c, &format!("EXPLAIN {sql}")).map_err(|e| anyhow!("EXPLAIN: {e}"))?;
     let mut pivot = None;
     let mut others = Vec::new();
     // "Pivot purchases p: stays in place ..." / "Join table 1: customers c: ..."
@@ -911,7 +929,11 @@ fn pivot(cx: &Ctx) -> Result<Section> {
                 format!(
                     "{}{}",
                     r.pivot,
-                    if r.chosen_by_planner { " (planner)" } else { "" }
+                    if r.chosen_by_planner {
+                        " (planner)"
+                    } else {
+                        ""
+                    }
                 ),
                 bytes(r.timing.wire_bytes),
                 secs(r.timing.median_s),
@@ -975,7 +997,11 @@ fn pivot(cx: &Ctx) -> Result<Section> {
                 .collect(),
         )],
     )?;
-    let mut s = Section::new(&cx.dir, "pivot: the planner's choice vs the alternatives", md);
+    let mut s = Section::new(
+        &cx.dir,
+        "pivot: the planner's choice vs the alternatives",
+        md,
+    );
     s.plots = vec![time_svg, bytes_svg];
     s.status = cx.status();
     Ok(s)
@@ -1103,9 +1129,16 @@ fn overlap(cx: &Ctx) -> Result<Section> {
     let svg = cx.dir.svg_path("time");
     plot::bar_chart(
         &svg,
-        &Axes::new("compare while receiving: on vs off", "query", "median seconds"),
+        &Axes::new(
+            "compare while receiving: on vs off",
+            "query",
+            "median seconds",
+        ),
         &cats,
-        &[Series::new("overlap on", on_pts), Series::new("overlap off", off_pts)],
+        &[
+            Series::new("overlap on", on_pts),
+            Series::new("overlap off", off_pts),
+        ],
     )?;
     let mut s = Section::new(&cx.dir, "overlap: compare while receiving, on vs off", md);
     s.plots = vec![svg];
@@ -1133,7 +1166,8 @@ fn tpch(cx: &Ctx) -> Result<Section> {
     let spec = o.base_spec(Mode::Smr);
     let cluster = cx.fixed_cluster(&spec)?;
     let mut c = cluster.client()?;
-    cx.progress.set_message(&format!("tpch: loading SF {sf} into smrdb"));
+    cx.progress
+        .set_message(&format!("tpch: loading SF {sf} into smrdb"));
     let load_s = workload::load_smrdb(&mut c, &w)?;
     cx.progress.set_message("tpch: smrdb queries");
     let queries = query_bench::run_smrdb_queries(&mut c, &w, o.repeats);
@@ -1207,7 +1241,15 @@ fn tpch(cx: &Ctx) -> Result<Section> {
         load(&res.smrdb),
         load(&res.duckdb),
         report::markdown_table(
-            &["query", "what", "smrdb s", "DuckDB s", "smrdb/DuckDB", "rows", "answers"],
+            &[
+                "query",
+                "what",
+                "smrdb s",
+                "DuckDB s",
+                "smrdb/DuckDB",
+                "rows",
+                "answers"
+            ],
             &rows
         ),
         w.queries
@@ -1219,7 +1261,11 @@ fn tpch(cx: &Ctx) -> Result<Section> {
     let svg = cx.dir.svg_path("time");
     plot::bar_chart(
         &svg,
-        &Axes::new(format!("TPC-H SF {sf}: smrdb vs DuckDB"), "query", "median seconds"),
+        &Axes::new(
+            format!("TPC-H SF {sf}: smrdb vs DuckDB"),
+            "query",
+            "median seconds",
+        ),
         &cats,
         &[Series::new("smrdb", s_pts), Series::new("DuckDB", d_pts)],
     )?;
@@ -1349,9 +1395,21 @@ pub fn run(o: &PaperOptions) -> Result<PathBuf> {
         };
         sections.push(section);
         // The report is rewritten after every experiment, so a crash keeps the rest.
-        report::write_report(&root, "smrdb: paper experiments", &env, &sections, &o.command)?;
+        report::write_report(
+            &root,
+            "smrdb: paper experiments",
+            &env,
+            &sections,
+            &o.command,
+        )?;
     }
-    let path = report::write_report(&root, "smrdb: paper experiments", &env, &sections, &o.command)?;
+    let path = report::write_report(
+        &root,
+        "smrdb: paper experiments",
+        &env,
+        &sections,
+        &o.command,
+    )?;
     bar.finish(&format!("report: {}", path.display()));
     if !failed.is_empty() {
         bail!(

@@ -32,7 +32,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::load_bench::{connect, smrdb_binary, Cluster};
-use crate::workload::{self, pg_error, Workload};
+use crate::measure::pg_rows;
+use crate::workload::{self, Workload};
 
 /// The DuckDB driver script, written beside the workload's CSVs at run time.
 const DUCKDB_SCRIPT: &str = include_str!("../py/duckdb_bench.py");
@@ -494,20 +495,6 @@ pub fn run_duckdb(
 
 // ---------------------------------------------------------------------------------
 // smrdb
-
-fn pg_rows(c: &mut postgres::Client, sql: &str) -> std::result::Result<Vec<Vec<String>>, String> {
-    let mut out = Vec::new();
-    for m in c.simple_query(sql).map_err(|e| pg_error(&e))? {
-        if let postgres::SimpleQueryMessage::Row(r) = m {
-            out.push(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect(),
-            );
-        }
-    }
-    Ok(out)
-}
 
 fn smrdb_version() -> String {
     let git = |args: &[&str]| {

@@ -46,6 +46,8 @@ use tpchgen::generators::{
     SupplierGenerator,
 };
 
+use crate::measure::pg_error;
+
 /// One table of a workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct Table {
@@ -1061,24 +1063,6 @@ pub fn tpch(sf: f64, dir: &Path) -> Result<Workload> {
 
 // ---------------------------------------------------------------------------------
 // Loading into smrdb
-
-/// A Postgres error with the server's message (severity, SQLSTATE, message, detail,
-/// hint).
-pub(crate) fn pg_error(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => {
-            let mut s = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
-            if let Some(x) = d.detail() {
-                s += &format!(" (detail: {x})");
-            }
-            if let Some(x) = d.hint() {
-                s += &format!(" (hint: {x})");
-            }
-            s
-        }
-        None => format!("{e}"),
-    }
-}
 
 /// Loads `w` into the smrdb behind `c`: drops the workload's tables (in reverse order)
 /// when they exist, creates them, and `COPY`s every CSV (`WITH (FORMAT csv)`, a file

@@ -128,7 +128,10 @@ impl PaperArgs {
             "running" => Launch::Running,
             o => anyhow::bail!("--launch {o:?}: print, ssh or running"),
         };
-        let data_dir = self.data_dir.clone().unwrap_or_else(paper::default_data_dir);
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(paper::default_data_dir);
         Ok(paper::PaperOptions {
             fabric: self.fabric.clone(),
             device: self.device.clone(),
