@@ -18,8 +18,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use smrdb_node::config::ClusterFile;
 use smrdb_node::node::{self, Exit, NodeOptions};
-use smrdb_transport::FabricKind;
 use smrdb_router::Mode;
+use smrdb_transport::FabricKind;
 
 #[derive(Parser)]
 #[command(
