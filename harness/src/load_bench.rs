@@ -8,13 +8,14 @@
 //! cluster.
 
 use std::io::{BufWriter, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::Serialize;
+
+use crate::cluster::{Cluster, ClusterSpec};
+use crate::measure::pg_rows;
 
 /// Options of a load run.
 #[derive(Debug, Clone)]
@@ -87,67 +88,6 @@ fn write_csv(path: &Path, rows: u64) -> Result<()> {
     Ok(())
 }
 
-/// A running `smrdb cluster`, stopped (SIGINT, then SIGKILL) when dropped.
-pub(crate) struct Cluster(pub(crate) Child);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SAFETY: kill with a valid pid and signal has no memory-safety preconditions.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The `smrdb` binary next to this one.
-pub(crate) fn smrdb_binary() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let bin = me.with_file_name("smrdb");
-    if !bin.is_file() {
-        bail!(
-            "{} is missing: build it with `cargo build --release -p smrdb-node`",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// Connects to the cluster's front end, retrying for `within`.
-pub(crate) fn connect(port: u16, within: Duration) -> Result<postgres::Client> {
-    let t = Instant::now();
-    loop {
-        match postgres::Client::connect(
-            &format!("host=127.0.0.1 port={port} user=smrdb dbname=smrdb"),
-            postgres::NoTls,
-        ) {
-            Ok(c) => return Ok(c),
-            Err(e) if t.elapsed() > within => bail!("cluster did not accept connections: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
-fn text_rows(c: &mut postgres::Client, sql: &str) -> Result<Vec<Vec<String>>> {
-    let mut out = Vec::new();
-    for m in c.simple_query(sql).with_context(|| sql.to_string())? {
-        if let postgres::SimpleQueryMessage::Row(r) = m {
-            out.push(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect(),
-            );
-        }
-    }
-    Ok(out)
-}
-
 /// Runs the load experiment.
 ///
 /// # Errors
@@ -157,23 +97,10 @@ pub fn run(o: &Options) -> Result<Report> {
     std::fs::create_dir_all(&tmp)?;
     let csv = tmp.join("people.csv");
     write_csv(&csv, o.rows)?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut cmd = Command::new(smrdb_binary()?);
-    cmd.args([
-        "cluster",
-        "--nodes",
-        &o.nodes.to_string(),
-        "--tstores",
-        &o.tstores.to_string(),
-    ])
-    .args(["--fabric", &o.fabric, "--port", &port.to_string()])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null());
-    if let Some(d) = &o.data_dir {
-        cmd.arg("--data-dir").arg(d);
-    }
-    let _cluster = Cluster(cmd.spawn().context("start smrdb cluster")?);
-    let mut c = connect(port, Duration::from_secs(60))?;
+    let mut spec = ClusterSpec::new(&o.fabric, o.nodes, o.tstores);
+    spec.data_dir = o.data_dir.clone();
+    let cluster = Cluster::start_local(&spec, &tmp.join("logs"))?;
+    let mut c = cluster.client()?;
     c.batch_execute(
         "DROP TABLE IF EXISTS people; \
          CREATE TABLE people (id BIGINT, name TEXT, age INT, score DOUBLE PRECISION, day DATE)",
@@ -185,10 +112,11 @@ pub fn run(o: &Options) -> Result<Report> {
     )?;
     let copy_s = t.elapsed().as_secs_f64();
     anyhow::ensure!(n == o.rows, "COPY loaded {n} rows, expected {}", o.rows);
-    let balance = text_rows(
+    let balance = pg_rows(
         &mut c,
         "SELECT tstore, rows FROM smrdb_tstores WHERE \"table\" = 'people' ORDER BY tstore",
-    )?;
+    )
+    .map_err(|e| anyhow::anyhow!("reading smrdb_tstores: {e}"))?;
     let rows_per_tstore = balance
         .iter()
         .map(|r| r[1].parse::<u64>().unwrap_or(0))
@@ -200,13 +128,15 @@ pub fn run(o: &Options) -> Result<Report> {
         "SELECT day, count(*) FROM people WHERE day BETWEEN DATE '2024-07-01' AND DATE '2024-07-05' GROUP BY day ORDER BY day",
     ] {
         let t = Instant::now();
-        let rows = text_rows(&mut c, sql)?;
+        let rows = pg_rows(&mut c, sql).map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
         queries.push(QueryResult {
             sql: sql.into(),
             rows,
             seconds: t.elapsed().as_secs_f64(),
         });
     }
+    drop(c);
+    cluster.stop()?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(Report {
         fabric: o.fabric.clone(),

@@ -23,15 +23,14 @@
 //! stopped before this returns), never at the same time.
 
 use std::cmp::Ordering;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::load_bench::{connect, smrdb_binary, Cluster};
+use crate::cluster::{Cluster, ClusterSpec};
 use crate::measure::pg_rows;
 use crate::workload::{self, Workload};
 
@@ -565,28 +564,11 @@ pub fn run_smrdb_queries(c: &mut postgres::Client, w: &Workload, repeats: usize)
 }
 
 fn run_smrdb(o: &Options, w: &Workload) -> Result<EngineRun> {
-    let bin = smrdb_binary()?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut cmd = Command::new(&bin);
-    cmd.args([
-        "cluster",
-        "--nodes",
-        &o.nodes.to_string(),
-        "--tstores",
-        &o.tstores.to_string(),
-    ])
-    .args(["--fabric", &o.fabric, "--port", &port.to_string()])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null());
-    eprintln!(
-        "smrdb: starting {} cluster ({}x{} on {})",
-        bin.display(),
-        o.nodes,
-        o.tstores,
-        o.fabric
-    );
-    let _cluster = Cluster(cmd.spawn().context("start smrdb cluster")?);
-    let mut c = connect(port, Duration::from_secs(60))?;
+    let spec = ClusterSpec::new(&o.fabric, o.nodes, o.tstores);
+    eprintln!("smrdb: starting a {} cluster", spec.label());
+    let logs = o.work_dir.join("logs");
+    let cluster = Cluster::start_local(&spec, &logs)?;
+    let mut c = cluster.client()?;
     let load_s = workload::load_smrdb(&mut c, w)?;
     let runs = run_smrdb_queries(&mut c, w, o.repeats);
     let explain =
