@@ -171,6 +171,27 @@ impl Control {
         Self::handshake_server(stream, addr, cfg, me, fabric)
     }
 
+    /// Authenticates a connection already accepted (by a caller that polls its
+    /// listener itself) as node `me`, as [`Control::accept`] does.
+    ///
+    /// # Errors
+    /// As [`Control::accept`].
+    pub fn accept_stream(
+        stream: TcpStream,
+        cfg: &FabricConfig,
+        me: NodeId,
+        fabric: FabricKind,
+    ) -> Result<Control> {
+        stream
+            .set_nonblocking(false)
+            .map_err(Error::io("set peer stream blocking"))?;
+        let addr = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        Self::handshake_server(stream, addr, cfg, me, fabric)
+    }
+
     fn handshake_server(
         stream: TcpStream,
         addr: String,

@@ -34,6 +34,60 @@ pub struct FaultPlan {
     pub seed: u64,
 }
 
+impl std::str::FromStr for FaultPlan {
+    type Err = Error;
+
+    /// Parses `key=value` pairs separated by commas, as in the `SMRDB_FAULTS`
+    /// environment variable of `smrdb node`: `drop=0.1` ([`FaultPlan::drop_messages`]),
+    /// `delay_ms=500`, `fail_after=1000`, `peers=2+3`, `seed=7`. An empty string is the
+    /// empty plan.
+    fn from_str(s: &str) -> Result<FaultPlan> {
+        let bad = |what: String| Error::Config(format!("fault plan {s:?}: {what}"));
+        let mut p = FaultPlan::default();
+        for part in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
+            let num = |v: &str| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("{k}: {v:?} is not a whole number")))
+            };
+            match k.trim() {
+                "drop" => {
+                    let f: f64 = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad(format!("drop: {v:?} is not a number")))?;
+                    if !(0.0..=1.0).contains(&f) {
+                        return Err(bad(format!("drop must be within 0..=1, not {f}")));
+                    }
+                    p.drop_messages = f;
+                }
+                "delay_ms" => p.delay = Duration::from_millis(num(v)?),
+                "fail_after" => p.fail_after_ops = Some(num(v)?),
+                "seed" => p.seed = num(v)?,
+                "peers" => {
+                    p.peers = v
+                        .split('+')
+                        .map(|x| {
+                            x.trim()
+                                .parse::<NodeId>()
+                                .map_err(|_| bad(format!("peers: {x:?} is not a node id")))
+                        })
+                        .collect::<Result<_>>()?
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown key {other:?} (drop, delay_ms, fail_after, peers, seed)"
+                    )))
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
 /// A fabric with faults injected into its endpoints.
 pub struct Faulty<F: Fabric> {
     inner: F,
@@ -282,5 +336,27 @@ impl<E: Endpoint> Endpoint for FaultyEndpoint<E> {
         );
         self.inner.poll(out)?;
         Ok(out.len() - before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_parse_and_bad_ones_are_refused() {
+        let p: FaultPlan = "delay_ms=500, peers=2+3,drop=0.25,fail_after=9,seed=7"
+            .parse()
+            .unwrap();
+        assert_eq!(p.delay, Duration::from_millis(500));
+        assert_eq!(p.peers, vec![2, 3]);
+        assert_eq!(p.drop_messages, 0.25);
+        assert_eq!(p.fail_after_ops, Some(9));
+        assert_eq!(p.seed, 7);
+        assert_eq!("".parse::<FaultPlan>().unwrap(), FaultPlan::default());
+        for bad in ["delay_ms", "drop=2", "delay_ms=-1", "peers=a", "speed=3"] {
+            let e = bad.parse::<FaultPlan>().unwrap_err().to_string();
+            assert!(e.contains("fault plan"), "{bad}: {e}");
+        }
     }
 }

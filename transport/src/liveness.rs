@@ -1,5 +1,9 @@
 //! Watching a peer's control connection: when the peer process dies its kernel closes
-//! the socket, and a watcher thread blocked on it notices at once.
+//! the socket, and a watcher thread blocked on it notices at once. When the peer's
+//! whole machine (or the link) goes away nothing closes the socket, so the connection
+//! also carries TCP keepalive probes as heartbeats ([`HEARTBEAT`]): after
+//! [`HEARTBEAT_MISSES`] unanswered probes (or unacknowledged data for as long) the
+//! kernel fails the connection and the watcher notices that too.
 
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};
@@ -18,8 +22,56 @@ pub(crate) struct Liveness {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Interval of the heartbeats (TCP keepalive probes after this much silence, then
+/// every this long).
+pub(crate) const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Unanswered heartbeats after which the peer is lost.
+pub(crate) const HEARTBEAT_MISSES: u32 = 3;
+
+/// Turns on keepalive probes every [`HEARTBEAT`] and fails the connection after
+/// [`HEARTBEAT_MISSES`] unanswered ones (or data unacknowledged for as long).
+fn heartbeat(stream: &TcpStream) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let secs = HEARTBEAT.as_secs() as libc::c_int;
+    let user_timeout_ms =
+        (HEARTBEAT.as_millis() as libc::c_int).saturating_mul(HEARTBEAT_MISSES as libc::c_int + 1);
+    let opts: [(libc::c_int, libc::c_int, libc::c_int); 5] = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPCNT,
+            HEARTBEAT_MISSES as libc::c_int,
+        ),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout_ms),
+    ];
+    for (level, name, value) in opts {
+        // SAFETY: `fd` is an open socket owned by `stream` for the whole call; the
+        // option value is a live c_int whose size is passed with it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::Io {
+                op: "set the control connection's heartbeat (keepalive)",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Liveness {
     pub(crate) fn watch(stream: TcpStream, peer: NodeId) -> Result<Liveness> {
+        heartbeat(&stream)?;
         let mut reader = stream
             .try_clone()
             .map_err(Error::io("clone control stream"))?;
