@@ -327,6 +327,9 @@ fn node_with<F: Fabric>(o: &Options, id: u32) -> Result<()> {
                             Inbound::PeerLost { node, reason } => {
                                 bail!("node {node} lost: {reason}")
                             }
+                            Inbound::PeerJoined { node } => {
+                                bail!("node {node} was lost and came back during the run")
+                            }
                         }
                     }
                     let v = crcs.into_iter().map(|c| c.finalize()).collect();

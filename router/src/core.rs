@@ -2,7 +2,7 @@
 //! allows, validates and fans out what arrives, returns credits as consumers release.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,30 @@ use crate::{
     SendSpec, Shared, Ticket,
 };
 
+/// What the router thread shares about one remote peer with the readmission thread
+/// and with the chunks received from it.
+pub(crate) struct PeerSlot {
+    /// Index of the peer in the cluster map.
+    pub(crate) index: usize,
+    /// Set by the router thread when the peer is lost, cleared when it is readmitted.
+    pub(crate) dead: AtomicBool,
+    /// Chunks of this peer's ring that local consumers still hold.
+    pub(crate) held: AtomicUsize,
+    /// A readmission of this peer is under way (one at a time).
+    pub(crate) joining: AtomicBool,
+}
+
+impl PeerSlot {
+    pub(crate) fn new(index: usize) -> PeerSlot {
+        PeerSlot {
+            index,
+            dead: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            joining: AtomicBool::new(false),
+        }
+    }
+}
+
 /// Work for the router thread.
 pub(crate) enum Cmd {
     Send {
@@ -31,7 +55,13 @@ pub(crate) enum Cmd {
     },
     Release {
         peer: usize,
+        generation: u64,
         id: u64,
+    },
+    /// The peer at this position is gone (a new incarnation of it authenticated).
+    Kill {
+        peer: usize,
+        why: String,
     },
     Shutdown,
 }
@@ -72,6 +102,8 @@ struct Peer<E> {
     /// Offset of this peer's ring in our region.
     rx_base: usize,
     credit_due: Option<u64>,
+    /// Connection number: 0 at start, +1 at every readmission.
+    generation: u64,
 }
 
 pub(crate) struct Core<F: Fabric> {
@@ -81,17 +113,20 @@ pub(crate) struct Core<F: Fabric> {
     /// Cluster-map index -> position in `peers`.
     pos_of: Vec<Option<usize>>,
     cmd: Receiver<Cmd>,
+    /// Endpoints of readmitted peers, from the readmission thread: (position, endpoint).
+    joins: Receiver<(usize, F::Endpoint)>,
     next_wr: u64,
     evs: Vec<Event>,
-    _fabric: F,
+    _fabric: Arc<F>,
 }
 
 impl<F: Fabric> Core<F> {
     pub(crate) fn new(
         sh: Arc<Shared>,
-        fabric: F,
+        fabric: Arc<F>,
         endpoints: Vec<(usize, F::Endpoint)>,
         cmd: Receiver<Cmd>,
+        joins: Receiver<(usize, F::Endpoint)>,
         ring_bytes: usize,
     ) -> Core<F> {
         let mut pos_of = vec![None; sh.map.nodes().len()];
@@ -114,6 +149,7 @@ impl<F: Fabric> Core<F> {
                     rx_seq: 0,
                     rx_base: pos * ring_bytes,
                     credit_due: None,
+                    generation: 0,
                 }
             })
             .collect();
@@ -123,6 +159,7 @@ impl<F: Fabric> Core<F> {
             peers,
             pos_of,
             cmd,
+            joins,
             next_wr: 1,
             evs: Vec::with_capacity(64),
             _fabric: fabric,
@@ -150,6 +187,10 @@ impl<F: Fabric> Core<F> {
                     }
                     Err(TryRecvError::Empty) => break,
                 }
+            }
+            while let Ok((pos, ep)) = self.joins.try_recv() {
+                work = true;
+                self.readmit(pos, ep);
             }
             for pos in 0..self.peers.len() {
                 work |= self.poll(pos);
@@ -214,14 +255,20 @@ impl<F: Fabric> Core<F> {
                     });
                 }
             }
-            Cmd::Release { peer, id } => {
+            Cmd::Release {
+                peer,
+                generation,
+                id,
+            } => {
                 let p = &mut self.peers[peer];
-                if p.dead.is_none() {
+                // A chunk of a previous connection: its ring is gone.
+                if p.dead.is_none() && p.generation == generation {
                     if let Some(h) = p.rx.release(id) {
                         p.credit_due = Some(h);
                     }
                 }
             }
+            Cmd::Kill { peer, why } => self.kill(peer, why),
             Cmd::Shutdown => {}
         }
     }
@@ -411,12 +458,16 @@ impl<F: Fabric> Core<F> {
             .fetch_add(u64::from(h.len), Ordering::Relaxed);
         c.rx_ring_high_water
             .fetch_max(p.rx.high_water(), Ordering::Relaxed);
+        let slot = sh.slots[pos].clone();
+        slot.held.fetch_add(1, Ordering::AcqRel);
         let chunk = Arc::new(RxChunk {
             region: self.region.clone(),
             off: p.rx_base + off,
             len: h.len as usize,
             peer: pos,
+            generation: p.generation,
             id,
+            slot,
             release: sh.cmd.clone(),
         });
         let spec = SendSpec {
@@ -467,6 +518,7 @@ impl<F: Fabric> Core<F> {
         p.dead = Some(why.clone());
         p.ep = None;
         p.ops.clear();
+        p.credit_due = None;
         let err = RouterError::PeerLost {
             node: p.node,
             reason: why.clone(),
@@ -482,6 +534,44 @@ impl<F: Fabric> Core<F> {
                 node: p.node,
                 reason: why.clone(),
             });
+        }
+        // Last: the readmission thread may connect the peer again from here on.
+        self.sh.slots[pos].dead.store(true, Ordering::Release);
+    }
+
+    /// A lost peer is back (the readmission thread established `ep` once every chunk
+    /// of its previous connection was released): fresh rings and sequence numbers,
+    /// as at start; consumers learn it after everything of the previous connection.
+    fn readmit(&mut self, pos: usize, ep: F::Endpoint) {
+        let ring_bytes = self.sh.ring_bytes;
+        let p = &mut self.peers[pos];
+        if p.dead.is_none() {
+            // The readmission thread only establishes lost peers; refuse anything else.
+            tracing::warn!(peer = p.node, "refused a readmission of a live peer");
+            self.sh.slots[pos].joining.store(false, Ordering::Release);
+            return;
+        }
+        tracing::info!(
+            peer = p.node,
+            generation = p.generation + 1,
+            "peer readmitted"
+        );
+        p.tx = TxRing::with_align(ep.remote_len() as u64, RING_ALIGN);
+        p.ep = Some(ep);
+        p.dead = None;
+        p.tx_seq = 0;
+        p.rx = RxRing::with_align(ring_bytes as u64, RING_ALIGN);
+        p.rx_seq = 0;
+        p.credit_due = None;
+        p.generation += 1;
+        let node = p.node;
+        self.counters(pos)
+            .reconnects
+            .fetch_add(1, Ordering::Relaxed);
+        self.sh.slots[pos].dead.store(false, Ordering::Release);
+        self.sh.slots[pos].joining.store(false, Ordering::Release);
+        for tx in &self.sh.inboxes {
+            let _ = tx.send(Inbound::PeerJoined { node });
         }
     }
 

@@ -403,14 +403,19 @@ struct RxChunk {
     off: usize,
     len: usize,
     peer: usize,
+    /// Which connection of the peer wrote it (a readmitted peer gets a fresh ring).
+    generation: u64,
     id: u64,
+    slot: Arc<core::PeerSlot>,
     release: Sender<core::Cmd>,
 }
 
 impl Drop for RxChunk {
     fn drop(&mut self) {
+        self.slot.held.fetch_sub(1, Ordering::AcqRel);
         let _ = self.release.send(core::Cmd::Release {
             peer: self.peer,
+            generation: self.generation,
             id: self.id,
         });
     }
@@ -479,6 +484,13 @@ pub enum Inbound {
         node: NodeId,
         /// What was seen.
         reason: String,
+    },
+    /// A lost peer connected again (a restarted node: new handshake, fresh rings);
+    /// sends to it work again. Everything before this item came from its previous
+    /// connection.
+    PeerJoined {
+        /// The node.
+        node: NodeId,
     },
 }
 
@@ -617,6 +629,8 @@ pub struct PeerCounters {
     pub rx_ring_high_water: AtomicU64,
     /// Messages from the peer refused by validation.
     pub refused: AtomicU64,
+    /// Times the peer was readmitted after it was lost.
+    pub reconnects: AtomicU64,
 }
 
 /// Snapshot of one peer's counters.
@@ -642,6 +656,9 @@ pub struct PeerStats {
     pub rx_ring_high_water: u64,
     /// See [`PeerCounters::refused`].
     pub refused: u64,
+    /// See [`PeerCounters::reconnects`].
+    #[serde(default)]
+    pub reconnects: u64,
 }
 
 impl PeerStats {
@@ -655,6 +672,7 @@ impl PeerStats {
         self.tx_ring_high_water = self.tx_ring_high_water.max(o.tx_ring_high_water);
         self.rx_ring_high_water = self.rx_ring_high_water.max(o.rx_ring_high_water);
         self.refused += o.refused;
+        self.reconnects += o.reconnects;
     }
 }
 
@@ -667,8 +685,8 @@ pub struct RouterStats {
     pub peers: Vec<PeerStats>,
     /// Pointers handed to local consumers.
     pub local_deliveries: u64,
-    /// Incoming peer connections refused while the router started (wrong secret,
-    /// replayed or garbled handshake, a node it does not expect).
+    /// Incoming peer connections refused (wrong secret, replayed or garbled
+    /// handshake, a node it does not expect, a readmission that could not proceed).
     #[serde(default)]
     pub refused_connections: u64,
 }
@@ -690,7 +708,7 @@ impl RouterStats {
 struct Counters {
     peers: Vec<(NodeId, PeerCounters)>,
     local_deliveries: AtomicU64,
-    refused_connections: u64,
+    refused_connections: AtomicU64,
 }
 
 impl Counters {
@@ -712,10 +730,11 @@ impl Counters {
                     tx_ring_high_water: l(&c.tx_ring_high_water),
                     rx_ring_high_water: l(&c.rx_ring_high_water),
                     refused: l(&c.refused),
+                    reconnects: l(&c.reconnects),
                 })
                 .collect(),
             local_deliveries: l(&self.local_deliveries),
-            refused_connections: self.refused_connections,
+            refused_connections: l(&self.refused_connections),
         }
     }
 }
@@ -734,6 +753,9 @@ struct Shared {
     inboxes: Vec<Sender<Inbound>>,
     cmd: Sender<core::Cmd>,
     next_object: AtomicU64,
+    /// Per remote peer (in `peers` position order): what the readmission thread and
+    /// received chunks share with the router thread.
+    slots: Vec<Arc<core::PeerSlot>>,
 }
 
 impl Shared {
@@ -787,10 +809,13 @@ impl Shared {
     }
 }
 
-/// A running router; stops its thread when dropped.
+/// A running router; stops its threads when dropped.
 pub struct Router {
     handle: RouterHandle,
     thread: Option<JoinHandle<()>>,
+    /// The readmission thread (accepts and dials lost peers that come back).
+    rejoin: Option<JoinHandle<()>>,
+    rejoin_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The cloneable way to use a router.
@@ -804,6 +829,12 @@ impl Router {
     /// `listener` for the ones with higher ids, connecting to the ones with lower
     /// ids), and starts the router thread. Returns the router and the local inboxes:
     /// the controller's first, then one per local Tstore in id order.
+    ///
+    /// The router keeps `listener`: a peer that is lost and comes back (a restarted
+    /// node, same id) is readmitted with a new handshake and fresh rings, as at start
+    /// (it dials the peers before it in the cluster order, which accept it here; the
+    /// ones after it dial it again) once every chunk its previous connection wrote is
+    /// released. Consumers see [`Inbound::PeerLost`] then [`Inbound::PeerJoined`].
     ///
     /// # Errors
     /// Configuration errors, fabric errors, peers that do not connect in time.
@@ -823,11 +854,11 @@ impl Router {
         }
         let peers = map.nodes().len() - 1;
         let arena_base = peers * ring_bytes;
-        let fabric = F::open(&cfg.fabric, arena_base + cfg.arena_bytes)?;
+        let fabric = Arc::new(F::open(&cfg.fabric, arena_base + cfg.arena_bytes)?);
         let region = fabric.region().clone();
         let arena = Arena::new(region.clone(), arena_base, cfg.arena_bytes);
         let (endpoints, refused_connections) =
-            mesh::connect::<F>(&fabric, &cfg, &map, me_index, ring_bytes, &listener)?;
+            mesh::connect::<F>(&*fabric, &cfg, &map, me_index, ring_bytes, &listener)?;
 
         let counters = Arc::new(Counters {
             peers: map
@@ -838,8 +869,12 @@ impl Router {
                 .map(|(_, n)| (n.id, PeerCounters::default()))
                 .collect(),
             local_deliveries: AtomicU64::new(0),
-            refused_connections,
+            refused_connections: AtomicU64::new(refused_connections),
         });
+        let slots: Vec<Arc<core::PeerSlot>> = endpoints
+            .iter()
+            .map(|&(index, _)| Arc::new(core::PeerSlot::new(index)))
+            .collect();
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let mine = map.tstores_of(me_index);
         let mut inbox_tx = Vec::new();
@@ -863,8 +898,34 @@ impl Router {
             inboxes: inbox_tx,
             cmd: cmd_tx,
             next_object: AtomicU64::new(1),
+            slots,
         });
-        let core = core::Core::<F>::new(shared.clone(), fabric, endpoints, cmd_rx, ring_bytes);
+        let (join_tx, join_rx) = crossbeam_channel::unbounded();
+        let rejoin_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rejoin = {
+            let r = mesh::Rejoin {
+                fabric: fabric.clone(),
+                cfg: cfg.clone(),
+                shared: shared.clone(),
+                ring_bytes,
+                joins: join_tx,
+                stop: rejoin_stop.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("smrdb-rejoin-{}", cfg.me))
+                .spawn(move || r.run(listener))
+                .map_err(|e| {
+                    RouterError::Config(format!("cannot spawn the readmission thread: {e}"))
+                })?
+        };
+        let core = core::Core::<F>::new(
+            shared.clone(),
+            fabric,
+            endpoints,
+            cmd_rx,
+            join_rx,
+            ring_bytes,
+        );
         let pin = cfg.router_core;
         let thread = std::thread::Builder::new()
             .name(format!("smrdb-router-{}", cfg.me))
@@ -881,6 +942,8 @@ impl Router {
             Router {
                 handle: RouterHandle { shared },
                 thread: Some(thread),
+                rejoin: Some(rejoin),
+                rejoin_stop,
             },
             inboxes,
         ))
@@ -897,8 +960,12 @@ impl Router {
     }
 
     fn stop(&mut self) {
+        self.rejoin_stop.store(true, Ordering::Relaxed);
         let _ = self.handle.shared.cmd.send(core::Cmd::Shutdown);
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.rejoin.take() {
             let _ = t.join();
         }
     }

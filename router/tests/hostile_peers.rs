@@ -266,6 +266,7 @@ fn next_data(inbox: &Inbox, what: &str) -> Delivery {
     match inbox.recv(Duration::from_secs(30)) {
         Ok(Inbound::Data(d)) => d,
         Ok(Inbound::PeerLost { node, reason }) => panic!("{what}: node {node} lost: {reason}"),
+        Ok(Inbound::PeerJoined { node }) => panic!("{what}: node {node} readmitted"),
         Err(e) => panic!("{what}: {e}"),
     }
 }
@@ -1072,6 +1073,91 @@ fn verbs_available() -> bool {
     false
 }
 
+/// Strangers after start-up, at the listener the router keeps for readmitting lost
+/// peers: silent connections, the wrong secret, garbage, and a node with the right
+/// secret that is not in the cluster. Each is refused and counted, none holds up the
+/// others (handshakes run side by side, with the handshake timeout), and the peers'
+/// traffic flows throughout.
+fn strangers_after_startup<F: Fabric>() {
+    let ls: Vec<_> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let specs = specs(&ls);
+    let victim_addr = specs[0].addr.clone();
+    let mut ls = ls.into_iter();
+    let (l0, l1) = (ls.next().unwrap(), ls.next().unwrap());
+    let mut c0 = router_cfg::<F>(0, &specs, 64 * KIB);
+    let c1 = router_cfg::<F>(1, &specs, 64 * KIB);
+    c0.fabric.connect_timeout = Duration::from_secs(1);
+    let victim = std::thread::spawn(move || Router::start::<F>(c0, l0));
+    let (fr, fin) = Router::start::<F>(c1, l1).expect("node 1 starts");
+    let (vr, vin) = victim.join().unwrap().expect("the victim starts");
+    assert_eq!(vr.handle().stats().refused_connections, 0);
+
+    // Expect: three silent strangers, each refused after the 1 s handshake timeout.
+    let silent: Vec<_> = (0..3)
+        .map(|_| TcpStream::connect(&victim_addr).unwrap())
+        .collect();
+    // Expect: the wrong secret, refused at once (the silent ones do not hold it up).
+    let t = Instant::now();
+    let mut bad = fcfg(F::KIND);
+    bad.secret = b"guessed".to_vec();
+    let e = Control::connect(&victim_addr, &bad, 1, F::KIND).unwrap_err();
+    assert!(e.to_string().contains("secret"), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // Expect: garbage bytes, refused.
+    let mut g = TcpStream::connect(&victim_addr).unwrap();
+    g.write_all(&[7, 0, 0, 0, b'{', b'x', 0xff, 0, 1, 2, 3])
+        .unwrap();
+    g.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = g.read_to_end(&mut rest);
+    // Expect: node 7 with the right secret: authenticated, then refused (not a peer).
+    let ctl = Control::connect(&victim_addr, &fcfg(F::KIND), 7, F::KIND).expect("authenticates");
+    let mut st = ctl.into_stream();
+    st.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(st.read(&mut buf), Ok(0) | Err(_)),
+        "the victim hangs up"
+    );
+
+    // The peers talk meanwhile.
+    fr.handle()
+        .send_bytes(Addr::controller(1), Addr::tstore(0), 1, 1, b"still here")
+        .unwrap();
+    assert_eq!(
+        next_data(&vin[1], "node 1 -> victim").data.bytes(),
+        b"still here"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vr.handle().stats().refused_connections < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "refused {} of 6",
+            vr.handle().stats().refused_connections
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(silent);
+    std::thread::sleep(Duration::from_millis(100));
+    let st = vr.handle().stats();
+    assert_eq!(st.refused_connections, 6);
+    assert_eq!(st.peers[0].reconnects, 0, "a stranger was taken for node 1");
+    vr.handle()
+        .send_bytes(Addr::tstore(0), Addr::controller(1), 1, 1, b"and here")
+        .unwrap();
+    assert_eq!(
+        next_data(&fin[0], "victim -> node 1").data.bytes(),
+        b"and here"
+    );
+}
+
 macro_rules! suite {
     ($m:ident, $F:ty, $avail:expr, $flood:expr $(, #[$attr:meta])*) => {
         mod $m {
@@ -1109,6 +1195,13 @@ macro_rules! suite {
             fn strangers_at_startup_are_refused_and_counted() {
                 if $avail {
                     super::strangers_at_startup::<$F>()
+                }
+            }
+            #[test]
+            $(#[$attr])*
+            fn strangers_after_startup_are_refused_and_counted() {
+                if $avail {
+                    super::strangers_after_startup::<$F>()
                 }
             }
             #[test]

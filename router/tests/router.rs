@@ -59,6 +59,22 @@ fn fabric_cfg<F: Fabric>() -> FabricConfig {
 
 /// Starts `n` routers connected to each other.
 fn cluster<F: Fabric>(n: u32, o: &Opts) -> Vec<Node> {
+    cluster_with_specs::<F>(n, o).0
+}
+
+fn router_cfg<F: Fabric>(id: u32, specs: &[NodeSpec], o: &Opts) -> RouterConfig {
+    let mut cfg = RouterConfig::new(id, specs.to_vec(), fabric_cfg::<F>());
+    cfg.ring_bytes = o.ring;
+    cfg.arena_bytes = o.arena;
+    cfg.max_chunk = o.chunk;
+    cfg.mode = o.mode;
+    cfg.backpressure_timeout = o.backpressure;
+    cfg.connect_timeout = Duration::from_secs(30);
+    cfg
+}
+
+/// Starts `n` routers connected to each other; also returns their specs.
+fn cluster_with_specs<F: Fabric>(n: u32, o: &Opts) -> (Vec<Node>, Vec<NodeSpec>) {
     let listeners: Vec<_> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -76,20 +92,15 @@ fn cluster<F: Fabric>(n: u32, o: &Opts) -> Vec<Node> {
             .into_iter()
             .enumerate()
             .map(|(i, l)| {
-                let mut cfg = RouterConfig::new(i as u32, specs.clone(), fabric_cfg::<F>());
-                cfg.ring_bytes = o.ring;
-                cfg.arena_bytes = o.arena;
-                cfg.max_chunk = o.chunk;
-                cfg.mode = o.mode;
-                cfg.backpressure_timeout = o.backpressure;
-                cfg.connect_timeout = Duration::from_secs(30);
+                let cfg = router_cfg::<F>(i as u32, &specs, o);
                 s.spawn(move || {
                     let (router, inboxes) = Router::start::<F>(cfg, l).expect("router starts");
                     Node { router, inboxes }
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+        let nodes = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        (nodes, specs.clone())
     })
 }
 
@@ -106,6 +117,7 @@ fn next_data(inbox: &Inbox) -> Delivery {
     {
         Inbound::Data(d) => d,
         Inbound::PeerLost { node, reason } => panic!("unexpected loss of node {node}: {reason}"),
+        Inbound::PeerJoined { node } => panic!("unexpected readmission of node {node}"),
     }
 }
 
@@ -448,8 +460,151 @@ fn peer_dies_mid_broadcast<F: Fabric>() {
                 assert_eq!(d.data.bytes(), b"survivors");
                 break;
             }
-            Inbound::PeerLost { .. } => assert!(Instant::now() < deadline),
+            Inbound::PeerLost { .. } | Inbound::PeerJoined { .. } => {
+                assert!(Instant::now() < deadline)
+            }
         }
+    }
+}
+
+/// The next chunk of `inbox`, past loss and readmission notices.
+fn next_chunk(inbox: &Inbox) -> Delivery {
+    loop {
+        match inbox
+            .recv(Duration::from_secs(20))
+            .expect("a chunk within 20 s")
+        {
+            Inbound::Data(d) => return d,
+            _ => continue,
+        }
+    }
+}
+
+/// The next item of `inbox` that is not data.
+fn next_event(inbox: &Inbox) -> Inbound {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match inbox.recv(left).expect("a loss or readmission within 20 s") {
+            Inbound::Data(_) => continue,
+            ev => return ev,
+        }
+    }
+}
+
+/// A node that dies and starts again (same id and address, a new router) is
+/// readmitted: it dials node 0 (which accepts it only once its consumers released
+/// every chunk of the old connection) and node 2 dials it; consumers see the loss
+/// then the readmission, and data flows both ways again on fresh rings.
+fn lost_peer_is_readmitted<F: Fabric>() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let o = Opts {
+        tstores: 1,
+        ring: MIB,
+        arena: 4 * MIB,
+        chunk: 256 * 1024,
+        ..Opts::default()
+    };
+    let (mut nodes, specs) = cluster_with_specs::<F>(3, &o);
+    // Node 0's Tstore (1 on node 0 is Tstore 0) keeps a chunk (all of a one-chunk
+    // object) from node 1.
+    let old = object_bytes(1, 200_000);
+    nodes[1]
+        .handle()
+        .send_bytes(Addr::controller(1), Addr::tstore(0), 7, 1, &old)
+        .unwrap();
+    let held = next_data(&nodes[0].inboxes[1]);
+    assert_eq!(held.data.bytes(), &old[..]);
+
+    let victim = nodes.remove(1);
+    drop(victim); // node 1 dies: its endpoints close
+    for n in &nodes {
+        match next_event(&n.inboxes[0]) {
+            Inbound::PeerLost { node: 1, .. } => {}
+            ev => panic!("expected the loss of node 1, got {ev:?}"),
+        }
+    }
+    // Node 1 again, on the same address.
+    let listener = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpListener::bind(&specs[1].addr) {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot rebind {}: {e}",
+                        specs[1].addr
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    };
+    let cfg = router_cfg::<F>(1, &specs, &o);
+    let restarted = std::thread::spawn(move || Router::start::<F>(cfg, listener));
+    // Node 0 holds an old chunk: it must not readmit node 1 yet (its ring would be
+    // granted while old bytes are still read).
+    std::thread::sleep(Duration::from_millis(700));
+    let s0 = nodes[0].handle().stats();
+    assert_eq!(s0.peers[0].node, 1);
+    assert_eq!(
+        s0.peers[0].reconnects, 0,
+        "readmitted while a chunk was held"
+    );
+    assert_eq!(held.data.bytes(), &old[..]);
+    drop(held);
+    let (router, inboxes) = restarted.join().unwrap().expect("node 1 starts again");
+    nodes.insert(1, Node { router, inboxes });
+    for i in [0, 2] {
+        match next_event(&nodes[i].inboxes[0]) {
+            Inbound::PeerJoined { node: 1 } => {}
+            ev => panic!("node {i}: expected node 1's readmission, got {ev:?}"),
+        }
+        let st = nodes[i].handle().stats();
+        let p = st.peers.iter().find(|p| p.node == 1).unwrap();
+        assert_eq!(p.reconnects, 1, "node {i}");
+    }
+    // Everything works again: node 0 broadcasts, every Tstore gets it; node 1 sends
+    // to node 0's and node 2's Tstores.
+    let fresh = object_bytes(0, 700_000);
+    nodes[0]
+        .handle()
+        .send_bytes(Addr::controller(0), Addr::ALL_TSTORES, 8, 2, &fresh)
+        .unwrap();
+    for n in &nodes {
+        let mut got = Vec::new();
+        loop {
+            let d = next_chunk(&n.inboxes[1]);
+            assert_eq!(d.spec.tag, 8, "a stale chunk of the old connection arrived");
+            got.extend_from_slice(d.data.bytes());
+            if d.spec.last {
+                break;
+            }
+        }
+        assert_eq!(got, fresh);
+    }
+    let back = object_bytes(1, 500_000);
+    for t in [0, 2] {
+        nodes[1]
+            .handle()
+            .send_bytes(Addr::controller(1), Addr::tstore(t), 9, 3, &back)
+            .unwrap();
+        let mut got = Vec::new();
+        loop {
+            let d = next_chunk(&nodes[t as usize].inboxes[1]);
+            assert_eq!((d.from, d.spec.tag), (1, 9));
+            got.extend_from_slice(d.data.bytes());
+            if d.spec.last {
+                break;
+            }
+        }
+        assert_eq!(got, back);
     }
 }
 
@@ -662,6 +817,13 @@ macro_rules! suite {
             fn peer_dies_mid_broadcast() {
                 if $avail {
                     super::peer_dies_mid_broadcast::<$F>()
+                }
+            }
+            #[test]
+            $(#[$attr])*
+            fn lost_peer_is_readmitted() {
+                if $avail {
+                    super::lost_peer_is_readmitted::<$F>()
                 }
             }
             #[test]
