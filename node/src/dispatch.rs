@@ -5,7 +5,10 @@
 //! the controller thread ([`Dispatcher::run_controller`]) owns the controller inbox,
 //! reassembles replies and routes each to its task. A lost node fails every task
 //! waiting on one of its Tstores, and every later task that needs it, with an error
-//! naming the node.
+//! naming the node, until it is readmitted: when the router reports that the node
+//! connected again ([`Dispatcher::next_rejoined`]), the engine checks it and completes
+//! what its loss cut (`Engine::readmit`) and then clears the mark
+//! ([`Dispatcher::readmit`]).
 //!
 //! A statement can be interrupted (a client's CancelRequest, `statement_timeout`):
 //! the thread running it installs an [`Interrupt`] ([`Interrupt::install`]) and every
@@ -126,13 +129,36 @@ pub enum Target {
     One(u32),
 }
 
+/// A node known to be lost.
+#[derive(Debug, Clone)]
+struct Lost {
+    reason: String,
+    /// [`Dispatcher::losses`] when it was (last) marked.
+    epoch: u64,
+}
+
 /// The primary's task dispatcher.
 pub struct Dispatcher {
     router: RouterHandle,
     pending: Mutex<HashMap<u64, Sender<Event>>>,
-    lost: Mutex<BTreeMap<u32, String>>,
+    lost: Mutex<BTreeMap<u32, Lost>>,
+    /// Losses seen so far (orders a readmission against a later loss of the node).
+    losses: AtomicU64,
+    rejoined: (Sender<u32>, Receiver<u32>),
     next_task: AtomicU64,
     timeout: Duration,
+}
+
+/// The first task id of this run: microseconds since the epoch, shifted so that a
+/// restarted primary's ids are above those of its previous run (Tstores remember
+/// finished task ids and would take a reused one for a duplicate).
+fn first_task_id() -> u64 {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    // 2^52 µs is 142 years; 2^11 task ids per µs of downtime leave room for any run.
+    (us & ((1 << 52) - 1)) << 11 | 1
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,7 +172,9 @@ impl Dispatcher {
             router,
             pending: Mutex::new(HashMap::new()),
             lost: Mutex::new(BTreeMap::new()),
-            next_task: AtomicU64::new(1),
+            losses: AtomicU64::new(0),
+            rejoined: crossbeam_channel::unbounded(),
+            next_task: AtomicU64::new(first_task_id()),
             timeout,
         })
     }
@@ -174,17 +202,63 @@ impl Dispatcher {
 
     /// Nodes known to be lost, with the reason.
     pub fn lost_nodes(&self) -> BTreeMap<u32, String> {
-        lock(&self.lost).clone()
+        lock(&self.lost)
+            .iter()
+            .map(|(n, l)| (*n, l.reason.clone()))
+            .collect()
     }
 
-    fn check_alive(&self, tstores: &BTreeSet<u32>) -> Result<()> {
+    /// The Tstores of `node`.
+    pub fn tstores_of(&self, node: u32) -> Vec<u32> {
+        let m = self.router.map();
+        m.index_of(node)
+            .map(|i| m.tstores_of(i).collect())
+            .unwrap_or_default()
+    }
+
+    /// Losses seen so far; pass it to [`Dispatcher::readmit`].
+    pub fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Acquire)
+    }
+
+    /// The next node the router readmitted (it connected again after it was lost),
+    /// waiting up to `timeout`.
+    pub fn next_rejoined(&self, timeout: Duration) -> Option<u32> {
+        self.rejoined.1.recv_timeout(timeout).ok()
+    }
+
+    /// Marks `node` lost with `reason` (a readmission that found it unusable).
+    pub fn mark_lost(&self, node: u32, reason: String) {
+        let epoch = self.losses.fetch_add(1, Ordering::AcqRel) + 1;
+        lock(&self.lost).insert(node, Lost { reason, epoch });
+    }
+
+    /// Serves `node` again, unless it was lost again after `since` (a value of
+    /// [`Dispatcher::losses`] read before the readmission's checks). Returns whether
+    /// the mark was cleared.
+    pub fn readmit(&self, node: u32, since: u64) -> bool {
+        let mut lost = lock(&self.lost);
+        match lost.get(&node) {
+            Some(l) if l.epoch <= since => {
+                lost.remove(&node);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    fn check_alive(&self, tstores: &BTreeSet<u32>, admitting: Option<u32>) -> Result<()> {
         let lost = lock(&self.lost);
         for &t in tstores {
-            if let Some(n) = self.node_of(t) {
-                if let Some(reason) = lost.get(&n) {
+            if let Some(n) = self.node_of(t).filter(|&n| Some(n) != admitting) {
+                if let Some(l) = lost.get(&n) {
                     return Err(Error::NodeLost {
                         node: n,
-                        reason: format!("{reason} (restart the cluster to recover)"),
+                        reason: format!(
+                            "{} (restart it with its data directory: the cluster readmits it)",
+                            l.reason
+                        ),
                     });
                 }
             }
@@ -198,7 +272,7 @@ impl Dispatcher {
     /// # Errors
     /// Lost nodes, router failures, timeouts.
     pub fn call(&self, target: Target, req: Request) -> Result<Vec<(u32, Reply)>> {
-        self.exchange(vec![(addr(target), req)], true)
+        self.exchange(vec![(addr(target), req)], true, None)
     }
 
     /// Sends the requests of a statement already recorded in the primary's statement
@@ -209,7 +283,28 @@ impl Dispatcher {
     /// # Errors
     /// As [`Dispatcher::call`].
     pub fn call_logged(&self, msgs: Vec<(Target, Request)>) -> Result<Vec<(u32, Reply)>> {
-        self.exchange(msgs.into_iter().map(|(t, r)| (addr(t), r)).collect(), false)
+        self.exchange(
+            msgs.into_iter().map(|(t, r)| (addr(t), r)).collect(),
+            false,
+            None,
+        )
+    }
+
+    /// As [`Dispatcher::call_logged`], while `node` is being readmitted: its lost
+    /// mark does not stop these requests (every other lost node does).
+    ///
+    /// # Errors
+    /// As [`Dispatcher::call`].
+    pub fn call_admitting(
+        &self,
+        node: u32,
+        msgs: Vec<(Target, Request)>,
+    ) -> Result<Vec<(u32, Reply)>> {
+        self.exchange(
+            msgs.into_iter().map(|(t, r)| (addr(t), r)).collect(),
+            false,
+            Some(node),
+        )
     }
 
     /// Ok when no node of the cluster is known to be lost.
@@ -217,7 +312,7 @@ impl Dispatcher {
     /// # Errors
     /// [`Error::NodeLost`] naming a lost node.
     pub fn check_all_alive(&self) -> Result<()> {
-        self.check_alive(&(0..self.total_tstores()).collect())
+        self.check_alive(&(0..self.total_tstores()).collect(), None)
     }
 
     /// Sends a different request to each listed Tstore (one message each) under one
@@ -231,15 +326,17 @@ impl Dispatcher {
                 .map(|(t, r)| (Addr::tstore(t), r))
                 .collect(),
             true,
+            None,
         )
     }
 
     /// Sends and gathers; `interruptible`: the thread's [`Interrupt`] may stop the
-    /// exchange before anything is sent.
+    /// exchange before anything is sent; `admitting`: a lost node being readmitted.
     fn exchange(
         &self,
         msgs: Vec<(Addr, Request)>,
         interruptible: bool,
+        admitting: Option<u32>,
     ) -> Result<Vec<(u32, Reply)>> {
         let total = self.total_tstores();
         let mut expect = BTreeSet::new();
@@ -260,7 +357,7 @@ impl Dispatcher {
         if expect.is_empty() {
             return Ok(Vec::new());
         }
-        self.check_alive(&expect)?;
+        self.check_alive(&expect, admitting)?;
         // Nothing is sent yet: any statement may stop here. Once sent, only reads
         // are abandoned (see the module documentation).
         let interrupt = Interrupt::current().filter(|_| interruptible);
@@ -359,10 +456,15 @@ impl Dispatcher {
                 Ok(Inbound::PeerLost { node, reason }) => {
                     tracing::error!("node {node} is lost: {reason}");
                     asm.forget(node);
-                    lock(&self.lost).insert(node, reason.clone());
+                    self.mark_lost(node, reason.clone());
                     for tx in lock(&self.pending).values() {
                         let _ = tx.send(Event::Lost(node, reason.clone()));
                     }
+                    continue;
+                }
+                Ok(Inbound::PeerJoined { node }) => {
+                    tracing::info!("node {node} connected again; readmitting it");
+                    let _ = self.rejoined.0.send(node);
                     continue;
                 }
                 Err(RouterError::Timeout { .. }) => continue,
@@ -442,13 +544,12 @@ pub fn first_error(replies: &[(u32, Reply)]) -> Result<()> {
 }
 
 /// The secondary controller's loop: nothing is addressed to it in this protocol, so it
-/// logs what arrives. Returns `Some(reason)` when the primary is lost (the node
-/// cannot be reached any more and should exit), `None` when stopped.
-pub fn run_secondary_controller(
-    inbox: Inbox,
-    primary: u32,
-    stop: Arc<AtomicBool>,
-) -> Option<String> {
+/// logs what arrives. A lost primary is waited for: the router readmits it when it is
+/// restarted (with its data directory), and this node serves it again. Returns when
+/// `stop` is set or the router shuts down.
+pub fn run_secondary_controller(inbox: Inbox, primary: u32, stop: Arc<AtomicBool>) {
+    let mut primary_lost: Option<Instant> = None;
+    let mut reminded = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match inbox.recv(Duration::from_millis(200)) {
             Ok(Inbound::Data(d)) => {
@@ -461,14 +562,36 @@ pub fn run_secondary_controller(
                 );
             }
             Ok(Inbound::PeerLost { node, reason }) => {
-                tracing::warn!("node {node} is lost: {reason}");
                 if node == primary {
-                    return Some(reason);
+                    tracing::error!(
+                        "the primary (node {node}) is lost: {reason}; waiting for it to be \
+                         restarted (this node keeps its data and rejoins it)"
+                    );
+                    primary_lost = Some(Instant::now());
+                    reminded = Instant::now();
+                } else {
+                    tracing::warn!("node {node} is lost: {reason}");
+                }
+            }
+            Ok(Inbound::PeerJoined { node }) => {
+                if node == primary {
+                    let after = primary_lost.take().map(|t| t.elapsed()).unwrap_or_default();
+                    tracing::info!("the primary (node {node}) is back after {after:.1?}");
+                } else {
+                    tracing::info!("node {node} is back");
                 }
             }
             Err(RouterError::Timeout { .. }) => {}
-            Err(_) => return None,
+            Err(_) => return,
+        }
+        if let Some(since) = primary_lost {
+            if reminded.elapsed() >= Duration::from_secs(60) {
+                reminded = Instant::now();
+                tracing::warn!(
+                    "still waiting for the primary (node {primary}), lost {:.0?} ago",
+                    since.elapsed()
+                );
+            }
         }
     }
-    None
 }

@@ -60,6 +60,7 @@ pub fn router_schema() -> TableSchema {
             ("bytes_received", DataType::BigInt),
             ("stalls", DataType::BigInt),
             ("refused", DataType::BigInt),
+            ("reconnects", DataType::BigInt),
         ]
         .into_iter()
         .map(|(n, t)| ColumnDef::new(n, t, false))
@@ -357,6 +358,69 @@ impl Engine {
             tracing::info!("statement log: completed {n} statement(s) cut by a crash");
         }
         Ok(n)
+    }
+
+    /// Brings a node that was lost and connected again (see
+    /// [`Dispatcher::next_rejoined`]) back into service, under the write lock:
+    ///
+    /// 1. its Tstores must hold a slice of every table in the catalog (a node restarted
+    ///    without its data directory does not, and would answer with rows missing: it
+    ///    stays out, and the error says why);
+    /// 2. logged statements its loss cut (begun, not done: some Tstores applied them)
+    ///    are sent again to every Tstore, as at a restart of the primary (the Tstores
+    ///    that applied one skip it), so none stays half-applied;
+    /// 3. statements may use it again ([`Dispatcher::readmit`]).
+    ///
+    /// Returns `Ok(false)` when the node was lost again meanwhile.
+    ///
+    /// # Errors
+    /// A node without its data ([`Error::NodeLost`], and the node stays lost), Tstore
+    /// errors, a lost node.
+    pub fn readmit(&self, node: u32) -> Result<bool> {
+        let since = self.disp.losses();
+        let _w = lock(&self.write);
+        let tstores = self.disp.tstores_of(node);
+        let stats = self.disp.call_admitting(
+            node,
+            tstores
+                .iter()
+                .map(|&t| (Target::One(t), Request::Stats))
+                .collect(),
+        )?;
+        first_error(&stats)?;
+        let tables: Vec<String> = lock(&self.catalog)
+            .tables()
+            .map(|t| t.name.clone())
+            .collect();
+        for (t, r) in &stats {
+            let Reply::Stats { tables: have, .. } = r else {
+                return Err(Error::Protocol(format!(
+                    "tstore {t}: unexpected reply to Stats"
+                )));
+            };
+            if let Some(missing) = tables.iter().find(|n| !have.iter().any(|h| &h.name == *n)) {
+                let reason = format!(
+                    "it came back without its data: tstore {t} has no slice of table {missing}                      (a node restarted without its --data-dir cannot rejoin; restart it with                      its data directory, or restart the cluster)"
+                );
+                self.disp.mark_lost(node, reason.clone());
+                return Err(Error::NodeLost { node, reason });
+            }
+        }
+        if let Some(log) = &self.log {
+            let mut log = lock(log);
+            let cut = log.pending()?;
+            for (id, work) in cut {
+                let r = self.disp.call_admitting(node, work.requests(id))?;
+                if let Err(e) = first_error(&r) {
+                    tracing::warn!("statement log: statement {id} failed on a Tstore: {e}");
+                }
+                log.done(id);
+                tracing::info!(
+                    "statement log: completed statement {id}, cut by the loss of node {node}"
+                );
+            }
+        }
+        Ok(self.disp.readmit(node, since))
     }
 
     /// Sends a write to the Tstores: through the statement log when it spans several

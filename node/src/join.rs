@@ -138,6 +138,7 @@ impl Engine {
                         b(p.bytes_received),
                         b(p.stalls),
                         b(p.refused),
+                        b(p.reconnects),
                     ]
                 })
             })

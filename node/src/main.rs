@@ -89,6 +89,10 @@ struct ClusterArgs {
     /// there too.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Restart a node that dies (needs --data-dir: it comes back with its data and
+    /// the cluster readmits it).
+    #[arg(long, requires = "data_dir")]
+    restart: bool,
     /// verbs device.
     #[arg(long)]
     device: Option<String>,
@@ -177,7 +181,8 @@ fn run_node(cluster: &Path, id: u32, data_dir: Option<PathBuf>, stop_on_eof: boo
     )?;
     match exit {
         Exit::Stopped => Ok(()),
-        Exit::PrimaryLost(r) => bail!("node {id}: the primary is lost ({r}); exiting"),
+        #[allow(unreachable_patterns)]
+        other => bail!("node {id} ended: {other:?}"),
     }
 }
 
@@ -236,6 +241,7 @@ fn run_cluster(a: ClusterArgs) -> Result<()> {
         fabric,
         port,
         data_dir,
+        restart,
         device,
         router_mode,
         ring_mib,
@@ -279,8 +285,7 @@ fn run_cluster(a: ClusterArgs) -> Result<()> {
     restrict(&file);
 
     let exe = std::env::current_exe().context("cannot find the smrdb executable")?;
-    let mut children = Children(Vec::new());
-    for id in 0..nodes {
+    let spawn = |id: u32| -> Result<Child> {
         let mut cmd = Command::new(&exe);
         cmd.arg("node")
             .arg("--cluster")
@@ -294,7 +299,8 @@ fn run_cluster(a: ClusterArgs) -> Result<()> {
         }
         if let Some(d) = &log_dir {
             let path = d.join(format!("node-{id}.log"));
-            // Appended: a log directory reused by several runs keeps every run's log.
+            // Appended: a log directory reused by several runs (or a restarted node)
+            // keeps every run's log.
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -306,7 +312,11 @@ fn run_cluster(a: ClusterArgs) -> Result<()> {
             .spawn()
             .with_context(|| format!("cannot start node {id}"))?;
         say(&format!("node {id} pid {}", child.id()));
-        children.0.push((id, child));
+        Ok(child)
+    };
+    let mut children = Children(Vec::new());
+    for id in 0..nodes {
+        children.0.push((id, spawn(id)?));
     }
     // Ready when the primary accepts Postgres connections.
     let deadline = Instant::now() + Duration::from_secs(cf.connect_timeout_s + 30);
@@ -340,24 +350,60 @@ fn run_cluster(a: ClusterArgs) -> Result<()> {
     ));
     say(&format!("          or: smrdb sql --port {port}"));
     // A lost secondary is reported and the primary keeps serving (statements that
-    // need the lost node's Tstores fail, naming it); a lost primary ends the cluster.
+    // need the lost node's Tstores fail, naming it). With --restart a dead node is
+    // started again with its data directory and the cluster readmits it; without it,
+    // a lost primary ends the cluster.
     let mut failed = None;
     let mut reported = vec![false; children.0.len()];
+    let mut restarts = 0u64;
+    // Per node: when it was last started, and how many times in a row it died within
+    // BRIEF of its start (a node that cannot start is not restarted forever).
+    const BRIEF: Duration = Duration::from_secs(10);
+    let mut started = vec![Instant::now(); children.0.len()];
+    let mut quick_deaths = vec![0u32; children.0.len()];
     while !stop.load(Ordering::Relaxed) && failed.is_none() {
         std::thread::sleep(Duration::from_millis(100));
-        for (k, (id, c)) in children.0.iter_mut().enumerate() {
+        for k in 0..children.0.len() {
             if reported[k] {
                 continue;
             }
-            if let Some(st) = c.try_wait()? {
-                reported[k] = true;
-                if *id == cf.primary.node {
-                    failed = Some(format!("the primary (node {id}) exited ({st})"));
-                } else {
-                    eprintln!(
-                        "smrdb: node {id} exited ({st}); statements that need it fail until the cluster is restarted"
-                    );
-                }
+            let id = children.0[k].0;
+            let Some(st) = children.0[k].1.try_wait()? else {
+                continue;
+            };
+            if started[k].elapsed() < BRIEF {
+                quick_deaths[k] += 1;
+            } else {
+                quick_deaths[k] = 0;
+            }
+            if restart && quick_deaths[k] < 3 {
+                restarts += 1;
+                eprintln!("smrdb: node {id} exited ({st}); restarting it (restart {restarts})");
+                std::thread::sleep(Duration::from_millis(200));
+                children.0[k].1 = spawn(id)?;
+                started[k] = Instant::now();
+                continue;
+            }
+            if restart {
+                eprintln!("smrdb: node {id} died 3 times within {BRIEF:?} of its start; not restarting it again");
+            }
+            reported[k] = true;
+            if id == cf.primary.node {
+                failed = Some(format!("the primary (node {id}) exited ({st})"));
+            } else {
+                eprintln!(
+                    "smrdb: node {id} exited ({st}); statements that need it fail until it is \
+                     restarted{}",
+                    match &data_dir {
+                        Some(d) => format!(
+                            " (smrdb node --cluster {} --id {id} --data-dir {}: the cluster \
+                             readmits it)",
+                            file.display(),
+                            d.display()
+                        ),
+                        None => " with its data: this cluster is volatile, restart it".into(),
+                    }
+                );
             }
         }
     }

@@ -42,20 +42,38 @@ pub struct NodeOptions {
 
 /// How a node ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Exit {
-    /// Asked to stop.
+    /// Asked to stop (a secondary whose primary is lost waits for it instead).
     Stopped,
-    /// A secondary lost the primary (it cannot be reached again).
-    PrimaryLost(String),
 }
 
+/// Environment variable with a fault plan for this node's fabric (tests and
+/// experiments only; see [`smrdb_transport::fault::FaultPlan`]'s `FromStr`), e.g.
+/// `SMRDB_FAULTS=delay_ms=500,peers=2`.
+pub const FAULTS_ENV: &str = "SMRDB_FAULTS";
+
 fn start_router(
-    cfg: RouterConfig,
+    mut cfg: RouterConfig,
     kind: FabricKind,
     l: TcpListener,
 ) -> Result<(Router, Vec<Inbox>)> {
     fn go<F: Fabric>(cfg: RouterConfig, l: TcpListener) -> Result<(Router, Vec<Inbox>)> {
-        Ok(Router::start::<F>(cfg, l)?)
+        if cfg.fabric.faults.is_some() {
+            Ok(Router::start::<smrdb_transport::fault::Faulty<F>>(cfg, l)?)
+        } else {
+            Ok(Router::start::<F>(cfg, l)?)
+        }
+    }
+    if let Some(plan) = std::env::var(FAULTS_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    {
+        let plan: smrdb_transport::fault::FaultPlan = plan
+            .parse()
+            .map_err(|e| Error::Config(format!("{FAULTS_ENV}: {e}")))?;
+        tracing::warn!("fault injection on this node's fabric: {plan:?}");
+        cfg.fabric.faults = Some(plan);
     }
     match kind {
         FabricKind::Shm => go::<smrdb_transport::shm::Shm>(cfg, l),
@@ -69,7 +87,8 @@ fn start_router(
     }
 }
 
-/// Runs a node until `stop` is set (or, on a secondary, the primary is lost).
+/// Runs a node until `stop` is set. A lost peer that comes back is readmitted (see
+/// [`Engine::readmit`]); a secondary whose primary is lost waits for it.
 ///
 /// `ready` is called once the node serves (the primary: its Postgres listener is
 /// bound).
@@ -232,11 +251,33 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
                 .name("controller".into())
                 .spawn(move || disp.run_controller(controller_inbox, s))?
         };
-        let mut engine = Engine::new(disp, catalog);
+        let mut engine = Engine::new(disp.clone(), catalog);
         if let Some(log) = stmt_log {
             engine = engine.with_stmt_log(log);
         }
         let engine = Arc::new(engine);
+        // Readmission: a lost node that connected again is checked and brought up to
+        // date before statements may use it again.
+        let readmitter = {
+            let engine = engine.clone();
+            let s = ctl_stop.clone();
+            std::thread::Builder::new()
+                .name("readmit".into())
+                .spawn(move || {
+                    while !s.load(Ordering::Relaxed) {
+                        let Some(node) = disp.next_rejoined(Duration::from_millis(200)) else {
+                            continue;
+                        };
+                        match engine.readmit(node) {
+                            Ok(true) => tracing::info!("node {node} is readmitted"),
+                            Ok(false) => {
+                                tracing::warn!("node {node} was lost again while readmitted")
+                            }
+                            Err(e) => tracing::error!("node {node} is not readmitted: {e}"),
+                        }
+                    }
+                })?
+        };
         let auth = auth.unwrap_or_else(Authenticator::trust);
         let host = cf.primary.pg_host.trim();
         let host = host
@@ -280,27 +321,12 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
         rt.shutdown_timeout(Duration::from_secs(2));
         ctl_stop.store(true, Ordering::Relaxed);
         let _ = ctl.join();
+        let _ = readmitter.join();
         served.map(|_| Exit::Stopped)
     } else {
         ready("");
-        Ok(
-            match run_secondary_controller(controller_inbox, cf.primary.node, stop.clone()) {
-                Some(reason) => {
-                    // A cluster being stopped loses its primary first: give our own stop
-                    // signal a moment before calling it a failure.
-                    let grace = std::time::Instant::now() + Duration::from_secs(1);
-                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < grace {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    if stop.load(Ordering::Relaxed) {
-                        Exit::Stopped
-                    } else {
-                        Exit::PrimaryLost(reason)
-                    }
-                }
-                None => Exit::Stopped,
-            },
-        )
+        run_secondary_controller(controller_inbox, cf.primary.node, stop.clone());
+        Ok(Exit::Stopped)
     };
     tracing::info!("node {}: stopping", opts.id);
     stop_all(threads, router);

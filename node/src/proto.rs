@@ -51,7 +51,7 @@ use smrdb_tstore::{Expr, Fragment, JoinSpec, JoinStats, StmtWrite, TableSchema, 
 use crate::error::{Error, Result};
 
 /// Version of the task protocol.
-pub const PROTO_VERSION: u16 = 3;
+pub const PROTO_VERSION: u16 = 4;
 /// Router header tag of task messages.
 pub const TAG_TASK: u16 = 0x5401;
 /// Router header tag of join-table chunks.

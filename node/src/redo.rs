@@ -245,6 +245,30 @@ impl StmtLog {
         std::mem::take(&mut self.recovered)
     }
 
+    /// The statements begun in this run and not done (cut by a lost node), with their
+    /// work, read back from the log file, in id order.
+    ///
+    /// # Errors
+    /// I/O errors; [`Error::Catalog`] for a damaged log.
+    pub fn pending(&mut self) -> Result<Vec<(u64, Work)>> {
+        if self.unfinished.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut buf = Vec::with_capacity(self.len as usize);
+        self.file.seek(SeekFrom::Start(0))?;
+        (&mut self.file).take(self.len).read_to_end(&mut buf)?;
+        let (recs, _) = parse(&buf, &self.path)?;
+        let mut out: Vec<(u64, Work)> = recs
+            .into_iter()
+            .filter_map(|r| match r {
+                LogRecord::Begin { id, work } if self.unfinished.contains(&id) => Some((id, work)),
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
     /// Makes every later statement id larger than `id` (the Tstores' last applied
     /// ids: a smaller id would be skipped by them).
     pub fn advance_past(&mut self, id: u64) {

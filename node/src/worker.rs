@@ -485,6 +485,9 @@ impl Worker {
                     }
                 }
                 Ok(Inbound::PeerLost { node, reason }) => self.on_peer_lost(node, &reason),
+                Ok(Inbound::PeerJoined { node }) => {
+                    tracing::info!("tstore {}: node {node} connected again", self.id());
+                }
                 Err(RouterError::Timeout { .. }) => {}
                 Err(_) => break,
             }
@@ -835,10 +838,12 @@ impl Worker {
         let tasks: Vec<u64> = self.joins.keys().copied().collect();
         for task in tasks {
             if let Some(j) = self.joins.get_mut(&task) {
-                let waits_on_it = j
-                    .waiting
-                    .iter()
-                    .any(|w| w.iter().any(|t| on_node.contains(t)));
+                // A join that waits on the node, or whose answer would go to it (a lost
+                // primary), cannot finish.
+                let waits_on_it = j.to.as_controller() == Some(node)
+                    || j.waiting
+                        .iter()
+                        .any(|w| w.iter().any(|t| on_node.contains(t)));
                 if waits_on_it {
                     j.fail(
                         "08006",
