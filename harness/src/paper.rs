@@ -321,6 +321,7 @@ fn transport(cx: &Ctx) -> Result<Section> {
         bytes_per_size: mib_per_size << 20,
         repeats: o.repeats.clamp(1, 3),
         lat_iters,
+        lat_rounds: 3,
         depth: 32,
         vs_perftest: verbs && which("ib_write_bw") && which("ib_write_lat"),
         same_offset: false,

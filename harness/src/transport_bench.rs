@@ -33,8 +33,12 @@ pub struct Options {
     pub bytes_per_size: usize,
     /// Repeats per size (the median is reported).
     pub repeats: usize,
-    /// Ping-pong round trips for latency.
+    /// Ping-pong round trips for latency, per round.
     pub lat_iters: usize,
+    /// Latency rounds; with `vs_perftest` each is followed by an `ib_write_lat` run of
+    /// as many iterations, so both are measured side by side over the same stretch of
+    /// time (the medians over rounds are compared).
+    pub lat_rounds: usize,
     /// Writes kept outstanding.
     pub depth: usize,
     /// Also run perftest (verbs only).
@@ -55,8 +59,11 @@ pub struct Report {
     pub write_mb_s: Vec<f64>,
     /// Every repeat, per size, MB/s.
     pub write_mb_s_repeats: Vec<Vec<f64>>,
-    /// One-way pointer-message latency (half round trip), microseconds.
+    /// One-way pointer-message latency (half round trip), microseconds, over every
+    /// round trip of every round.
     pub msg_latency_us: Latency,
+    /// The median of each latency round, microseconds.
+    pub msg_latency_p50_rounds: Vec<f64>,
     /// Same-run baseline of the fabric's medium.
     pub baseline: Option<Baseline>,
     /// perftest figures (verbs with `--vs-perftest`).
@@ -91,11 +98,13 @@ pub struct Baseline {
 pub struct Perftest {
     /// `ib_write_bw` average MB/s per size (same sizes as the fabric).
     pub write_mb_s: Vec<f64>,
-    /// `ib_write_lat` t_typical, microseconds.
+    /// `ib_write_lat` t_typical, microseconds: the median over rounds.
     pub lat_us_typical: f64,
+    /// `ib_write_lat` t_typical of each round (each right after smrdb's round).
+    pub lat_us_typical_rounds: Vec<f64>,
     /// smrdb / perftest bandwidth per size.
     pub bw_ratio: Vec<f64>,
-    /// smrdb p50 / perftest t_typical.
+    /// Median over rounds of smrdb's p50 / median over rounds of perftest's t_typical.
     pub lat_ratio: f64,
 }
 
@@ -393,21 +402,39 @@ fn run_with<F: Fabric>(o: &Options) -> Result<Report> {
     let mut evs = Vec::with_capacity(256);
     let mut done = 0usize;
 
-    // Latency: warm up, then measure round trips.
+    // Latency, in rounds: warm up, then measure round trips; ib_write_lat after each
+    // round when comparing with perftest (our peer blocks meanwhile).
+    if o.vs_perftest && o.fabric != FabricKind::Verbs {
+        bail!("--vs-perftest needs --fabric verbs");
+    }
     let mut msg = [0u8; MSG_LEN];
     let warm = (o.lat_iters / 10).max(10);
-    let mut ticks = Vec::with_capacity(o.lat_iters);
-    let clock = Ticks::start();
-    for i in 0..warm + o.lat_iters {
-        msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let t = Ticks::now_raw();
-        round_trip(&mut ep, &msg, &mut evs, &mut done)?;
-        if i >= warm {
-            ticks.push(Ticks::now_raw().wrapping_sub(t));
+    let rounds = o.lat_rounds.max(1);
+    let mut rtts: Vec<f64> = Vec::with_capacity(o.lat_iters * rounds);
+    let mut p50_rounds = Vec::with_capacity(rounds);
+    let mut perftest_lat_rounds = Vec::new();
+    let mut i = 0u64;
+    for _ in 0..rounds {
+        let mut ticks = Vec::with_capacity(o.lat_iters);
+        let clock = Ticks::start();
+        for k in 0..warm + o.lat_iters {
+            i += 1;
+            msg[..8].copy_from_slice(&i.to_le_bytes());
+            let t = Ticks::now_raw();
+            round_trip(&mut ep, &msg, &mut evs, &mut done)?;
+            if k >= warm {
+                ticks.push(Ticks::now_raw().wrapping_sub(t));
+            }
+        }
+        let per_us = clock.per_us();
+        let mut round: Vec<f64> = ticks.iter().map(|&t| t as f64 / per_us / 2.0).collect();
+        round.sort_by(f64::total_cmp);
+        p50_rounds.push(percentile(&round, 0.5));
+        rtts.extend(round);
+        if o.vs_perftest {
+            perftest_lat_rounds.push(perftest_lat(o)?);
         }
     }
-    let per_us = clock.per_us();
-    let mut rtts: Vec<f64> = ticks.iter().map(|&t| t as f64 / per_us / 2.0).collect();
     rtts.sort_by(f64::total_cmp);
     let msg_latency_us = Latency {
         p50: percentile(&rtts, 0.50),
@@ -485,10 +512,7 @@ fn run_with<F: Fabric>(o: &Options) -> Result<Report> {
         }
     });
     let perftest = if o.vs_perftest {
-        if o.fabric != FabricKind::Verbs {
-            bail!("--vs-perftest needs --fabric verbs");
-        }
-        Some(perftest(o, &write_mb_s, msg_latency_us.p50)?)
+        Some(perftest(o, &write_mb_s, &p50_rounds, perftest_lat_rounds)?)
     } else {
         None
     };
@@ -498,6 +522,7 @@ fn run_with<F: Fabric>(o: &Options) -> Result<Report> {
         write_mb_s,
         write_mb_s_repeats,
         msg_latency_us,
+        msg_latency_p50_rounds: p50_rounds,
         baseline,
         perftest,
     })
@@ -621,7 +646,8 @@ fn perftest_value(out: &str, col: &str) -> Option<f64> {
     None
 }
 
-fn perftest(o: &Options, ours_bw: &[f64], ours_lat: f64) -> Result<Perftest> {
+/// perftest's common arguments: device, no CPU-frequency warning, GID index.
+fn perftest_args(o: &Options) -> Result<Vec<String>> {
     let dev = o
         .device
         .clone()
@@ -631,6 +657,31 @@ fn perftest(o: &Options, ours_bw: &[f64], ours_lat: f64) -> Result<Perftest> {
     if let Some(g) = o.gid_index {
         common.extend(["-x".to_string(), g.to_string()]);
     }
+    Ok(common)
+}
+
+/// One `ib_write_lat` run of `lat_iters` iterations of MSG_LEN bytes: t_typical, µs.
+fn perftest_lat(o: &Options) -> Result<f64> {
+    let mut a = perftest_args(o)?;
+    a.extend([
+        "-s".into(),
+        MSG_LEN.to_string(),
+        "-n".into(),
+        o.lat_iters.clamp(100, 10000).to_string(),
+    ]);
+    let out = perftest_pair("ib_write_lat", &a)?;
+    perftest_value(&out, "t_typical")
+        .with_context(|| format!("cannot parse ib_write_lat output:\n{out}"))
+}
+
+/// `ib_write_bw` per size, and the comparison with our figures.
+fn perftest(
+    o: &Options,
+    ours_bw: &[f64],
+    ours_lat_rounds: &[f64],
+    lat_rounds: Vec<f64>,
+) -> Result<Perftest> {
+    let common = perftest_args(o)?;
     let mut bws = Vec::new();
     for &size in &o.sizes {
         let iters = (o.bytes_per_size / size).clamp(16, 5000);
@@ -649,21 +700,18 @@ fn perftest(o: &Options, ours_bw: &[f64], ours_lat: f64) -> Result<Perftest> {
             .with_context(|| format!("cannot parse ib_write_bw output:\n{out}"))?;
         bws.push(mib_s * 1_048_576.0 / 1e6);
     }
-    let mut a = common.clone();
-    a.extend([
-        "-s".into(),
-        MSG_LEN.to_string(),
-        "-n".into(),
-        o.lat_iters.clamp(100, 10000).to_string(),
-    ]);
-    let out = perftest_pair("ib_write_lat", &a)?;
-    let lat = perftest_value(&out, "t_typical")
-        .with_context(|| format!("cannot parse ib_write_lat output:\n{out}"))?;
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let lat = median(&lat_rounds);
     Ok(Perftest {
         bw_ratio: ours_bw.iter().zip(&bws).map(|(a, b)| a / b).collect(),
-        lat_ratio: ours_lat / lat,
+        lat_ratio: median(ours_lat_rounds) / lat,
         write_mb_s: bws,
         lat_us_typical: lat,
+        lat_us_typical_rounds: lat_rounds,
     })
 }
 
@@ -674,9 +722,20 @@ pub fn markdown(r: &Report) -> String {
         r.fabric, r.msg_latency_us.p50, r.msg_latency_us.p99
     );
     if let Some(p) = &r.perftest {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         s += &format!(
-            "ib_write_lat t_typical {:.2} µs; smrdb/perftest latency ratio {:.2}\n\n",
-            p.lat_us_typical, p.lat_ratio
+            "ib_write_lat t_typical {:.2} µs; smrdb/perftest latency ratio {:.2} (medians of \
+             {} alternating rounds: smrdb p50 {} µs; ib_write_lat {} µs)\n\n",
+            p.lat_us_typical,
+            p.lat_ratio,
+            p.lat_us_typical_rounds.len(),
+            list(&r.msg_latency_p50_rounds),
+            list(&p.lat_us_typical_rounds)
         );
     }
     s += "| write size | smrdb MB/s (median) |";

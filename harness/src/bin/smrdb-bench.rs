@@ -458,9 +458,13 @@ struct TransportArgs {
     /// Repeats per size; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Ping-pong round trips for the latency figure.
+    /// Ping-pong round trips for the latency figure, per round.
     #[arg(long, default_value_t = 20000)]
     lat_iters: usize,
+    /// Latency rounds; with --vs-perftest each is followed by an ib_write_lat run, and
+    /// the medians over rounds are compared.
+    #[arg(long, default_value_t = 3)]
+    lat_rounds: usize,
     /// Writes kept outstanding.
     #[arg(long, default_value_t = 32)]
     depth: usize,
@@ -486,6 +490,7 @@ impl TransportArgs {
             bytes_per_size: self.mib_per_size << 20,
             repeats: self.repeats.max(1),
             lat_iters: self.lat_iters.max(10),
+            lat_rounds: self.lat_rounds.max(1),
             depth: self.depth.max(1),
             vs_perftest: self.vs_perftest,
             same_offset: self.same_offset,
