@@ -34,7 +34,7 @@ cd "$root"
 list="$root/target/verbs-tests.list"
 mkdir -p target
 # Test targets with verbs cases and the filter that selects them.
-declare -A filters=( [conformance]="verbs::" [verbs_loopback]="" [router]="verbs::" [hostile_peers]="verbs::" [slt]="slt_verbs" )
+declare -A filters=( [conformance]="verbs::" [verbs_loopback]="" [router]="verbs::" [hostile_peers]="verbs::" [slt]="slt_verbs" [resources]="verbs_" )
 cargo test --release --workspace --no-run --message-format=json 2>/dev/null \
   | python3 -c '
 import json, sys

@@ -8,10 +8,11 @@
 //! # verbs_gid_index = 1         # verbs only; default: a RoCE v2 IPv4 GID
 //! ring_mib = 16                 # receive ring per remote peer
 //! arena_mib = 64                # outgoing arena
-//! chunk_kib = 1024              # largest chunk a message is cut into
+//! chunk_kib = 1024              # largest chunk a message is cut into (<= ring, <= arena)
 //! # router_mode = "naive"       # smr (default) | naive: one copy per remote Tstore
 //! task_timeout_s = 60           # how long the primary waits for Tstore replies
 //! connect_timeout_s = 60        # how long a node waits for its peers at start
+//! # max_intermediate_mib = 1024 # most intermediate results one query gathers (0: no limit)
 //!
 //! [primary]
 //! node = 0
@@ -25,6 +26,24 @@
 //! router = "127.0.0.1:7100"     # the node's router listens here for peers
 //! tstores = 2
 //! ```
+//!
+//! ## Memory
+//!
+//! Each node's *common memory* is `(nodes - 1) x ring_mib + arena_mib` MiB, registered
+//! once at start (on verbs it must fit under `ulimit -l`). Every message (requests,
+//! replies, join-table chunks) is cut into chunks of at most `chunk_kib`, each built in
+//! the outgoing arena and written into a peer's receive ring, so a chunk must fit in
+//! both: [`ClusterFile::validate`] refuses a `chunk_kib` above the ring or the arena
+//! (such a node could never send a full chunk). A ring or arena smaller than the data
+//! only slows a query down (the sender stalls until the receiver releases); a row of a
+//! join table larger than a chunk fails the query with SQLSTATE 54000 naming
+//! `chunk_kib`.
+//!
+//! `max_intermediate_mib` bounds the intermediate results one query gathers on the
+//! primary (the Arrow IPC bytes every Tstore returns, summed): a query that gathers
+//! more fails with SQLSTATE 53200 naming the size and the setting. A session changes
+//! its own bound with `SET smrdb.max_intermediate_mib = N` (`SHOW` prints it); 0 turns
+//! it off.
 
 use std::path::Path;
 use std::time::Duration;
@@ -56,6 +75,16 @@ fn default_task_timeout() -> u64 {
 fn default_connect_timeout() -> u64 {
     60
 }
+fn default_max_intermediate() -> u64 {
+    crate::engine::DEFAULT_MAX_INTERMEDIATE_MIB
+}
+fn is_default_max_intermediate(m: &u64) -> bool {
+    *m == default_max_intermediate()
+}
+/// Largest ring or arena, and largest common memory per node (1 TiB), in MiB.
+const MAX_MEMORY_MIB: usize = 1 << 20;
+/// Largest chunk (1 GiB), in KiB: router headers carry chunk lengths as 32 bits.
+const MAX_CHUNK_KIB: usize = 1 << 20;
 fn default_pg_host() -> String {
     "127.0.0.1".into()
 }
@@ -136,7 +165,7 @@ pub struct ClusterFile {
     /// Outgoing arena, MiB.
     #[serde(default = "default_arena")]
     pub arena_mib: usize,
-    /// Largest message chunk, KiB.
+    /// Largest message chunk, KiB: at most the ring and the arena.
     #[serde(default = "default_chunk")]
     pub chunk_kib: usize,
     /// How broadcasts reach remote Tstores: `smr` (one copy per remote node, fanned
@@ -150,6 +179,13 @@ pub struct ClusterFile {
     /// Seconds a node waits for every peer at start.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_s: u64,
+    /// Most intermediate results one query gathers on the primary, MiB (0: no limit):
+    /// the default of the session setting `smrdb.max_intermediate_mib`.
+    #[serde(
+        default = "default_max_intermediate",
+        skip_serializing_if = "is_default_max_intermediate"
+    )]
+    pub max_intermediate_mib: u64,
     /// The primary node.
     pub primary: Primary,
     /// Every node, in Tstore-id order (node i's Tstores follow node i-1's).
@@ -266,12 +302,7 @@ impl ClusterFile {
                 ));
             }
         }
-        if self.ring_mib == 0 || self.arena_mib == 0 || self.chunk_kib == 0 {
-            return bad("ring_mib, arena_mib and chunk_kib must be > 0".into());
-        }
-        if self.chunk_kib > self.ring_mib * 1024 {
-            return bad("chunk_kib must not exceed the ring".into());
-        }
+        self.validate_memory()?;
         if self.task_timeout_s == 0 || self.connect_timeout_s == 0 {
             return bad("timeouts must be > 0".into());
         }
@@ -279,6 +310,64 @@ impl ClusterFile {
             return bad("primary.pg_host is empty".into());
         }
         self.validate_users()
+    }
+
+    /// The common-memory settings: sizes in range, and a chunk that fits in a ring and
+    /// in the arena (else a node could never build or place a full chunk: its sends
+    /// would wait forever).
+    fn validate_memory(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.ring_mib == 0 || self.arena_mib == 0 || self.chunk_kib == 0 {
+            return bad("ring_mib, arena_mib and chunk_kib must be > 0".into());
+        }
+        if self.ring_mib > MAX_MEMORY_MIB || self.arena_mib > MAX_MEMORY_MIB {
+            return bad(format!(
+                "ring_mib ({}) and arena_mib ({}) must be at most {MAX_MEMORY_MIB} (1 TiB)",
+                self.ring_mib, self.arena_mib
+            ));
+        }
+        if self.chunk_kib > MAX_CHUNK_KIB {
+            return bad(format!(
+                "chunk_kib ({}) must be at most {MAX_CHUNK_KIB} (1 GiB)",
+                self.chunk_kib
+            ));
+        }
+        let peers = self.nodes.len().saturating_sub(1);
+        let common = self
+            .ring_mib
+            .saturating_mul(peers)
+            .saturating_add(self.arena_mib);
+        if common > MAX_MEMORY_MIB {
+            return bad(format!(
+                "common memory per node of {common} MiB ({peers} receive rings of ring_mib = {} \
+                 plus arena_mib = {}) exceeds {MAX_MEMORY_MIB} MiB (1 TiB)",
+                self.ring_mib, self.arena_mib
+            ));
+        }
+        if self.chunk_kib > self.ring_mib * 1024 {
+            return bad(format!(
+                "chunk_kib ({} KiB) exceeds the receive ring (ring_mib = {} MiB): a chunk must \
+                 fit in a ring; raise ring_mib (smrdb cluster --ring-mib) or lower chunk_kib \
+                 (--chunk-kib)",
+                self.chunk_kib, self.ring_mib
+            ));
+        }
+        if self.chunk_kib > self.arena_mib * 1024 {
+            return bad(format!(
+                "chunk_kib ({} KiB) exceeds the outgoing arena (arena_mib = {} MiB): every chunk \
+                 is built in the arena, so it must fit there; raise arena_mib (smrdb cluster \
+                 --arena-mib) or lower chunk_kib (--chunk-kib)",
+                self.chunk_kib, self.arena_mib
+            ));
+        }
+        if self.max_intermediate_mib > crate::engine::MAX_INTERMEDIATE_MIB {
+            return bad(format!(
+                "max_intermediate_mib ({}) must be at most {} (0 = no limit)",
+                self.max_intermediate_mib,
+                crate::engine::MAX_INTERMEDIATE_MIB
+            ));
+        }
+        Ok(())
     }
 
     fn validate_users(&self) -> Result<()> {
@@ -385,6 +474,7 @@ impl ClusterFile {
             router_mode: Mode::Smr,
             task_timeout_s: default_task_timeout(),
             connect_timeout_s: default_connect_timeout(),
+            max_intermediate_mib: default_max_intermediate(),
             primary: Primary {
                 node: 0,
                 pg_host: default_pg_host(),
@@ -445,6 +535,93 @@ mod tests {
             assert!(text.contains(from), "{from}");
             let t = text.replacen(from, to, 1);
             assert!(ClusterFile::parse(&t, false).is_err(), "{to} accepted");
+        }
+    }
+
+    #[test]
+    fn memory_settings_are_checked() {
+        let text = include_str!("../examples/cluster.toml");
+        let cf = ClusterFile::parse(text, false).unwrap();
+        assert_eq!(
+            cf.max_intermediate_mib,
+            crate::engine::DEFAULT_MAX_INTERMEDIATE_MIB
+        );
+        // Written only when it differs from the default; read back either way.
+        assert!(!toml::to_string(&cf)
+            .unwrap()
+            .contains("max_intermediate_mib"));
+        let set = |from: &str, to: &str| {
+            let mut t = text.to_string();
+            // `a|b` -> `c|d`: replace a with c, then b with d.
+            for (f, n) in from.split('|').zip(to.split('|')) {
+                assert!(t.contains(f), "{f}");
+                t = t.replacen(f, n, 1);
+            }
+            ClusterFile::parse(&t, false)
+        };
+        let cf = set(
+            "task_timeout_s = 60",
+            "task_timeout_s = 60\nmax_intermediate_mib = 0",
+        )
+        .unwrap();
+        assert_eq!(cf.max_intermediate_mib, 0);
+        let cf = set(
+            "task_timeout_s = 60",
+            "task_timeout_s = 60\nmax_intermediate_mib = 8",
+        )
+        .unwrap();
+        assert_eq!(cf.max_intermediate_mib, 8);
+        let again = ClusterFile::parse(&toml::to_string(&cf).unwrap(), false).unwrap();
+        assert_eq!(again, cf);
+        // A chunk as large as the arena is fine; one larger never fits in it.
+        set("arena_mib = 64\n", "arena_mib = 1\n").unwrap();
+        for (from, to, words) in [
+            (
+                "arena_mib = 64",
+                "arena_mib = 0",
+                &["ring_mib, arena_mib and chunk_kib must be > 0"][..],
+            ),
+            (
+                "arena_mib = 64|chunk_kib = 1024",
+                "arena_mib = 1|chunk_kib = 1025",
+                &[
+                    "chunk_kib (1025 KiB) exceeds the outgoing arena (arena_mib = 1 MiB)",
+                    "--arena-mib",
+                ][..],
+            ),
+            (
+                "chunk_kib = 1024",
+                "chunk_kib = 32768",
+                &[
+                    "chunk_kib (32768 KiB) exceeds the receive ring (ring_mib = 16 MiB)",
+                    "--ring-mib",
+                ][..],
+            ),
+            (
+                "ring_mib = 16",
+                "ring_mib = 17592186044416",
+                &["at most 1048576"][..],
+            ),
+            (
+                "ring_mib = 16",
+                "ring_mib = 1048560",
+                &["common memory per node"][..],
+            ),
+            (
+                "chunk_kib = 1024",
+                "chunk_kib = 4194304",
+                &["at most 1048576 (1 GiB)"][..],
+            ),
+            (
+                "task_timeout_s = 60",
+                "max_intermediate_mib = 99999999999",
+                &["max_intermediate_mib"][..],
+            ),
+        ] {
+            let e = set(from, to).unwrap_err().to_string();
+            for w in words {
+                assert!(e.contains(w), "{to}: {e}");
+            }
         }
     }
 

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use smrdb_router::{Addr, Inbound, Inbox, RouterError, RouterHandle};
 
+use crate::engine::GatherLimit;
 use crate::error::{Error, Result};
 use crate::proto::{self, Body, Reassembler, Reply, Request, TAG_TASK};
 
@@ -272,7 +273,23 @@ impl Dispatcher {
     /// # Errors
     /// Lost nodes, router failures, timeouts.
     pub fn call(&self, target: Target, req: Request) -> Result<Vec<(u32, Reply)>> {
-        self.exchange(vec![(addr(target), req)], true, None)
+        self.exchange(vec![(addr(target), req)], true, None, None)
+    }
+
+    /// As [`Dispatcher::call`] for a query or join whose results are bounded by
+    /// `limit`: the replies' result bytes are summed as they arrive, and once the sum
+    /// passes the limit the statement fails (53200, see [`GatherLimit::check`]) without
+    /// waiting for the rest (their late replies are dropped).
+    ///
+    /// # Errors
+    /// As [`Dispatcher::call`]; 53200.
+    pub fn call_gathering(
+        &self,
+        target: Target,
+        req: Request,
+        limit: GatherLimit,
+    ) -> Result<Vec<(u32, Reply)>> {
+        self.exchange(vec![(addr(target), req)], true, None, Some(limit))
     }
 
     /// Sends the requests of a statement already recorded in the primary's statement
@@ -286,6 +303,7 @@ impl Dispatcher {
         self.exchange(
             msgs.into_iter().map(|(t, r)| (addr(t), r)).collect(),
             false,
+            None,
             None,
         )
     }
@@ -304,6 +322,7 @@ impl Dispatcher {
             msgs.into_iter().map(|(t, r)| (addr(t), r)).collect(),
             false,
             Some(node),
+            None,
         )
     }
 
@@ -327,16 +346,19 @@ impl Dispatcher {
                 .collect(),
             true,
             None,
+            None,
         )
     }
 
     /// Sends and gathers; `interruptible`: the thread's [`Interrupt`] may stop the
-    /// exchange before anything is sent; `admitting`: a lost node being readmitted.
+    /// exchange before anything is sent; `admitting`: a lost node being readmitted;
+    /// `budget`: the bound on the result bytes gathered.
     fn exchange(
         &self,
         msgs: Vec<(Addr, Request)>,
         interruptible: bool,
         admitting: Option<u32>,
+        budget: Option<GatherLimit>,
     ) -> Result<Vec<(u32, Reply)>> {
         let total = self.total_tstores();
         let mut expect = BTreeSet::new();
@@ -374,7 +396,7 @@ impl Dispatcher {
         let task = self.next_task.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         lock(&self.pending).insert(task, tx);
-        let res = self.send_and_wait(task, msgs, expect, rx, interrupt.as_ref());
+        let res = self.send_and_wait(task, msgs, expect, rx, interrupt.as_ref(), budget);
         lock(&self.pending).remove(&task);
         if res.is_err() {
             tracing::debug!("task {task} abandoned; its late replies will be dropped");
@@ -389,7 +411,10 @@ impl Dispatcher {
         mut expect: BTreeSet<u32>,
         rx: Receiver<Event>,
         interrupt: Option<&Interrupt>,
+        budget: Option<GatherLimit>,
     ) -> Result<Vec<(u32, Reply)>> {
+        let mut gathered = 0u64;
+        let tstores = expect.len();
         let me = Addr::controller(self.router.me());
         for (dst, req) in msgs {
             let bytes = proto::encode(task, Body::Request(req))?;
@@ -414,6 +439,13 @@ impl Dispatcher {
             match rx.recv_timeout(wait) {
                 Ok(Event::Reply(t, r)) => {
                     if expect.remove(&t) {
+                        if let Some(limit) = &budget {
+                            gathered += match &r {
+                                Reply::Result { ipc } | Reply::Join { ipc, .. } => ipc.len() as u64,
+                                _ => 0,
+                            };
+                            limit.check(gathered, replies.len() + 1, tstores)?;
+                        }
                         replies.push((t, r));
                     } else {
                         tracing::warn!(

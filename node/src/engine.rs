@@ -20,6 +20,11 @@
 //! CancelRequest) or time out (`SET statement_timeout`, PostgreSQL's semantics: per
 //! statement, 0 = off): it then fails with SQLSTATE 57014. Reads stop promptly; a write
 //! stops only before its changes are sent to the Tstores (see [`crate::dispatch`]).
+//!
+//! The intermediate results a query gathers from the Tstores are bounded
+//! ([`GatherLimit`]: `SET smrdb.max_intermediate_mib`, default the cluster file's
+//! `max_intermediate_mib`): a query whose Tstores return more fails with SQLSTATE
+//! 53200 before the primary decodes or post-processes any of it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -160,6 +165,14 @@ pub enum Output {
 
 /// Name of the statement timeout setting.
 pub const STATEMENT_TIMEOUT: &str = "statement_timeout";
+/// Name of the session setting that bounds the intermediate results one query gathers
+/// on the primary (MiB; 0 = no limit). Its default is the cluster file's
+/// `max_intermediate_mib` ([`crate::config::ClusterFile::max_intermediate_mib`]).
+pub const MAX_INTERMEDIATE: &str = "smrdb.max_intermediate_mib";
+/// [`MAX_INTERMEDIATE`] when neither the cluster file nor the session sets it.
+pub const DEFAULT_MAX_INTERMEDIATE_MIB: u64 = 1024;
+/// The largest value [`MAX_INTERMEDIATE`] takes (1 TiB).
+pub const MAX_INTERMEDIATE_MIB: u64 = 1 << 20;
 
 /// Per-connection settings (`SET` / `SHOW`) and the cancel flag.
 #[derive(Debug, Clone, Default)]
@@ -181,6 +194,103 @@ impl Session {
             .unwrap_or(0);
         (ms > 0).then(|| Duration::from_millis(ms))
     }
+
+    /// The bound on a query's intermediate results in force: the session's
+    /// [`MAX_INTERMEDIATE`] if set, else `default_mib` (the cluster's).
+    pub fn gather_limit(&self, default_mib: u64) -> GatherLimit {
+        match self
+            .vars
+            .get(MAX_INTERMEDIATE)
+            .and_then(|v| parse_intermediate_mib(v).ok())
+        {
+            Some(mib) => GatherLimit {
+                mib,
+                from_session: true,
+            },
+            None => GatherLimit {
+                mib: default_mib,
+                from_session: false,
+            },
+        }
+    }
+}
+
+/// How many bytes of intermediate results one query may gather on the primary (the
+/// Arrow IPC bytes every Tstore answers with, summed), and where the bound comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatherLimit {
+    /// MiB; 0 = no limit.
+    pub mib: u64,
+    /// Set with `SET` in this session (else the cluster's default).
+    pub from_session: bool,
+}
+
+impl GatherLimit {
+    /// No limit.
+    pub const NONE: GatherLimit = GatherLimit {
+        mib: 0,
+        from_session: false,
+    };
+
+    /// Fails with SQLSTATE 53200 when `gathered` bytes, from the first `answered` of
+    /// `tstores` Tstores, exceed the limit; the message names the size, the limit and
+    /// how to raise it (when not every Tstore answered yet, the value it suggests is
+    /// extrapolated to all of them).
+    ///
+    /// # Errors
+    /// 53200.
+    pub fn check(&self, gathered: u64, answered: usize, tstores: usize) -> Result<()> {
+        let max = self.mib.saturating_mul(1 << 20);
+        if self.mib == 0 || gathered <= max {
+            return Ok(());
+        }
+        let answered = answered.clamp(1, tstores.max(1));
+        let whole = (gathered as f64 * tstores as f64 / answered as f64) as u64;
+        let need = whole.div_ceil(1 << 20).max(self.mib + 1);
+        let from = if answered < tstores {
+            format!("the first {answered} of {tstores} Tstores to answer")
+        } else {
+            format!("the {tstores} Tstores")
+        };
+        Err(Error::sql(
+            "53200",
+            format!(
+                "out of memory for intermediate results: {from} returned {:.1} MiB \
+                 ({gathered} bytes) for this query, more than {MAX_INTERMEDIATE} = {} MiB ({}); \
+                 raise it (SET {MAX_INTERMEDIATE} = {need}, or max_intermediate_mib in the \
+                 cluster file; 0 = no limit) or make the query return fewer rows or columns",
+                gathered as f64 / f64::from(1 << 20),
+                self.mib,
+                if self.from_session {
+                    "set in this session"
+                } else {
+                    "the cluster's default"
+                },
+            ),
+        ))
+    }
+}
+
+/// Parses a value of [`MAX_INTERMEDIATE`]: a whole number of MiB in
+/// 0..=[`MAX_INTERMEDIATE_MIB`] (0 = no limit).
+///
+/// # Errors
+/// 22023 for anything else.
+pub fn parse_intermediate_mib(value: &str) -> Result<u64> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&m| m <= MAX_INTERMEDIATE_MIB)
+        .ok_or_else(|| {
+            Error::sql(
+                "22023",
+                format!(
+                    "invalid value for parameter \"{MAX_INTERMEDIATE}\": \"{value}\" \
+                     (a whole number of MiB from 0 to {MAX_INTERMEDIATE_MIB}; 0 = no limit)"
+                ),
+            )
+        })
 }
 
 const MAX_TIMEOUT_MS: f64 = 2_147_483_647.0;
@@ -255,6 +365,8 @@ pub struct Engine {
     write: Mutex<()>,
     /// The statement log (persistent clusters).
     log: Option<Mutex<StmtLog>>,
+    /// Default of [`MAX_INTERMEDIATE`] (MiB; 0 = no limit).
+    max_intermediate_mib: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -319,7 +431,21 @@ impl Engine {
             catalog: Mutex::new(catalog),
             write: Mutex::new(()),
             log: None,
+            max_intermediate_mib: DEFAULT_MAX_INTERMEDIATE_MIB,
         }
+    }
+
+    /// Sets the default bound on a query's intermediate results (the cluster file's
+    /// `max_intermediate_mib`; 0 = no limit); a session changes its own with
+    /// `SET smrdb.max_intermediate_mib`.
+    pub fn with_max_intermediate_mib(mut self, mib: u64) -> Engine {
+        self.max_intermediate_mib = mib;
+        self
+    }
+
+    /// The default bound on a query's intermediate results, MiB (0 = no limit).
+    pub fn max_intermediate_mib(&self) -> u64 {
+        self.max_intermediate_mib
     }
 
     /// Logs every write that spans several Tstores in `log` first (see
@@ -542,6 +668,7 @@ impl Engine {
     /// # Errors
     /// Execution errors, with SQLSTATEs.
     pub fn execute(&self, plan: Plan, session: &mut Session) -> Result<Output> {
+        let limit = session.gather_limit(self.max_intermediate_mib);
         match plan {
             Plan::CreateTable {
                 name,
@@ -553,7 +680,7 @@ impl Engine {
                 let rows = match source {
                     InsertSource::Values(rows) => rows,
                     InsertSource::Query { plan, targets } => {
-                        let batch = self.query(&plan)?;
+                        let batch = self.query(&plan, limit)?;
                         let src = batch_rows(&batch)?;
                         src.into_iter()
                             .map(|r| {
@@ -635,14 +762,14 @@ impl Engine {
                 Ok(Output::Command(CommandTag::rows("DELETE", count(&r))))
             }
             Plan::Query(q) => {
-                let batch = self.query(&q)?;
+                let batch = self.query(&q, limit)?;
                 Ok(Output::Rows {
                     columns: q.columns.clone(),
                     batch,
                     command: "SELECT",
                 })
             }
-            Plan::Explain { analyze, query } => self.explain(&query, analyze),
+            Plan::Explain { analyze, query } => self.explain(&query, analyze, limit),
             Plan::Values { columns, rows } => {
                 // Internal column names: SQL allows duplicate output names
                 // (`SELECT 1, 2`); the client sees `columns`.
@@ -665,6 +792,15 @@ impl Engine {
                 if name == smrdb_planner::OVERLAP_SETTING {
                     smrdb_planner::parse_bool_setting(&name, &value)?;
                 }
+                if name == MAX_INTERMEDIATE {
+                    if value.eq_ignore_ascii_case("default") {
+                        session.vars.remove(&name);
+                    } else {
+                        let mib = parse_intermediate_mib(&value)?;
+                        session.vars.insert(name, mib.to_string());
+                    }
+                    return Ok(Output::Command(CommandTag::new("SET")));
+                }
                 if name == STATEMENT_TIMEOUT {
                     if value.eq_ignore_ascii_case("default") {
                         session.vars.remove(&name);
@@ -683,6 +819,9 @@ impl Engine {
                     .vars
                     .get(&key)
                     .cloned()
+                    .or_else(|| {
+                        (key == MAX_INTERMEDIATE).then(|| self.max_intermediate_mib.to_string())
+                    })
                     .or_else(|| default_setting(&key).map(str::to_string))
                     .ok_or_else(|| {
                         Error::sql(
@@ -922,10 +1061,11 @@ impl Engine {
     /// and post-processes.
     ///
     /// # Errors
-    /// Tstore, planner and dispatch errors.
-    pub fn query(&self, q: &QueryPlan) -> Result<RecordBatch> {
+    /// Tstore, planner and dispatch errors; 53200 when the Tstores' results exceed
+    /// `limit` (checked before any of them is decoded).
+    pub fn query(&self, q: &QueryPlan, limit: GatherLimit) -> Result<RecordBatch> {
         if q.join.is_some() {
-            return Ok(self.join_query(q)?.0);
+            return Ok(self.join_query(q, limit)?.0);
         }
         let gathered = if q.table == SYSTEM_TABLE {
             let rows = self.system_rows()?;
@@ -939,11 +1079,13 @@ impl Engine {
             slice.execute(&q.fragment)?
         } else {
             self.schema_of(&q.table)?;
-            let r = self.disp.call(
+            // The limit is checked as replies arrive (see Dispatcher::call_gathering).
+            let r = self.disp.call_gathering(
                 Target::All,
                 Request::Query {
                     fragment: q.fragment.clone(),
                 },
+                limit,
             )?;
             first_error(&r)?;
             let mut batches = Vec::new();
@@ -1105,5 +1247,64 @@ mod tests {
         assert_eq!(s.statement_timeout(), None);
         s.vars.insert(STATEMENT_TIMEOUT.into(), "250ms".into());
         assert_eq!(s.statement_timeout(), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn intermediate_limit_parses_and_fails_with_53200_naming_it() {
+        for (v, mib) in [("0", 0), ("1", 1), (" 64 ", 64), ("1048576", 1 << 20)] {
+            assert_eq!(parse_intermediate_mib(v).unwrap(), mib, "{v}");
+        }
+        for v in [
+            "",
+            "-1",
+            "1.5",
+            "64MB",
+            "1048577",
+            "99999999999999999999999",
+        ] {
+            let e = parse_intermediate_mib(v).unwrap_err();
+            assert_eq!(e.sqlstate(), "22023", "{v}");
+            assert!(e.to_string().contains(MAX_INTERMEDIATE), "{e}");
+        }
+        let mut s = Session::default();
+        let cluster = s.gather_limit(8);
+        assert_eq!(
+            cluster,
+            GatherLimit {
+                mib: 8,
+                from_session: false
+            }
+        );
+        s.vars.insert(MAX_INTERMEDIATE.into(), "2".into());
+        let session = s.gather_limit(8);
+        assert_eq!(session.mib, 2);
+        assert!(session.from_session);
+        // At the limit is fine; one byte more is not.
+        session.check(2 << 20, 4, 4).unwrap();
+        let e = session.check((2 << 20) + 1, 4, 4).unwrap_err();
+        assert_eq!(e.sqlstate(), "53200");
+        let m = e.to_string();
+        for w in [
+            "4 Tstores returned 2.0 MiB (2097153 bytes)",
+            "smrdb.max_intermediate_mib = 2 MiB (set in this session)",
+            "SET smrdb.max_intermediate_mib = 3",
+            "max_intermediate_mib in the cluster file",
+        ] {
+            assert!(m.contains(w), "{w:?} not in {m}");
+        }
+        assert!(cluster
+            .check(9 << 20, 1, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("(the cluster's default)"));
+        GatherLimit::NONE.check(u64::MAX, 4, 4).unwrap();
+        // Cut short after 1 of 4 answers: said so, and the suggestion extrapolates.
+        let m = session.check(3 << 20, 1, 4).unwrap_err().to_string();
+        for w in [
+            "the first 1 of 4 Tstores to answer returned 3.0 MiB",
+            "SET smrdb.max_intermediate_mib = 12",
+        ] {
+            assert!(m.contains(w), "{w:?} not in {m}");
+        }
     }
 }

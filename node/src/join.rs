@@ -10,8 +10,8 @@ use smrdb_router::PeerStats;
 use smrdb_tstore::{decode_batches, ColumnDef, DataType, JoinStats, TableSchema, Value};
 
 use crate::dispatch::Target;
-use crate::engine::{is_system_table, rows_to_batch, Engine, Output};
-use crate::error::{Error, Result};
+use crate::engine::{is_system_table, rows_to_batch, Engine, GatherLimit, Output};
+use crate::error::{resource_hint, Error, Result};
 use crate::proto::{Reply, Request};
 
 /// What one run of a multi-set query measured.
@@ -30,7 +30,8 @@ pub struct JoinRun {
 }
 
 /// The error to report from a join's replies: a Tstore's own failure rather than the
-/// echo ("join aborted: ...") other Tstores answer with.
+/// echo ("join aborted: ...") other Tstores answer with. A Tstore's failure for lack of
+/// common memory gets the hint of which setting raises it ([`resource_hint`]).
 fn join_error(replies: &[(u32, Reply)]) -> Result<()> {
     let mut echo = None;
     for (_, r) in replies {
@@ -38,7 +39,7 @@ fn join_error(replies: &[(u32, Reply)]) -> Result<()> {
             if message.starts_with("join aborted") {
                 echo.get_or_insert((sqlstate, message));
             } else {
-                return Err(Error::sql(sqlstate, message.clone()));
+                return Err(Error::sql(sqlstate, resource_hint(message)));
             }
         }
     }
@@ -58,8 +59,9 @@ impl Engine {
     /// gathers and post-processes.
     ///
     /// # Errors
-    /// Unknown or system tables, Tstore errors, lost nodes, timeouts.
-    pub fn join_query(&self, q: &QueryPlan) -> Result<(RecordBatch, JoinRun)> {
+    /// Unknown or system tables, Tstore errors, lost nodes, timeouts; 53200 when the
+    /// intermediate results exceed `limit` (checked before any of them is decoded).
+    pub fn join_query(&self, q: &QueryPlan, limit: GatherLimit) -> Result<(RecordBatch, JoinRun)> {
         let Some(spec) = &q.join else {
             return Err(Error::Protocol("join_query without a join".into()));
         };
@@ -78,16 +80,25 @@ impl Engine {
             .saturating_sub(Duration::from_secs(2))
             .max(Duration::from_secs(1));
         let t0 = Instant::now();
-        let replies = self.dispatcher().call(
+        let replies = self.dispatcher().call_gathering(
             Target::All,
             Request::Join {
                 spec: spec.clone(),
                 post: q.fragment.clone(),
                 timeout_ms: timeout.as_millis() as u64,
             },
+            limit,
         )?;
         let distributed = t0.elapsed();
         join_error(&replies)?;
+        let gathered = replies
+            .iter()
+            .map(|(_, r)| match r {
+                Reply::Join { ipc, .. } => ipc.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        limit.check(gathered, replies.len(), replies.len())?;
         let t1 = Instant::now();
         let mut run = JoinRun {
             distributed,
@@ -166,15 +177,15 @@ impl Engine {
     ///
     /// # Errors
     /// As running the query.
-    pub fn explain(&self, q: &QueryPlan, analyze: bool) -> Result<Output> {
+    pub fn explain(&self, q: &QueryPlan, analyze: bool, limit: GatherLimit) -> Result<Output> {
         let mut lines = smrdb_planner::explain_lines(q);
         if analyze {
             lines.push(String::new());
             if q.join.is_some() {
-                self.analyze_join(q, &mut lines)?;
+                self.analyze_join(q, &mut lines, limit)?;
             } else {
                 let t0 = Instant::now();
-                let b = self.query(q)?;
+                let b = self.query(q, limit)?;
                 lines.push(format!(
                     "Execution: {} rows in {}",
                     b.num_rows(),
@@ -191,13 +202,18 @@ impl Engine {
         })
     }
 
-    fn analyze_join(&self, q: &QueryPlan, lines: &mut Vec<String>) -> Result<()> {
+    fn analyze_join(
+        &self,
+        q: &QueryPlan,
+        lines: &mut Vec<String>,
+        limit: GatherLimit,
+    ) -> Result<()> {
         let Some(spec) = &q.join else {
             return Ok(());
         };
         let before = self.router_stats()?;
         let t0 = Instant::now();
-        let (out, run) = self.join_query(q)?;
+        let (out, run) = self.join_query(q, limit)?;
         let total = t0.elapsed();
         let after = self.router_stats()?;
         let max = |f: &dyn Fn(&JoinStats) -> Duration| {

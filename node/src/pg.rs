@@ -53,7 +53,7 @@ use crate::sqltext::{bind_params, count_params, quote_literal, split_statements}
 use crate::values::{civil_from_days, encode_rows, pg_oid, PG_EPOCH_DAYS};
 
 fn user_error(e: &Error) -> ErrorInfo {
-    ErrorInfo::new("ERROR".into(), e.sqlstate().to_string(), e.to_string())
+    ErrorInfo::new("ERROR".into(), e.sqlstate().to_string(), e.client_message())
 }
 
 fn pg_error(e: &Error) -> PgWireError {

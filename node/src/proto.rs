@@ -414,13 +414,27 @@ pub struct Object {
 struct Partial {
     next: u32,
     bytes: Vec<u8>,
+    /// Too large: its remaining chunks are dropped.
+    discard: bool,
 }
 
 /// Reassembles chunked objects per (sending node, object id). Chunk bytes are copied
 /// out and the chunk dropped at once (releasing ring space).
-#[derive(Default)]
+///
+/// An object may hold at most [`MAX_OBJECT`] bytes: the partial copy of a larger one is
+/// freed and its remaining chunks are dropped as they arrive. When it is a Tstore's
+/// reply, [`Reassembler::push`] hands out an [`Reply::Error`] (SQLSTATE 54000, naming
+/// the size) in its place, so the task waiting for it fails at once instead of waiting
+/// for its timeout.
 pub struct Reassembler {
     partial: HashMap<(u32, u64), Partial>,
+    max: usize,
+}
+
+impl Default for Reassembler {
+    fn default() -> Self {
+        Self::with_max(MAX_OBJECT)
+    }
 }
 
 impl Reassembler {
@@ -429,15 +443,47 @@ impl Reassembler {
         Self::default()
     }
 
+    /// A reassembler of objects of at most `max` bytes (tests; [`Reassembler::new`]
+    /// takes [`MAX_OBJECT`]).
+    pub fn with_max(max: usize) -> Self {
+        Reassembler {
+            partial: HashMap::new(),
+            max,
+        }
+    }
+
+    /// The stand-in for a Tstore's reply larger than the limit: an error reply to the
+    /// same task.
+    fn too_large(&self, d: &Delivery, tstore: u32) -> Result<Object> {
+        let reply = Reply::Error {
+            sqlstate: "54000".into(),
+            message: format!(
+                "the reply of tstore {tstore} (node {}) to this statement is larger than {} MiB, \
+                 the most one Tstore may return for one task; make the query return fewer rows \
+                 or columns",
+                d.from,
+                self.max >> 20
+            ),
+        };
+        Ok(Object {
+            from: d.from,
+            src: d.spec.src,
+            query: d.spec.query,
+            tag: d.spec.tag,
+            bytes: encode(d.spec.query, Body::Reply(reply))?,
+        })
+    }
+
     /// Adds a chunk; returns the object when it is complete.
     ///
     /// # Errors
-    /// [`Error::Protocol`] for an out-of-order chunk or an object larger than
-    /// [`MAX_OBJECT`] (the partial object is discarded).
+    /// [`Error::Protocol`] for an out-of-order chunk, or an object larger than the
+    /// limit that is not a Tstore's reply (its partial copy is discarded; see the type's
+    /// documentation for replies).
     pub fn push(&mut self, d: Delivery) -> Result<Option<Object>> {
         let key = (d.from, d.spec.object);
         let data = d.data.bytes();
-        if d.spec.chunk == 0 && d.spec.last {
+        if d.spec.chunk == 0 && d.spec.last && data.len() <= self.max {
             let obj = Object {
                 from: d.from,
                 src: d.spec.src,
@@ -448,9 +494,11 @@ impl Reassembler {
             drop(d);
             return Ok(Some(obj));
         }
+        let max = self.max;
         let p = self.partial.entry(key).or_insert_with(|| Partial {
             next: 0,
             bytes: Vec::new(),
+            discard: false,
         });
         if d.spec.chunk != p.next {
             let expected = p.next;
@@ -460,19 +508,34 @@ impl Reassembler {
                 d.spec.chunk, d.spec.object, d.from
             )));
         }
-        if p.bytes.len() + data.len() > MAX_OBJECT {
-            self.partial.remove(&key);
-            return Err(Error::Protocol(format!(
-                "object {:#x} from node {} exceeds {MAX_OBJECT} bytes",
-                d.spec.object, d.from
-            )));
+        p.next += 1;
+        if p.discard {
+            if d.spec.last {
+                self.partial.remove(&key);
+            }
+            return Ok(None);
+        }
+        if p.bytes.len() + data.len() > max {
+            let had = p.bytes.len() + data.len();
+            p.bytes = Vec::new();
+            p.discard = true;
+            if d.spec.last {
+                self.partial.remove(&key);
+            }
+            return match d.spec.src.as_tstore() {
+                Some(t) => self.too_large(&d, t).map(Some),
+                None => Err(Error::Protocol(format!(
+                    "object {:#x} from node {} exceeds {max} bytes ({had} so far); dropped",
+                    d.spec.object, d.from
+                ))),
+            };
         }
         p.bytes.extend_from_slice(data);
-        p.next += 1;
         if d.spec.last {
             let p = self.partial.remove(&key).unwrap_or(Partial {
                 next: 0,
                 bytes: Vec::new(),
+                discard: false,
             });
             return Ok(Some(Object {
                 from: d.from,
@@ -494,7 +557,80 @@ impl Reassembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smrdb_router::{Addr, Inbound, NodeSpec, Router, RouterConfig, SendSpec};
+    use smrdb_transport::{FabricConfig, FabricKind};
     use smrdb_tstore::{ColumnDef, DataType};
+
+    #[test]
+    fn oversized_replies_become_errors_and_their_rest_is_dropped() {
+        // A one-node router on shm: real deliveries (chunk refs) to the controller.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nodes = vec![NodeSpec {
+            id: 0,
+            addr: l.local_addr().unwrap().to_string(),
+            tstores: 1,
+        }];
+        let cfg = RouterConfig::new(0, nodes, FabricConfig::new(FabricKind::Shm, b"s".to_vec()));
+        let (router, inboxes) = Router::start::<smrdb_transport::shm::Shm>(cfg, l).unwrap();
+        let h = router.handle();
+        let deliver = |src: Addr, object: u64, chunk: u32, last: bool, len: usize| {
+            let mut buf = h.alloc(len).unwrap();
+            buf.as_mut_slice().fill(7);
+            let spec = SendSpec {
+                src,
+                dst: Addr::controller(0),
+                tag: TAG_TASK,
+                query: 42,
+                object,
+                chunk,
+                last,
+            };
+            h.send(buf, spec).unwrap();
+            match inboxes[0].recv(std::time::Duration::from_secs(5)).unwrap() {
+                Inbound::Data(d) => d,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut asm = Reassembler::with_max(100);
+        let ts = Addr::tstore(0);
+        // Expect: a reply object within the limit is reassembled.
+        assert!(asm.push(deliver(ts, 1, 0, false, 60)).unwrap().is_none());
+        let o = asm.push(deliver(ts, 1, 1, true, 40)).unwrap().unwrap();
+        assert_eq!(o.bytes.len(), 100);
+        // Expect: a reply that grows past the limit is replaced by an error reply to the
+        // same task (54000, naming the Tstore and the limit) ...
+        assert!(asm.push(deliver(ts, 2, 0, false, 60)).unwrap().is_none());
+        let o = asm.push(deliver(ts, 2, 1, false, 60)).unwrap().unwrap();
+        let env = decode(&o.bytes, 42).unwrap();
+        match env.body {
+            Body::Reply(Reply::Error { sqlstate, message }) => {
+                assert_eq!(sqlstate, "54000");
+                assert!(message.contains("tstore 0"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // ... and its remaining chunks are dropped without errors, the last included.
+        assert!(asm.push(deliver(ts, 2, 2, false, 60)).unwrap().is_none());
+        assert!(asm.push(deliver(ts, 2, 3, true, 10)).unwrap().is_none());
+        // Expect: a single chunk over the limit, likewise.
+        let o = asm.push(deliver(ts, 3, 0, true, 101)).unwrap().unwrap();
+        assert!(matches!(
+            decode(&o.bytes, 42).unwrap().body,
+            Body::Reply(Reply::Error { .. })
+        ));
+        // Expect: a request (from a controller) over the limit is an error once, its
+        // rest dropped quietly.
+        let c = Addr::controller(0);
+        assert!(asm.push(deliver(c, 4, 0, false, 60)).unwrap().is_none());
+        assert!(asm.push(deliver(c, 4, 1, false, 60)).is_err());
+        assert!(asm.push(deliver(c, 4, 2, true, 60)).unwrap().is_none());
+        // Nothing is left over: the next object from the same node is whole.
+        assert!(asm.partial.is_empty());
+        let o = asm.push(deliver(ts, 5, 0, true, 30)).unwrap().unwrap();
+        assert_eq!(o.bytes, vec![7u8; 30]);
+        drop(inboxes);
+        router.shutdown();
+    }
 
     #[test]
     fn round_trip_and_validation() {

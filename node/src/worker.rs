@@ -457,7 +457,7 @@ impl Worker {
                 Ok(b) => b,
                 Err(RouterError::Shutdown) => break,
                 Err(e) => {
-                    tracing::warn!("tstore {}: send failed: {e}", self.id());
+                    self.drop_front(&e);
                     false
                 }
             };
@@ -899,6 +899,47 @@ impl Worker {
 
     /// Sends as much of the outgoing queue as the arena takes now. Returns whether
     /// something is still waiting for space.
+    /// The item at the front of the send queue failed for good (it can never be sent:
+    /// larger than the arena, an address the router refuses): drop it instead of
+    /// retrying forever. A join table is cut short (its receivers get an aborting last
+    /// chunk) and its task fails; a reply is dropped (its task times out on the
+    /// primary, the error is logged here).
+    fn drop_front(&mut self, e: &RouterError) {
+        let id = self.id();
+        match self.out.front_mut() {
+            Some(Out::JoinTable {
+                task,
+                batches,
+                abort,
+                ..
+            }) if !(*abort && batches.is_empty()) => {
+                tracing::error!("tstore {id}: a join table of task {task} cannot be sent: {e}");
+                batches.clear();
+                *abort = true;
+                let task = *task;
+                if let Some(j) = self.joins.get_mut(&task) {
+                    j.fail(
+                        "53200",
+                        format!("tstore {id} could not send its join table: {e}"),
+                    );
+                }
+            }
+            Some(Out::JoinTable { task, .. }) => {
+                tracing::error!(
+                    "tstore {id}: the end of join table of task {task} cannot be sent: {e}"
+                );
+                self.out.pop_front();
+            }
+            Some(Out::Object { task, dst, .. }) => {
+                tracing::error!(
+                    "tstore {id}: the reply to {dst:?} for task {task} cannot be sent: {e}"
+                );
+                self.out.pop_front();
+            }
+            None => tracing::warn!("tstore {id}: send failed: {e}"),
+        }
+    }
+
     fn pump(&mut self) -> Result<bool, RouterError> {
         let router = self.t.router.clone();
         let max = router.max_chunk();

@@ -223,7 +223,7 @@ pub struct RouterConfig {
     /// Bytes of the outgoing arena.
     pub arena_bytes: usize,
     /// Largest chunk [`RouterHandle::send_bytes`] cuts objects into (capped by the
-    /// ring size).
+    /// ring and the arena sizes).
     pub max_chunk: usize,
     /// SMR or naive broadcasts.
     pub mode: Mode,
@@ -892,7 +892,8 @@ impl Router {
             mode: cfg.mode,
             arena,
             ring_bytes,
-            max_chunk: cfg.max_chunk.clamp(1, ring_bytes),
+            // A chunk must fit in a ring and in the arena, or it could never be sent.
+            max_chunk: cfg.max_chunk.clamp(1, ring_bytes.min(cfg.arena_bytes)),
             backpressure: cfg.backpressure_timeout,
             counters,
             inboxes: inbox_tx,
@@ -998,7 +999,7 @@ impl RouterHandle {
         self.shared.mode
     }
 
-    /// Largest chunk a single send may carry (the ring size caps it).
+    /// Largest chunk a single send may carry (the ring and arena sizes cap it).
     pub fn max_chunk(&self) -> usize {
         self.shared.max_chunk
     }

@@ -305,11 +305,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// `ulimit -l` is too low to pin the memory we need.
+    /// `ulimit -l` is too low to pin the memory we need (and the process may not lock
+    /// beyond it: no `CAP_IPC_LOCK`).
     #[error(
-        "locked-memory limit (ulimit -l) is {have} bytes but registering needs about {need} bytes; \
-         raise it with `ulimit -l unlimited` in the shell that starts smrdb (or a `memlock` line in \
-         /etc/security/limits.conf, or LimitMEMLOCK=infinity for a systemd unit)"
+        "locked-memory limit (ulimit -l) is {} KiB ({have} bytes) but registering the common \
+         memory needs at least {} KiB ({need} bytes); raise it with `ulimit -l unlimited` (or \
+         `ulimit -l {}` at least) in the shell that starts smrdb, or a `memlock` line in \
+         /etc/security/limits.conf, or LimitMEMLOCK=infinity for a systemd unit",
+        .have / 1024,
+        .need.div_ceil(1024),
+        .need.div_ceil(1024)
     )]
     MemlockTooLow {
         /// Current soft limit in bytes.
@@ -475,17 +480,76 @@ pub fn memlock_limit() -> Option<u64> {
     }
 }
 
+/// Whether this process may pin memory beyond `ulimit -l`: the kernel exempts a
+/// process with `CAP_IPC_LOCK` in its effective set. Read from `/proc/self/status`;
+/// where that cannot be read, root is taken to have it.
+pub fn can_lock_beyond_limit() -> bool {
+    /// Bit of `CAP_IPC_LOCK` in the capability sets.
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| cap_eff(&s))
+        .map(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+        // SAFETY: geteuid has no preconditions.
+        .unwrap_or_else(|| unsafe { libc::geteuid() } == 0)
+}
+
+/// The effective capability set from the text of `/proc/<pid>/status`.
+fn cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 /// Fails with [`Error::MemlockTooLow`] when `need` bytes cannot be pinned under the
-/// current `ulimit -l` (root with `CAP_IPC_LOCK` is exempt).
+/// current `ulimit -l`. A process with `CAP_IPC_LOCK` (root, normally; not root in a
+/// container that drops it) is exempt, as the kernel exempts it.
 ///
 /// # Errors
 /// [`Error::MemlockTooLow`].
 pub fn check_memlock(need: u64) -> Result<()> {
     match memlock_limit() {
         None => Ok(()),
-        // SAFETY: geteuid has no preconditions.
-        Some(_) if unsafe { libc::geteuid() } == 0 => Ok(()),
         Some(have) if have >= need => Ok(()),
+        Some(_) if can_lock_beyond_limit() => Ok(()),
         Some(have) => Err(Error::MemlockTooLow { have, need }),
+    }
+}
+
+#[cfg(test)]
+mod memlock_tests {
+    use super::*;
+
+    #[test]
+    fn memlock_error_names_the_limit_and_the_bytes_needed() {
+        let m = Error::MemlockTooLow {
+            have: 65536,
+            need: 2 * 1024 * 1024 + 1,
+        }
+        .to_string();
+        for w in [
+            "ulimit -l",
+            "is 64 KiB (65536 bytes)",
+            "at least 2049 KiB (2097153 bytes)",
+            "`ulimit -l unlimited`",
+            "`ulimit -l 2049`",
+            "limits.conf",
+        ] {
+            assert!(m.contains(w), "{w:?} not in {m}");
+        }
+    }
+
+    #[test]
+    fn capability_sets_are_read_from_proc_status() {
+        let status = "Name:\tsmrdb\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(cap_eff(status), Some(0x1ff_ffff_ffff));
+        let without = "CapEff:\t000001ffffffbfff\n";
+        assert_eq!(cap_eff(without).map(|c| c & (1 << 14)), Some(0));
+        assert_eq!(cap_eff("Name:\tx\n"), None);
+        assert_eq!(cap_eff("CapEff:\tzz\n"), None);
+        // Whatever this process holds, a need within the limit always passes.
+        check_memlock(0).unwrap();
+        if let Some(have) = memlock_limit() {
+            check_memlock(have).unwrap();
+        }
     }
 }
