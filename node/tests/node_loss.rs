@@ -428,3 +428,93 @@ fn node_back_without_its_data_is_not_readmitted() {
         vec![vec![Some("1".into())]]
     );
 }
+
+/// `smrdb cluster --restart`: the supervisor starts a killed node again (a secondary,
+/// then the primary) with its data directory, and the cluster answers as before.
+#[test]
+fn cluster_restart_brings_killed_nodes_back() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let pg = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "cluster",
+            "--nodes",
+            "3",
+            "--tstores",
+            "1",
+            "--fabric",
+            "shm",
+        ])
+        .args(["--port", &pg.to_string(), "--restart"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("cluster.log")).unwrap())
+        .spawn()
+        .expect("smrdb cluster starts");
+    struct Guard(Child, std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            for &p in self.1.lock().unwrap().iter() {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+        }
+    }
+    let out = child.stdout.take().unwrap();
+    let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let guard = Guard(child, pids.clone());
+    // Latest pid per node, from "node K pid P" lines (printed again at a restart).
+    let latest = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    {
+        let (pids, latest) = (pids.clone(), latest.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Some((node, pid)) = line
+                    .strip_prefix("node ")
+                    .and_then(|r| r.split_once(" pid "))
+                {
+                    let (node, pid): (u32, u32) =
+                        (node.parse().unwrap(), pid.trim().parse().unwrap());
+                    pids.lock().unwrap().push(pid);
+                    latest.lock().unwrap().insert(node, pid);
+                }
+            }
+        });
+    }
+    let mut c = connect(pg);
+    load(&mut c);
+    assert_eq!(text_rows(&mut c, JOIN).unwrap(), expected_join());
+    for victim in [1u32, 0] {
+        let pid = latest.lock().unwrap()[&victim];
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while latest.lock().unwrap()[&victim] == pid {
+            assert!(Instant::now() < deadline, "node {victim} was not restarted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if victim == 0 {
+            c = connect(pg);
+        }
+        assert_eq!(
+            until_ok(&mut c, JOIN, Duration::from_secs(30)),
+            expected_join(),
+            "after node {victim} was killed and restarted"
+        );
+    }
+    c.batch_execute("INSERT INTO a VALUES (100, 0), (101, 1), (102, 2)")
+        .unwrap();
+    assert_eq!(
+        text_rows(&mut c, SCAN).unwrap(),
+        vec![vec![Some("63".into()), Some((1770 + 303).to_string())]]
+    );
+    let log = std::fs::read_to_string(dir.path().join("cluster.log")).unwrap_or_default();
+    assert!(
+        log.contains("node 1 exited") && log.contains("restarting it"),
+        "{log}"
+    );
+    drop(guard);
+}
