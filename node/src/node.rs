@@ -265,16 +265,43 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
             std::thread::Builder::new()
                 .name("readmit".into())
                 .spawn(move || {
+                    // A readmission that failed on the way (a timeout, a Tstore error)
+                    // is tried again a few times while the node stays connected; one
+                    // that found the node unusable (lost again, its data gone) is not.
+                    const TRIES: u32 = 5;
+                    let mut retry: Vec<(u32, u32, std::time::Instant)> = Vec::new();
                     while !s.load(Ordering::Relaxed) {
-                        let Some(node) = disp.next_rejoined(Duration::from_millis(200)) else {
-                            continue;
+                        let now = std::time::Instant::now();
+                        let (node, tries) = match retry.iter().position(|r| r.2 <= now) {
+                            Some(i) => {
+                                let (n, t, _) = retry.swap_remove(i);
+                                (n, t)
+                            }
+                            None => match disp.next_rejoined(Duration::from_millis(200)) {
+                                Some(n) => {
+                                    retry.retain(|r| r.0 != n);
+                                    (n, 0)
+                                }
+                                None => continue,
+                            },
                         };
                         match engine.readmit(node) {
                             Ok(true) => tracing::info!("node {node} is readmitted"),
                             Ok(false) => {
                                 tracing::warn!("node {node} was lost again while readmitted")
                             }
-                            Err(e) => tracing::error!("node {node} is not readmitted: {e}"),
+                            Err(e @ Error::NodeLost { .. }) => {
+                                tracing::error!("node {node} is not readmitted: {e}")
+                            }
+                            Err(e) if tries + 1 < TRIES => {
+                                tracing::warn!(
+                                    "node {node} not readmitted yet ({e}); trying again in 1 s"
+                                );
+                                retry.push((node, tries + 1, now + Duration::from_secs(1)));
+                            }
+                            Err(e) => tracing::error!(
+                                "node {node} is not readmitted after {TRIES} tries: {e}"
+                            ),
                         }
                     }
                 })?
