@@ -674,6 +674,7 @@ impl Fabric for Verbs {
             depth,
             slots: vec![None; depth],
             free: (0..depth as u32).rev().collect(),
+            img: Box::new([0u8; SLOT]),
             quiet: Vec::new(),
             covers: vec![Vec::new(); depth],
             signaled: vec![false; depth],
@@ -946,6 +947,8 @@ pub struct VerbsEndpoint {
     slots: Vec<Option<u64>>,
     /// Free send slots.
     free: Vec<u32>,
+    /// Scratch for the image of an inline slot.
+    img: Box<[u8; SLOT]>,
     /// Slots of quiet (unsignaled) messages posted since the last signaled request.
     quiet: Vec<u32>,
     /// Per send slot of a signaled request: the quiet slots its completion frees too
@@ -1117,15 +1120,16 @@ impl VerbsEndpoint {
             .out
             .ring
             .wrapping_add((seq % self.out.slots) * SLOT as u64 + start as u64);
-        let mut img = [0u8; SLOT];
         let inline_fits = n <= self.dev_inline;
         // Only an inline message may go unsignaled: a staged one's slot buffer must
         // come back by its own completion.
         let quiet = quiet && inline_fits;
         let (sge, inline) = if inline_fits {
+            // Built in the endpoint's scratch slot (only the bytes sent are written: no
+            // per-message clearing); the provider copies them into the work request.
+            let img = &mut self.img;
             img[start..MAX_MSG].copy_from_slice(data);
-            put_trailer(&mut img, seq, kind, len, imm, valid);
-            // The provider copies the bytes into the work request: no staging copy.
+            put_trailer(&mut img[..], seq, kind, len, imm, valid);
             (
                 (self.bufs.mr.lkey(), img.as_ptr() as u64 + start as u64, n),
                 true,
