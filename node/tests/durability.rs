@@ -181,17 +181,28 @@ impl Drop for Cluster {
 }
 
 fn connect(port: u16) -> Client {
+    connect_or(port, String::new)
+}
+
+/// Connects, or panics after 30 s with the last error and `context()` (a log tail).
+fn connect_or(port: u16, context: impl Fn() -> String) -> Client {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::from("nothing listens");
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            if let Ok(c) = Client::connect(
+            match Client::connect(
                 &format!("host=127.0.0.1 port={port} user=smrdb dbname=smrdb"),
                 NoTls,
             ) {
-                return c;
+                Ok(c) => return c,
+                Err(e) => last = e.to_string(),
             }
         }
-        assert!(Instant::now() < deadline, "no connection on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "no connection on port {port} ({last}); {}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -481,7 +492,9 @@ fn acknowledged_writes_survive_kill9_and_none_is_half_applied() {
     for round in 0..=rounds {
         let t0 = Instant::now();
         let mut cluster = Cluster::start(&data, round);
-        let mut c = connect(cluster.port);
+        let mut c = connect_or(cluster.port, || {
+            format!("round {round}: {}", cluster.log_tail())
+        });
         restart_time += t0.elapsed();
         if round == 0 {
             c.batch_execute(
