@@ -8,7 +8,7 @@
 //! another test's cluster. Run in release (`cargo test --release -p smrdb-node --test
 //! clients -- --nocapture` shows the throughput).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,21 +19,14 @@ use smrdb_node::auth::{md5_hash, ScramVerifier};
 use smrdb_node::config::{AuthMethod, ClusterFile, User};
 use smrdb_transport::FabricKind;
 
-const BIN: &str = env!("CARGO_BIN_EXE_smrdb");
+mod common;
+use common::{free_port, rows, BIN};
 
 /// One cluster at a time (see the module documentation).
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `smrdb node` processes of one cluster; killed on drop (logs shown on failure).
@@ -142,20 +135,6 @@ fn db_error(e: &postgres::Error) -> (String, String, String) {
         ),
         None => (format!("not a db error: {e}"), String::new(), String::new()),
     }
-}
-
-/// The text rows of a simple query.
-fn rows(c: &mut Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    c.simple_query(sql)
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 fn one(c: &mut Client, sql: &str) -> String {

@@ -6,32 +6,17 @@
 //! killed by a drop guard, even when a test fails.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use smrdb_node::config::ClusterFile;
 use smrdb_transport::FabricKind;
 
-const BIN: &str = env!("CARGO_BIN_EXE_smrdb");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn kill_pid(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
+mod common;
+use common::{connect, free_port, kill_pid, rows as text_rows, sqlstate, BIN};
 
 /// `smrdb cluster` in the background; killed (with its nodes) on drop.
 struct LocalCluster {
@@ -148,42 +133,6 @@ impl Drop for Nodes {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn connect(port: u16) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            if let Ok(c) = Client::connect(
-                &format!("host=127.0.0.1 port={port} user=smrdb dbname=smrdb"),
-                NoTls,
-            ) {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "no connection on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn sqlstate(e: &postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.code().code().to_string())
-        .unwrap_or_else(|| format!("not a db error: {e}"))
-}
-
-/// Text rows of a simple query.
-fn text_rows(c: &mut Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    c.simple_query(sql)
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 fn tstore_rows(c: &mut Client, table: &str) -> Vec<i64> {

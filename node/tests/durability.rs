@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
-const BIN: &str = env!("CARGO_BIN_EXE_smrdb");
+mod common;
+use common::{free_port, BIN};
+
 /// Tstores of the cluster (2 nodes x 2).
 const TSTORES: usize = 4;
 
@@ -49,14 +51,6 @@ impl Rng {
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo + 1)
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether process `pid` is gone (or a zombie: dead, not yet reaped).

@@ -8,24 +8,16 @@
 //! Run in release (`cargo test --release -p smrdb-node --test node_loss`); every child
 //! is killed by a drop guard, even when a test fails.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use smrdb_node::config::ClusterFile;
 use smrdb_transport::FabricKind;
 
-const BIN: &str = env!("CARGO_BIN_EXE_smrdb");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{connect, free_port, try_rows as text_rows, BIN};
 
 /// A cluster of `smrdb node` processes, each started (and restarted) on its own.
 struct Cluster {
@@ -117,34 +109,6 @@ impl Drop for Cluster {
             self.kill9(id);
         }
     }
-}
-
-fn connect(port: u16) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            if let Ok(c) = Client::connect(
-                &format!("host=127.0.0.1 port={port} user=smrdb dbname=smrdb"),
-                NoTls,
-            ) {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "no connection on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text_rows(c: &mut Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, postgres::Error> {
-    Ok(c.simple_query(sql)?
-        .into_iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect())
 }
 
 /// (SQLSTATE, message) of a database error.

@@ -11,32 +11,18 @@
 //! runs it inside the VM.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls, SimpleQueryMessage};
+use postgres::Client;
 use smrdb_node::config::ClusterFile;
 use smrdb_transport::FabricKind;
 
-const BIN: &str = env!("CARGO_BIN_EXE_smrdb");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn kill_pid(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
+mod common;
+use common::{connect, free_port, kill_pid, rows, BIN};
 
 /// The last lines of every log file in `dir` (printed when a test fails).
 fn dump_logs(dir: &Path) {
@@ -193,36 +179,6 @@ impl Drop for Nodes {
             let _ = c.wait();
         }
     }
-}
-
-fn connect(port: u16) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            if let Ok(c) = Client::connect(
-                &format!("host=127.0.0.1 port={port} user=smrdb dbname=smrdb"),
-                NoTls,
-            ) {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "no connection on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Text rows of a simple query (every statement of it).
-fn rows(c: &mut Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    c.simple_query(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// The one value of a one-row, one-column query.
