@@ -20,17 +20,16 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 mod common;
-use common::{free_port, BIN};
+use common::{connect_within, free_port, BIN};
 
 /// Tstores of the cluster (2 nodes x 2).
 const TSTORES: usize = 4;
@@ -174,31 +173,9 @@ impl Drop for Cluster {
     }
 }
 
+/// Connects within 30 s (a restart takes well under a second).
 fn connect(port: u16) -> Client {
-    connect_or(port, String::new)
-}
-
-/// Connects, or panics after 30 s with the last error and `context()` (a log tail).
-fn connect_or(port: u16, context: impl Fn() -> String) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::from("nothing listens");
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            match Client::connect(
-                &format!("host=127.0.0.1 port={port} user=smrdb dbname=smrdb"),
-                NoTls,
-            ) {
-                Ok(c) => return c,
-                Err(e) => last = e.to_string(),
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no connection on port {port} ({last}); {}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    connect_within(port, Duration::from_secs(30), String::new)
 }
 
 /// A row of `t`: (grp, v, tag) by id.
@@ -486,7 +463,7 @@ fn acknowledged_writes_survive_kill9_and_none_is_half_applied() {
     for round in 0..=rounds {
         let t0 = Instant::now();
         let mut cluster = Cluster::start(&data, round);
-        let mut c = connect_or(cluster.port, || {
+        let mut c = connect_within(cluster.port, Duration::from_secs(30), || {
             format!("round {round}: {}", cluster.log_tail())
         });
         restart_time += t0.elapsed();

@@ -32,7 +32,13 @@ pub fn kill_pid(pid: u32) {
 /// A client of the primary on `port` as user smrdb, retried for up to 60 s (a
 /// cluster that is still starting).
 pub fn connect(port: u16) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    connect_within(port, Duration::from_secs(60), String::new)
+}
+
+/// As [`connect`], retried for up to `limit`; the panic then names the last error and
+/// `context()` (a log tail, say).
+pub fn connect_within(port: u16, limit: Duration, context: impl Fn() -> String) -> Client {
+    let deadline = Instant::now() + limit;
     let mut last = String::from("nothing listens");
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -46,9 +52,10 @@ pub fn connect(port: u16) -> Client {
         }
         assert!(
             Instant::now() < deadline,
-            "no connection on port {port}: {last}"
+            "no connection on port {port} ({last}); {}",
+            context()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
