@@ -90,15 +90,8 @@ impl Engine {
             limit,
         )?;
         let distributed = t0.elapsed();
+        // The limit was checked as the replies arrived (Dispatcher::call_gathering).
         join_error(&replies)?;
-        let gathered = replies
-            .iter()
-            .map(|(_, r)| match r {
-                Reply::Join { ipc, .. } => ipc.len() as u64,
-                _ => 0,
-            })
-            .sum();
-        limit.check(gathered, replies.len(), replies.len())?;
         let t1 = Instant::now();
         let mut run = JoinRun {
             distributed,
