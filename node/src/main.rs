@@ -124,7 +124,30 @@ fn init_logging() {
         .try_init();
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            report_error(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a fatal error to stderr in one `write` call per part, so that the errors of
+/// nodes that share a terminal (the children of `smrdb cluster`, which often fail
+/// together and for the same reason) do not interleave mid-line. The message and its
+/// causes come first, on one line; a captured backtrace follows as its own write.
+fn report_error(e: &anyhow::Error) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(format!("Error: {e:#}\n").as_bytes());
+    let bt = e.backtrace();
+    if bt.status() == std::backtrace::BacktraceStatus::Captured {
+        let _ = err.write_all(format!("\nStack backtrace:\n{bt}\n").as_bytes());
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Node {
