@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use smrdb_planner::QueryPlan;
-use smrdb_router::PeerStats;
+use smrdb_planner::{Broadcast, QueryPlan};
+use smrdb_router::{Mode, PeerStats};
 use smrdb_tstore::{decode_batches, ColumnDef, DataType, JoinStats, TableSchema, Value};
 
 use crate::dispatch::Target;
@@ -171,7 +171,7 @@ impl Engine {
     /// # Errors
     /// As running the query.
     pub fn explain(&self, q: &QueryPlan, analyze: bool, limit: GatherLimit) -> Result<Output> {
-        let mut lines = smrdb_planner::explain_lines(q);
+        let mut lines = smrdb_planner::explain_lines_for(q, self.broadcast());
         if analyze {
             lines.push(String::new());
             if q.join.is_some() {
@@ -193,6 +193,14 @@ impl Engine {
             batch: rows_to_batch(&schema, &rows)?,
             command: "EXPLAIN",
         })
+    }
+
+    /// How this cluster's routers carry a join table to remote Tstores.
+    fn broadcast(&self) -> Broadcast {
+        match self.dispatcher().router().mode() {
+            Mode::Smr => Broadcast::PerNode,
+            Mode::Naive => Broadcast::PerTstore,
+        }
     }
 
     fn analyze_join(
@@ -260,24 +268,35 @@ impl Engine {
                 ms(s.transfer)
             ));
         }
-        // What crossed the network: each node's join tables, one copy per remote node.
+        // What crossed the network: each node's join tables, one copy per remote node
+        // (shared memory router) or per remote Tstore (naive).
         let mut by_node: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         for (_, node, s) in &run.stats {
             let e = by_node.entry(*node).or_default();
             e.0 += s.built_bytes.iter().sum::<u64>();
             e.1 += s.built_chunks.iter().sum::<u64>();
         }
-        lines.push(
-            "  network (join tables; one copy per remote node, expected from the Tstores' counts):"
-                .into(),
-        );
+        let broadcast = self.broadcast();
+        lines.push(format!(
+            "  network (join tables; {}, expected from the Tstores' counts):",
+            match broadcast {
+                Broadcast::PerNode => "one copy per remote node",
+                Broadcast::PerTstore => "one copy per remote Tstore",
+            }
+        ));
         if by_node.len() < 2 {
             lines.push("    (one node: nothing crosses the network)".into());
         }
         for (&a, &(bytes, chunks)) in &by_node {
             for &b in by_node.keys().filter(|&&b| b != a) {
+                let copies = match broadcast {
+                    Broadcast::PerNode => 1,
+                    Broadcast::PerTstore => self.dispatcher().tstores_of(b).len() as u64,
+                };
                 lines.push(format!(
-                    "    node {a} -> node {b}: {bytes} bytes in {chunks} chunks"
+                    "    node {a} -> node {b}: {} bytes in {} chunks",
+                    bytes * copies,
+                    chunks * copies
                 ));
             }
         }

@@ -28,6 +28,11 @@ struct LocalCluster {
 
 impl LocalCluster {
     fn start(fabric: &str, data_dir: &Path) -> LocalCluster {
+        LocalCluster::start_with(fabric, data_dir, &[])
+    }
+
+    /// As [`LocalCluster::start`], with more `smrdb cluster` arguments.
+    fn start_with(fabric: &str, data_dir: &Path, extra: &[&str]) -> LocalCluster {
         let port = free_port();
         let mut child = Command::new(BIN)
             .args([
@@ -39,6 +44,7 @@ impl LocalCluster {
                 "--fabric",
                 fabric,
             ])
+            .args(extra)
             .args(["--port", &port.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
@@ -532,9 +538,14 @@ fn pair_lines(plan: &[String], section: &str) -> Vec<(u32, u32, u64, u64)> {
         .collect()
 }
 
-fn join_counts(fabric: &str) {
+/// A 9 MB join table crosses the network as the router mode says: EXPLAIN ANALYZE's
+/// expected bytes per node pair (from the Tstores' counts; `copies` per remote node)
+/// match what the routers measured.
+fn join_counts(fabric: &str, mode: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let cl = LocalCluster::start(fabric, dir.path());
+    let cl = LocalCluster::start_with(fabric, dir.path(), &["--router-mode", mode]);
+    // Remote Tstores a join table is copied to, per remote node.
+    let copies = if mode == "naive" { 2 } else { 1 };
     let mut c = connect(cl.port);
     c.batch_execute("CREATE TABLE jp (k INT, v INT); CREATE TABLE jb (k INT, pad TEXT, w INT)")
         .unwrap();
@@ -580,18 +591,36 @@ fn join_counts(fabric: &str) {
         .into_iter()
         .map(|r| r[0].clone().unwrap_or_default())
         .collect();
-    let expected = pair_lines(&plan, "expected from the Tstores' counts");
+    let wording = if mode == "naive" {
+        "one copy per remote Tstore"
+    } else {
+        "one copy per remote node"
+    };
+    assert!(
+        plan.iter()
+            .any(|l| l.starts_with("  network: join table jb") && l.contains(wording)),
+        "{plan:#?}"
+    );
+    let expected = pair_lines(
+        &plan,
+        &format!("{wording}, expected from the Tstores' counts"),
+    );
     let measured = pair_lines(&plan, "measured by the routers");
     assert_eq!(expected.len(), 2, "{plan:#?}");
     for (a, b, bytes, chunks) in expected {
-        assert!(chunks >= 2 * 2, "node {a}: {chunks} chunks ({plan:#?})");
+        assert!(
+            chunks >= 2 * 2 * copies,
+            "node {a}: {chunks} chunks ({plan:#?})"
+        );
+        assert_eq!(chunks % copies, 0, "{plan:#?}");
         let (_, _, mbytes, msgs) = *measured
             .iter()
             .find(|m| m.0 == a && m.1 == b)
             .unwrap_or_else(|| panic!("no measured {a}->{b}: {plan:#?}"));
-        // One copy per remote node: the join chunks' bytes plus a few small task
-        // messages (the request, replies, statistics), never one copy per remote
-        // Tstore (that would be twice the bytes). Messages also count credits.
+        // The join chunks' bytes (one copy per remote node, or per remote Tstore when
+        // naive) plus a few small task messages (the request, replies, statistics):
+        // with smr never one copy per remote Tstore (that would be twice the bytes).
+        // Messages also count credits.
         assert!(
             msgs >= chunks,
             "node {a} -> {b}: {msgs} messages for {chunks} join chunks\n{plan:#?}"
@@ -605,10 +634,15 @@ fn join_counts(fabric: &str) {
 
 #[test]
 fn join_tables_cross_the_network_once_per_remote_node_shm() {
-    join_counts("shm");
+    join_counts("shm", "smr");
 }
 
 #[test]
 fn join_tables_cross_the_network_once_per_remote_node_tcp() {
-    join_counts("tcp");
+    join_counts("tcp", "smr");
+}
+
+#[test]
+fn naive_router_mode_sends_and_explains_one_copy_per_remote_tstore() {
+    join_counts("shm", "naive");
 }

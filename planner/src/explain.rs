@@ -277,7 +277,26 @@ fn input_lines(
     out.push(format!("  est. {} rows, {} B", i.est_rows, i.est_bytes));
 }
 
-fn join_lines(out: &mut Vec<String>, q: &QueryPlan, spec: &JoinSpec, compact: &[String]) {
+/// How the cluster's routers carry a broadcast (a join table) to remote Tstores: what
+/// EXPLAIN says crosses the network. The planner does not depend on the router; the
+/// node maps its router mode to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Broadcast {
+    /// One copy per remote node, fanned out there by pointer (the shared memory
+    /// router, the design).
+    #[default]
+    PerNode,
+    /// One copy per remote Tstore (the naive baseline).
+    PerTstore,
+}
+
+fn join_lines(
+    out: &mut Vec<String>,
+    q: &QueryPlan,
+    spec: &JoinSpec,
+    compact: &[String],
+    broadcast: Broadcast,
+) {
     let n = spec.join_tables.len() + 1;
     let pivot_reason = &spec.pivot_reason;
     let order = order_lines(&spec.order_reasons, spec.join_tables.len());
@@ -307,9 +326,13 @@ fn join_lines(out: &mut Vec<String>, q: &QueryPlan, spec: &JoinSpec, compact: &[
             out.push(format!("  why here: {why}"));
         }
         input_lines(out, jt, q.input_schemas.get(k + 1), compact, start);
+        let copies = match broadcast {
+            Broadcast::PerNode => "one copy per remote node",
+            Broadcast::PerTstore => "one copy per remote Tstore, as the naive router mode sends",
+        };
         out.push(format!(
             "  network: join table {}: every Tstore sends its slice's rows to every Tstore: \
-             one copy per remote node (local Tstores read it in place)",
+             {copies} (local Tstores read it in place)",
             jt.alias
         ));
         out.push(if k == last && !spec.overlap {
@@ -377,8 +400,14 @@ fn stage1_names(q: &QueryPlan, input: &[String]) -> Vec<String> {
     }
 }
 
-/// One line per fact of the plan (see the module docs); what `EXPLAIN` prints.
+/// One line per fact of the plan (see the module docs); what `EXPLAIN` prints on a
+/// cluster of shared memory routers ([`Broadcast::PerNode`]).
 pub fn explain_lines(q: &QueryPlan) -> Vec<String> {
+    explain_lines_for(q, Broadcast::PerNode)
+}
+
+/// As [`explain_lines`], for a cluster whose routers carry broadcasts as `broadcast`.
+pub fn explain_lines_for(q: &QueryPlan, broadcast: Broadcast) -> Vec<String> {
     let mut out = Vec::new();
     let input: Vec<String> = q
         .finish
@@ -389,7 +418,7 @@ pub fn explain_lines(q: &QueryPlan) -> Vec<String> {
         .collect();
     match &q.join {
         Some(spec) => {
-            join_lines(&mut out, q, spec, &input);
+            join_lines(&mut out, q, spec, &input, broadcast);
             out.push(format!(
                 "Tstore fragment over the joined rows ({}):",
                 list(input.iter().cloned())

@@ -40,7 +40,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use error::PlanError;
-pub use explain::{explain_lines, render_expr};
+pub use explain::{explain_lines, explain_lines_for, render_expr, Broadcast};
 pub use finish::{Finish, SortKey};
 pub use join::{parse_bool_setting, OVERLAP_SETTING};
 pub use smrdb_tstore::{

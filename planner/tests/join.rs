@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_schema::Schema;
-use smrdb_planner::{explain_lines, plan_sql, render_expr, Catalog, Plan, PlanError, QueryPlan};
+use smrdb_planner::{
+    explain_lines, explain_lines_for, plan_sql, render_expr, Broadcast, Catalog, Plan, PlanError,
+    QueryPlan,
+};
 use smrdb_tstore::slice::batches_to_rows;
 use smrdb_tstore::{ColumnDef, DataType, Expr, JoinSpec, Slice, TableSchema, Value};
 
@@ -1217,6 +1220,19 @@ fn explain_lines_mention_pivot_join_tables_and_post_processing() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+    // On a naive cluster the same plan says the join table goes to every remote
+    // Tstore; nothing else changes.
+    let naive = explain_lines_for(&query, Broadcast::PerTstore);
+    assert_eq!(naive.len(), lines.len());
+    let differ: Vec<(&String, &String)> =
+        lines.iter().zip(&naive).filter(|(a, b)| a != b).collect();
+    assert_eq!(differ.len(), 1, "{differ:#?}");
+    assert!(
+        differ[0]
+            .1
+            .ends_with("one copy per remote Tstore, as the naive router mode sends (local Tstores read it in place)"),
+        "{differ:#?}"
+    );
     match plan_in(&c, &format!("EXPLAIN ANALYZE {sql}")).unwrap() {
         Plan::Explain { analyze, .. } => assert!(analyze),
         p => panic!("{p:?}"),
