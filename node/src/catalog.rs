@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use smrdb_tstore::TableSchema;
+use smrdb_tstore::{TableSchema, TableStats};
 
 use crate::error::{Error, Result};
 
@@ -35,6 +35,16 @@ pub struct TableEntry {
     pub schema: TableSchema,
     /// Rows ever routed to the table (the round-robin position).
     pub cursor: u64,
+    /// Column statistics merged over the Tstores (fetched when needed, not persisted).
+    #[serde(skip)]
+    pub stats: Option<TableStats>,
+    /// Written since `stats` was fetched.
+    #[serde(skip, default = "yes")]
+    pub stats_dirty: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,6 +152,8 @@ impl Catalog {
                 name: name.to_string(),
                 schema,
                 cursor: 0,
+                stats: None,
+                stats_dirty: true,
             },
         );
     }
@@ -149,6 +161,21 @@ impl Catalog {
     /// Removes a table (not saved).
     pub fn remove(&mut self, name: &str) -> Option<TableEntry> {
         self.tables.remove(name)
+    }
+
+    /// Notes a write to a table: its statistics are fetched again before the next plan.
+    pub fn mark_written(&mut self, name: &str) {
+        if let Some(t) = self.tables.get_mut(name) {
+            t.stats_dirty = true;
+        }
+    }
+
+    /// Sets a table's merged statistics.
+    pub fn set_stats(&mut self, name: &str, stats: TableStats) {
+        if let Some(t) = self.tables.get_mut(name) {
+            t.stats = Some(stats);
+            t.stats_dirty = false;
+        }
     }
 
     /// Sets a table's cursor (not saved).
@@ -162,7 +189,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smrdb_tstore::{ColumnDef, DataType};
+    use smrdb_tstore::{ColumnDef, SqlType};
 
     #[test]
     fn persists_and_refuses_other_sizes() {
@@ -170,7 +197,7 @@ mod tests {
         let mut c = Catalog::open(dir.path(), 4).unwrap();
         c.insert(
             "t",
-            TableSchema::new(vec![ColumnDef::new("a", DataType::Int, true)]),
+            TableSchema::new(vec![ColumnDef::new("a", SqlType::Integer, true)]),
         );
         c.set_cursor("t", 7);
         c.save().unwrap();

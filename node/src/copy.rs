@@ -7,7 +7,11 @@
 //! With a column list (`COPY t (c, a) FROM ...`) each record holds those columns and
 //! the others are NULL.
 
-use smrdb_tstore::{TableSchema, Value};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use smrdb_tstore::types::coerce_column;
+use smrdb_tstore::TableSchema;
 
 use crate::error::{store_sqlstate, Error, Result};
 
@@ -28,55 +32,79 @@ pub struct CopyFormat {
     pub columns: Option<Vec<usize>>,
 }
 
-fn coerce(
-    schema: &TableSchema,
-    table: &str,
-    line: u64,
-    mapping: Option<&[usize]>,
-    fields: Vec<Option<String>>,
-) -> Result<Vec<Value>> {
-    let want = mapping.map_or(schema.columns.len(), <[usize]>::len);
-    if fields.len() != want {
-        return Err(Error::sql(
-            "22P04",
-            format!(
-                "COPY {table}, line {line}: expected {want} columns, got {}",
-                fields.len()
-            ),
-        ));
-    }
-    let fields = match mapping {
-        None => fields,
-        Some(m) => {
-            let mut full = vec![None; schema.columns.len()];
-            for (f, &c) in fields.into_iter().zip(m) {
-                if let Some(slot) = full.get_mut(c) {
-                    *slot = f;
+/// Fields of the input, column by column, with the line of every row.
+struct Columns {
+    cols: Vec<Vec<Option<String>>>,
+    lines: Vec<u64>,
+}
+
+impl Columns {
+    fn push(
+        &mut self,
+        table: &str,
+        line: u64,
+        mapping: Option<&[usize]>,
+        fields: Vec<Option<String>>,
+    ) -> Result<()> {
+        let want = mapping.map_or(self.cols.len(), <[usize]>::len);
+        if fields.len() != want {
+            return Err(Error::sql(
+                "22P04",
+                format!(
+                    "COPY {table}, line {line}: expected {want} columns, got {}",
+                    fields.len()
+                ),
+            ));
+        }
+        match mapping {
+            None => {
+                for (c, f) in self.cols.iter_mut().zip(fields) {
+                    c.push(f);
                 }
             }
-            full
+            Some(m) => {
+                let mut full = vec![None; self.cols.len()];
+                for (f, &c) in fields.into_iter().zip(m) {
+                    if let Some(slot) = full.get_mut(c) {
+                        *slot = f;
+                    }
+                }
+                for (c, f) in self.cols.iter_mut().zip(full) {
+                    c.push(f);
+                }
+            }
         }
-    };
-    fields
-        .into_iter()
-        .zip(&schema.columns)
-        .map(|(f, c)| match f {
-            None if !c.nullable => Err(Error::sql(
-                "23502",
-                format!(
-                    "COPY {table}, line {line}: null value in column \"{}\" violates not-null constraint",
-                    c.name
-                ),
-            )),
-            None => Ok(Value::Null),
-            Some(s) => Value::Text(s).coerce_to(c.data_type).map_err(|e| {
-                Error::sql(
-                    store_sqlstate(&e),
-                    format!("COPY {table}, line {line}, column {}: {e}", c.name),
-                )
-            }),
-        })
-        .collect()
+        self.lines.push(line);
+        Ok(())
+    }
+
+    /// The rows as a batch of `schema`'s types; an error names the line and column.
+    fn finish(self, table: &str, schema: &TableSchema) -> Result<RecordBatch> {
+        let mut arrays = Vec::with_capacity(self.cols.len());
+        for (vals, def) in self.cols.into_iter().zip(&schema.columns) {
+            let text: ArrayRef = Arc::new(StringArray::from(vals));
+            match coerce_column(def, &text) {
+                Ok(a) => arrays.push(a),
+                Err(e) => {
+                    // The first row that fails on its own names the line.
+                    let line = (0..text.len())
+                        .find(|&i| coerce_column(def, &text.slice(i, 1)).is_err())
+                        .map(|i| self.lines[i])
+                        .unwrap_or(0);
+                    return Err(Error::sql(
+                        store_sqlstate(&e),
+                        format!("COPY {table}, line {line}, column {}: {e}", def.name),
+                    ));
+                }
+            }
+        }
+        RecordBatch::try_new_with_options(
+            schema.to_arrow(),
+            arrays,
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(self.lines.len())),
+        )
+        .map_err(|e| Error::sql("XX000", e.to_string()))
+    }
 }
 
 fn unescape_text(field: &str) -> String {
@@ -101,18 +129,21 @@ fn unescape_text(field: &str) -> String {
     out
 }
 
-/// Parses `data` into rows of `schema`.
+/// Parses `data` into rows of `schema` (coerced with PostgreSQL's input rules).
 ///
 /// # Errors
-/// SQLSTATE 22P04 (bad format), 22P02 (bad value), 23502 (NULL in a NOT NULL column),
-/// each naming the line.
+/// SQLSTATE 22P04 (bad format), 22P02 (bad value), 22001 / 22003 (too long, out of
+/// range), 23502 (NULL in a NOT NULL column), each naming the line.
 pub fn parse(
     data: &[u8],
     table: &str,
     schema: &TableSchema,
     f: &CopyFormat,
-) -> Result<Vec<Vec<Value>>> {
-    let mut rows = Vec::new();
+) -> Result<RecordBatch> {
+    let mut cols = Columns {
+        cols: vec![Vec::new(); schema.columns.len()],
+        lines: Vec::new(),
+    };
     if f.text {
         let text = std::str::from_utf8(data)
             .map_err(|e| Error::sql("22021", format!("COPY {table}: input is not UTF-8: {e}")))?;
@@ -126,15 +157,9 @@ pub fn parse(
                 .split(delim)
                 .map(|s| (s != f.null).then(|| unescape_text(s)))
                 .collect();
-            rows.push(coerce(
-                schema,
-                table,
-                line_no,
-                f.columns.as_deref(),
-                fields,
-            )?);
+            cols.push(table, line_no, f.columns.as_deref(), fields)?;
         }
-        return Ok(rows);
+        return cols.finish(table, schema);
     }
     let records = csv_records(data, f.delimiter, f.quote)
         .map_err(|(line, e)| Error::sql("22P04", format!("COPY {table}, line {line}: {e}")))?;
@@ -151,9 +176,9 @@ pub fn parse(
             .into_iter()
             .map(|(s, quoted)| (quoted || s != f.null).then_some(s))
             .collect();
-        rows.push(coerce(schema, table, line, f.columns.as_deref(), fields)?);
+        cols.push(table, line, f.columns.as_deref(), fields)?;
     }
-    Ok(rows)
+    cols.finish(table, schema)
 }
 
 /// A CSV field's text and whether any part of it was quoted.
@@ -264,14 +289,21 @@ mod tests {
             2
         );
     }
-    use smrdb_tstore::{ColumnDef, DataType};
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    use smrdb_tstore::{ColumnDef, SqlType};
 
     fn schema() -> TableSchema {
         TableSchema::new(vec![
-            ColumnDef::new("id", DataType::Int, false),
-            ColumnDef::new("name", DataType::Text, true),
-            ColumnDef::new("d", DataType::Date, true),
+            ColumnDef::new("id", SqlType::Integer, false),
+            ColumnDef::new("name", SqlType::Text, true),
+            ColumnDef::new("d", SqlType::Date, true),
         ])
+    }
+
+    fn text(b: &RecordBatch, c: usize, r: usize) -> Option<String> {
+        let a = b.column(c).as_string::<i32>();
+        (!a.is_null(r)).then(|| a.value(r).to_string())
     }
 
     #[test]
@@ -291,9 +323,9 @@ mod tests {
             &f,
         )
         .unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0][1], Value::Text("a,b".into()));
-        assert_eq!(rows[1][1], Value::Null);
+        assert_eq!(rows.num_rows(), 2);
+        assert_eq!(text(&rows, 1, 0).as_deref(), Some("a,b"));
+        assert_eq!(text(&rows, 1, 1), None);
         let err = parse(
             b"id,name,d\n1,a,2024-01-02\nx,b,2024-01-02\n",
             "t",
@@ -326,15 +358,20 @@ mod tests {
             &f,
         )
         .unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0][1], Value::Text("a\tb".into()));
-        assert_eq!(rows[1][1], Value::Null);
+        assert_eq!(rows.num_rows(), 2);
+        assert_eq!(text(&rows, 1, 0).as_deref(), Some("a\tb"));
+        assert_eq!(text(&rows, 1, 1), None);
         let f = CopyFormat {
             columns: Some(vec![2, 0]),
             ..f
         };
         let rows = parse(b"2020-02-02\t5\n", "t", &schema(), &f).unwrap();
-        assert_eq!(rows[0][0], Value::Int(5));
-        assert_eq!(rows[0][1], Value::Null);
+        assert_eq!(
+            rows.column(0)
+                .as_primitive::<arrow_array::types::Int32Type>()
+                .value(0),
+            5
+        );
+        assert_eq!(text(&rows, 1, 0), None);
     }
 }

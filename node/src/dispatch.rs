@@ -30,11 +30,16 @@ use smrdb_router::{Addr, Inbound, Inbox, RouterError, RouterHandle};
 
 use crate::engine::GatherLimit;
 use crate::error::{Error, Result};
-use crate::proto::{self, Body, Reassembler, Reply, Request, TAG_TASK};
+use crate::proto::{self, Body, Reassembler, Reply, Request, TAG_TASK, TAG_XCHG};
 
-enum Event {
+/// What the controller hands a waiting statement.
+pub enum Event {
+    /// A Tstore's reply.
     Reply(u32, Reply),
+    /// A node was lost.
     Lost(u32, String),
+    /// An exchange chunk for the primary (a gather).
+    Chunk(smrdb_router::Delivery),
 }
 
 /// How often a waiting statement looks at its [`Interrupt`].
@@ -389,7 +394,7 @@ impl Dispatcher {
         let reads_only = msgs.iter().all(|(_, r)| {
             matches!(
                 r,
-                Request::Query { .. } | Request::Join { .. } | Request::Stats | Request::LastStmt
+                Request::Stages { .. } | Request::Stats | Request::LastStmt
             )
         });
         let interrupt = interrupt.filter(|_| reads_only);
@@ -441,7 +446,7 @@ impl Dispatcher {
                     if expect.remove(&t) {
                         if let Some(limit) = &budget {
                             gathered += match &r {
-                                Reply::Result { ipc } | Reply::Join { ipc, .. } => ipc.len() as u64,
+                                Reply::Stats { tables, .. } => tables.len() as u64,
                                 _ => 0,
                             };
                             limit.check(gathered, replies.len() + 1, tstores)?;
@@ -457,6 +462,9 @@ impl Dispatcher {
                     if expect.iter().any(|&t| self.node_of(t) == Some(node)) {
                         return Err(Error::NodeLost { node, reason });
                     }
+                }
+                Ok(Event::Chunk(_)) => {
+                    tracing::warn!("task {task}: an exchange chunk for a plain request dropped");
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) if wait < left => {
                     // A poll for the interrupt, checked at the top of the loop.
@@ -502,6 +510,16 @@ impl Dispatcher {
                 Err(RouterError::Timeout { .. }) => continue,
                 Err(_) => break,
             };
+            if d.spec.tag == TAG_XCHG {
+                let tx = lock(&self.pending).get(&d.spec.query).cloned();
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.send(Event::Chunk(d));
+                    }
+                    None => tracing::debug!("late exchange chunk of task {}", d.spec.query),
+                }
+                continue;
+            }
             if d.spec.tag != TAG_TASK {
                 tracing::warn!("controller: ignoring a message with tag {:#x}", d.spec.tag);
                 continue;
@@ -549,12 +567,67 @@ impl Dispatcher {
                             Reply::Error {
                                 sqlstate: "08P01".into(),
                                 message: format!("bad reply from tstore {t}: {e}"),
+                                echo: false,
                             },
                         ));
                     }
                 }
             }
         }
+    }
+}
+
+/// A task whose events (replies, exchange chunks, lost nodes) a statement handles
+/// itself: a query of stages. Dropping it forgets the task (late events are dropped).
+pub struct OpenTask<'a> {
+    disp: &'a Dispatcher,
+    /// The task id.
+    pub id: u64,
+    /// Its events.
+    pub events: Receiver<Event>,
+}
+
+impl Drop for OpenTask<'_> {
+    fn drop(&mut self) {
+        lock(&self.disp.pending).remove(&self.id);
+    }
+}
+
+impl OpenTask<'_> {
+    /// Sends a request of this task to every Tstore.
+    ///
+    /// # Errors
+    /// Encoding and router errors (a lost node: [`Error::NodeLost`]).
+    pub fn send_all(&self, req: Request) -> Result<()> {
+        let bytes = proto::encode(self.id, Body::Request(req))?;
+        let me = Addr::controller(self.disp.router.me());
+        self.disp
+            .router
+            .send_bytes(me, Addr::ALL_TSTORES, TAG_TASK, self.id, &bytes)
+            .map_err(|e| match e {
+                RouterError::PeerLost { node, reason } => Error::NodeLost { node, reason },
+                e => Error::Router(e),
+            })?;
+        Ok(())
+    }
+}
+
+impl Dispatcher {
+    /// Opens a task the caller drives (see [`OpenTask`]), after checking that every
+    /// node is alive.
+    ///
+    /// # Errors
+    /// A lost node.
+    pub fn open_task(&self) -> Result<OpenTask<'_>> {
+        self.check_all_alive()?;
+        let id = self.next_task.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        lock(&self.pending).insert(id, tx);
+        Ok(OpenTask {
+            disp: self,
+            id,
+            events: rx,
+        })
     }
 }
 
@@ -567,12 +640,25 @@ fn addr(t: Target) -> Addr {
 
 /// The first `Error` reply as an [`Error::Sql`], if any.
 pub fn first_error(replies: &[(u32, Reply)]) -> Result<()> {
+    let mut echo = None;
     for (_, r) in replies {
-        if let Reply::Error { sqlstate, message } = r {
-            return Err(Error::sql(sqlstate, message.clone()));
+        if let Reply::Error {
+            sqlstate,
+            message,
+            echo: e,
+        } = r
+        {
+            if *e {
+                echo.get_or_insert_with(|| Error::sql(sqlstate, message.clone()));
+            } else {
+                return Err(Error::sql(sqlstate, crate::error::resource_hint(message)));
+            }
         }
     }
-    Ok(())
+    match echo {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The secondary controller's loop: nothing is addressed to it in this protocol, so it

@@ -1,20 +1,25 @@
 //! The statement engine on the primary: plans SQL with [`smrdb_planner`] against the
 //! catalog and executes each plan through the [`Dispatcher`].
 //!
+//! * a query is planned by DataFusion, cut into stages ([`smrdb_planner::distribute`])
+//!   and run by [`Engine::run_dist`]: one fragment per node, the primary's own stages
+//!   on the statement's thread; its uncorrelated scalar subqueries run first, as
+//!   queries of their own, and their values travel inside the plan;
 //! * writes (DDL, INSERT, UPDATE, DELETE, COPY) are serialised by one lock;
 //! * new rows go round-robin over all N·T Tstores from the table's persisted cursor,
-//!   batched into one message per target Tstore; rows are validated and coerced on
-//!   the primary first, so a bad value rejects the statement before any Tstore
-//!   changes;
-//! * UPDATE / DELETE / SELECT / CREATE / DROP are broadcast to every Tstore;
-//! * the system table [`SYSTEM_TABLE`] is answered from statistics every Tstore
-//!   reports.
+//!   batched into one message per target Tstore; rows are coerced to the table's
+//!   types and checked on the primary first, so a bad value rejects the statement
+//!   before any Tstore changes;
+//! * UPDATE / DELETE / CREATE / DROP are broadcast to every Tstore; an UPDATE runs a
+//!   dry run everywhere first, so an error on any row changes nothing;
+//! * the system tables [`SYSTEM_TABLE`] and [`ROUTER_TABLE`] are answered from
+//!   statistics every Tstore reports; the catalog's column statistics (for the
+//!   planner's estimates) are refreshed from the Tstores after writes.
 //!
 //! Statements are not transactional across Tstores: a failure on one Tstore (a lost
-//! node, a disk error, a runtime error such as division by zero in an UPDATE) can
-//! leave the others changed. A crash cannot: with a data dir, a write that spans
-//! several Tstores is recorded in the primary's statement log before it is sent and
-//! completed at the next start ([`crate::redo`]).
+//! node, a disk error) can leave the others changed. A crash cannot: with a data
+//! dir, a write that spans several Tstores is recorded in the primary's statement log
+//! before it is sent and completed at the next start ([`crate::redo`]).
 //!
 //! A statement can be canceled (the session's cancel flag, set by a client's
 //! CancelRequest) or time out (`SET statement_timeout`, PostgreSQL's semantics: per
@@ -23,28 +28,33 @@
 //!
 //! The intermediate results a query gathers from the Tstores are bounded
 //! ([`GatherLimit`]: `SET smrdb.max_intermediate_mib`, default the cluster file's
-//! `max_intermediate_mib`): a query whose Tstores return more fails with SQLSTATE
-//! 53200 before the primary decodes or post-processes any of it.
+//! `max_intermediate_mib`): a query whose Tstores send more fails with SQLSTATE
+//! 53200 as soon as the bound is passed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow_array::RecordBatch;
-use smrdb_planner::{Catalog as PlannerCatalog, CopySource, InsertSource, Plan, QueryPlan};
-use smrdb_tstore::{
-    decode_batches, AggCall, AggFunc, ColumnDef, DataType, Expr, Fragment, PartialAgg, Slice,
-    TableSchema, Value,
+use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use smrdb_planner::frontend::{scalar_subqueries, substitute_scalar_subqueries};
+use smrdb_planner::{
+    Broadcast, Catalog as PlannerCatalog, CopySource, DistOptions, DistPlan, Plan, PlanError,
+    Planner, Query,
 };
+use smrdb_router::{Mode, PeerStats};
+use smrdb_tstore::{coerce_batch, encode_batches, StmtWrite, TableSchema, TableStats};
 
 use crate::catalog::Catalog;
 use crate::copy::{self, CopyFormat};
 use crate::dispatch::{first_error, Dispatcher, Interrupt, Target};
-use crate::error::{store_sqlstate, Error, Result};
+use crate::error::{Error, Result};
 use crate::proto::{Reply, Request};
 use crate::redo::{StmtLog, Work};
-use smrdb_tstore::StmtWrite;
 
 /// Name of the system table: one row per (Tstore, table).
 pub const SYSTEM_TABLE: &str = "smrdb_tstores";
@@ -52,42 +62,9 @@ pub const SYSTEM_TABLE: &str = "smrdb_tstores";
 /// router counters.
 pub const ROUTER_TABLE: &str = "smrdb_router";
 
-/// Schema of [`ROUTER_TABLE`].
-pub fn router_schema() -> TableSchema {
-    TableSchema::new(
-        [
-            ("node", DataType::Int),
-            ("peer", DataType::Int),
-            ("bytes_written", DataType::BigInt),
-            ("writes", DataType::BigInt),
-            ("messages_sent", DataType::BigInt),
-            ("messages_received", DataType::BigInt),
-            ("bytes_received", DataType::BigInt),
-            ("stalls", DataType::BigInt),
-            ("refused", DataType::BigInt),
-            ("reconnects", DataType::BigInt),
-        ]
-        .into_iter()
-        .map(|(n, t)| ColumnDef::new(n, t, false))
-        .collect(),
-    )
-}
-
-/// Whether `name` is a system table (answered by the primary, never joined).
+/// Whether `name` is a system table (answered by the primary).
 pub fn is_system_table(name: &str) -> bool {
     name == SYSTEM_TABLE || name == ROUTER_TABLE
-}
-
-/// Schema of [`SYSTEM_TABLE`]: node, tstore, core, table, rows, bytes.
-pub fn system_schema() -> TableSchema {
-    TableSchema::new(vec![
-        ColumnDef::new("node", DataType::Int, false),
-        ColumnDef::new("tstore", DataType::Int, false),
-        ColumnDef::new("core", DataType::Int, true),
-        ColumnDef::new("table", DataType::Text, false),
-        ColumnDef::new("rows", DataType::BigInt, false),
-        ColumnDef::new("bytes", DataType::BigInt, false),
-    ])
 }
 
 /// A command tag (`INSERT 0 3`, `UPDATE 2`, `CREATE TABLE`, ...).
@@ -135,11 +112,9 @@ impl std::fmt::Display for CommandTag {
 pub enum Output {
     /// A result set.
     Rows {
-        /// Column names and types.
-        columns: Vec<(String, DataType)>,
-        /// The rows (one batch, exactly `columns`).
+        /// The rows (one batch; its schema names and types the columns).
         batch: RecordBatch,
-        /// `SELECT` or `SHOW`.
+        /// `SELECT`, `SHOW` or `EXPLAIN`.
         command: &'static str,
     },
     /// A command without rows.
@@ -363,6 +338,7 @@ pub struct Engine {
     disp: Arc<Dispatcher>,
     catalog: Mutex<Catalog>,
     write: Mutex<()>,
+    planner: Planner,
     /// The statement log (persistent clusters).
     log: Option<Mutex<StmtLog>>,
     /// Default of [`MAX_INTERMEDIATE`] (MiB; 0 = no limit).
@@ -374,23 +350,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The planner's view of the catalog (and the session's settings) at one moment.
-struct View {
-    tables: BTreeMap<String, (TableSchema, u64)>,
+struct View<'a> {
+    engine: &'a Engine,
+    tables: BTreeMap<String, (TableSchema, Option<TableStats>)>,
     settings: BTreeMap<String, String>,
 }
 
-impl PlannerCatalog for View {
-    fn table(&self, name: &str) -> Option<TableSchema> {
-        if name == SYSTEM_TABLE {
-            return Some(system_schema());
-        }
-        if name == ROUTER_TABLE {
-            return Some(router_schema());
-        }
-        self.tables.get(name).map(|t| t.0.clone())
+impl PlannerCatalog for View<'_> {
+    fn table(&self, name: &str) -> Option<(TableSchema, Option<TableStats>)> {
+        self.tables.get(name).cloned()
     }
-    fn row_count(&self, name: &str) -> Option<u64> {
-        self.tables.get(name).map(|t| t.1)
+    fn system_table(&self, name: &str) -> Option<RecordBatch> {
+        let r = match name {
+            SYSTEM_TABLE => self.engine.system_batch(),
+            ROUTER_TABLE => self.engine.router_batch(),
+            _ => return None,
+        };
+        match r {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!("system table {name}: {e}");
+                None
+            }
+        }
     }
     fn setting(&self, name: &str) -> Option<String> {
         self.settings.get(name).cloned()
@@ -423,16 +405,29 @@ fn count(replies: &[(u32, Reply)]) -> u64 {
         .sum()
 }
 
+/// One text column called `name` holding `lines`.
+fn text_batch(name: &str, lines: Vec<String>) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![Field::new(name, ArrowType::Utf8, false)]));
+    Ok(
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(lines)) as ArrayRef])
+            .map_err(|e| Error::sql("XX000", e.to_string()))?,
+    )
+}
+
 impl Engine {
     /// An engine over `disp` and `catalog`.
-    pub fn new(disp: Arc<Dispatcher>, catalog: Catalog) -> Engine {
-        Engine {
+    ///
+    /// # Errors
+    /// The planner could not be set up (a bug).
+    pub fn new(disp: Arc<Dispatcher>, catalog: Catalog) -> Result<Engine> {
+        Ok(Engine {
             disp,
             catalog: Mutex::new(catalog),
             write: Mutex::new(()),
+            planner: Planner::new()?,
             log: None,
             max_intermediate_mib: DEFAULT_MAX_INTERMEDIATE_MIB,
-        }
+        })
     }
 
     /// Sets the default bound on a query's intermediate results (the cluster file's
@@ -559,7 +554,7 @@ impl Engine {
         };
         let Some(log) = self.log.as_ref().filter(|_| spans) else {
             let plain = |w: StmtWrite| match w {
-                StmtWrite::Insert { table, rows } => Request::Insert { table, rows },
+                StmtWrite::Insert { table, ipc } => Request::Insert { table, ipc },
                 StmtWrite::Update {
                     table,
                     assignments,
@@ -568,6 +563,7 @@ impl Engine {
                     table,
                     assignments,
                     filter,
+                    dry_run: false,
                 },
                 StmtWrite::Delete { table, filter } => Request::Delete { table, filter },
             };
@@ -595,11 +591,49 @@ impl Engine {
         &self.disp
     }
 
-    fn view(&self, session: Option<&Session>) -> View {
+    /// The planner.
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
+    /// Refreshes the statistics of tables written since they were last fetched.
+    fn refresh_stats(&self) -> Result<()> {
+        let dirty: Vec<String> = lock(&self.catalog)
+            .tables()
+            .filter(|t| t.stats_dirty)
+            .map(|t| t.name.clone())
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let r = self.disp.call(Target::All, Request::Stats)?;
+        first_error(&r)?;
+        let mut merged: BTreeMap<String, TableStats> = BTreeMap::new();
+        for (_, reply) in r {
+            if let Reply::Stats { tables, .. } = reply {
+                for t in tables {
+                    if dirty.contains(&t.name) {
+                        merged.entry(t.name).or_default().merge(&t.stats);
+                    }
+                }
+            }
+        }
+        let mut c = lock(&self.catalog);
+        for (name, s) in merged {
+            c.set_stats(&name, s);
+        }
+        Ok(())
+    }
+
+    fn view(&self, session: Option<&Session>) -> View<'_> {
+        if let Err(e) = self.refresh_stats() {
+            tracing::debug!("statistics not refreshed: {e}");
+        }
         View {
+            engine: self,
             tables: lock(&self.catalog)
                 .tables()
-                .map(|t| (t.name.clone(), (t.schema.clone(), t.cursor)))
+                .map(|t| (t.name.clone(), (t.schema.clone(), t.stats.clone())))
                 .collect(),
             settings: session.map(|s| s.vars.clone()).unwrap_or_default(),
         }
@@ -618,28 +652,35 @@ impl Engine {
     /// # Errors
     /// The planner's error.
     pub fn plan(&self, sql: &str) -> Result<Vec<Plan>> {
-        Ok(smrdb_planner::plan_sql(sql, &self.view(None))?)
+        Ok(self.planner.plan_sql(sql, &self.view(None))?)
     }
 
-    /// Plans with the session's settings visible to the planner (`smrdb.pivot`).
+    /// Plans with the session's settings visible to the planner.
     ///
     /// # Errors
     /// The planner's error.
     pub fn plan_in(&self, sql: &str, session: &Session) -> Result<Vec<Plan>> {
-        Ok(smrdb_planner::plan_sql(sql, &self.view(Some(session)))?)
+        Ok(self.planner.plan_sql(sql, &self.view(Some(session)))?)
     }
 
     /// Result columns of a statement, if it returns rows (for Describe).
     ///
     /// # Errors
     /// The planner's error.
-    pub fn describe(&self, sql: &str) -> Result<Option<Vec<(String, DataType)>>> {
+    pub fn describe(&self, sql: &str) -> Result<Option<SchemaRef>> {
         let plans = self.plan(sql)?;
         Ok(match plans.last() {
-            Some(Plan::Query(q)) => Some(q.columns.clone()),
-            Some(Plan::Explain { .. }) => Some(vec![("QUERY PLAN".into(), DataType::Text)]),
-            Some(Plan::Values { columns, .. }) => Some(columns.clone()),
-            Some(Plan::Show { name }) => Some(vec![(name.to_lowercase(), DataType::Text)]),
+            Some(Plan::Query(q)) => Some(Arc::new(q.schema().as_arrow().clone())),
+            Some(Plan::Explain { .. }) => Some(Arc::new(Schema::new(vec![Field::new(
+                "QUERY PLAN",
+                ArrowType::Utf8,
+                false,
+            )]))),
+            Some(Plan::Show { name }) => Some(Arc::new(Schema::new(vec![Field::new(
+                name.to_lowercase(),
+                ArrowType::Utf8,
+                true,
+            )]))),
             _ => None,
         })
     }
@@ -663,12 +704,131 @@ impl Engine {
         Ok(out)
     }
 
+    /// How this cluster's routers carry a broadcast to remote Tstores.
+    fn broadcast(&self) -> Broadcast {
+        match self.disp.router().mode() {
+            Mode::Smr => Broadcast::PerNode,
+            Mode::Naive => Broadcast::PerTstore,
+        }
+    }
+
+    /// What distribution needs: the cluster's shape and the session's settings.
+    fn dist_options(&self, session: &Session) -> Result<DistOptions> {
+        let map = self.disp.router().map();
+        let nodes = map.nodes().len().max(1);
+        let overlap = match session.vars.get(smrdb_planner::OVERLAP_SETTING) {
+            Some(v) => smrdb_planner::parse_bool_setting(smrdb_planner::OVERLAP_SETTING, v)?,
+            None => true,
+        };
+        let pivot = session
+            .vars
+            .get(smrdb_planner::PIVOT_SETTING)
+            .filter(|v| !v.eq_ignore_ascii_case("auto") && !v.is_empty())
+            .cloned();
+        Ok(DistOptions {
+            nodes,
+            tstores_per_node: (map.total_tstores() as usize / nodes).max(1),
+            broadcast: self.broadcast(),
+            pivot,
+            overlap,
+        })
+    }
+
+    /// Runs the uncorrelated scalar subqueries of `plan` (each a query of its own,
+    /// exactly one value: none is NULL, two or more fail with 21000) and returns the
+    /// plan with their values in their place, and their distributed plans (EXPLAIN).
+    fn with_subqueries(
+        &self,
+        plan: &LogicalPlan,
+        session: &Session,
+        limit: &GatherLimit,
+    ) -> Result<(LogicalPlan, Vec<DistPlan>)> {
+        let subs = scalar_subqueries(plan);
+        if subs.is_empty() {
+            return Ok((plan.clone(), Vec::new()));
+        }
+        let mut values = Vec::with_capacity(subs.len());
+        let mut dists = Vec::with_capacity(subs.len());
+        for sq in &subs {
+            let (sp, inner) = self.with_subqueries(sq, session, limit)?;
+            let dist = self.planner.distribute(&sp, &self.dist_options(session)?)?;
+            let (batches, _) = self.run_dist(&dist, limit, false)?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            if rows > 1 {
+                return Err(PlanError::CardinalityViolation.into());
+            }
+            let field = sp.schema().field(0).clone();
+            let v = match batches.iter().find(|b| b.num_rows() > 0) {
+                Some(b) => ScalarValue::try_from_array(b.column(0), 0)
+                    .map_err(|e| Error::from(PlanError::from(e)))?,
+                None => ScalarValue::try_from(field.data_type())
+                    .map_err(|e| Error::from(PlanError::from(e)))?,
+            };
+            values.push(v);
+            dists.extend(inner);
+            dists.push(dist);
+        }
+        let p = substitute_scalar_subqueries(plan.clone(), &subs, &values)?;
+        Ok((p, dists))
+    }
+
+    /// Runs a query; returns its rows as one batch.
+    ///
+    /// # Errors
+    /// As [`Engine::run_dist`].
+    pub fn run_query(&self, q: &Query, session: &Session) -> Result<RecordBatch> {
+        let limit = session.gather_limit(self.max_intermediate_mib);
+        let (plan, _) = self.with_subqueries(&q.plan, session, &limit)?;
+        let dist = self
+            .planner
+            .distribute(&plan, &self.dist_options(session)?)?;
+        let (batches, _) = self.run_dist(&dist, &limit, false)?;
+        let schema = Arc::new(q.schema().as_arrow().clone());
+        concat(&schema, &batches)
+    }
+
+    /// `EXPLAIN [ANALYZE]`.
+    fn explain(&self, q: &Query, analyze: bool, session: &Session) -> Result<Output> {
+        let limit = session.gather_limit(self.max_intermediate_mib);
+        let (plan, subs) = if analyze {
+            self.with_subqueries(&q.plan, session, &limit)?
+        } else {
+            // Plan the subqueries without running them; their values are unknown.
+            let subs = scalar_subqueries(&q.plan);
+            let mut dists = Vec::new();
+            let mut values = Vec::new();
+            for s in &subs {
+                dists.push(self.planner.distribute(s, &self.dist_options(session)?)?);
+                values.push(
+                    ScalarValue::try_from(s.schema().field(0).data_type())
+                        .map_err(|e| Error::from(PlanError::from(e)))?,
+                );
+            }
+            (
+                substitute_scalar_subqueries(q.plan.clone(), &subs, &values)?,
+                dists,
+            )
+        };
+        let dist = self
+            .planner
+            .distribute(&plan, &self.dist_options(session)?)?;
+        let analysis = if analyze {
+            self.run_dist(&dist, &limit, true)?.1
+        } else {
+            None
+        };
+        let lines = smrdb_planner::explain_lines(&dist, &subs, analysis.as_ref());
+        Ok(Output::Rows {
+            batch: text_batch("QUERY PLAN", lines)?,
+            command: "EXPLAIN",
+        })
+    }
+
     /// Runs one plan.
     ///
     /// # Errors
     /// Execution errors, with SQLSTATEs.
     pub fn execute(&self, plan: Plan, session: &mut Session) -> Result<Output> {
-        let limit = session.gather_limit(self.max_intermediate_mib);
         match plan {
             Plan::CreateTable {
                 name,
@@ -676,25 +836,9 @@ impl Engine {
                 if_not_exists,
             } => self.create_table(&name, schema, if_not_exists),
             Plan::DropTable { names, if_exists } => self.drop_tables(&names, if_exists),
-            Plan::Insert { table, source } => {
-                let rows = match source {
-                    InsertSource::Values(rows) => rows,
-                    InsertSource::Query { plan, targets } => {
-                        let batch = self.query(&plan, limit)?;
-                        let src = batch_rows(&batch)?;
-                        src.into_iter()
-                            .map(|r| {
-                                targets
-                                    .iter()
-                                    .map(|t| {
-                                        t.and_then(|i| r.get(i).cloned()).unwrap_or(Value::Null)
-                                    })
-                                    .collect()
-                            })
-                            .collect()
-                    }
-                };
-                let n = self.insert_rows(&table, rows)?;
+            Plan::Insert { table, query } => {
+                let batch = self.run_query(&query, session)?;
+                let n = self.insert_batch(&table, batch)?;
                 Ok(Output::Command(CommandTag {
                     command: "INSERT".into(),
                     oid: Some(0),
@@ -737,56 +881,59 @@ impl Engine {
                 table,
                 assignments,
                 filter,
+                schema,
             } => {
                 let _w = lock(&self.write);
-                let schema = self.schema_of(&table)?;
+                self.schema_of(&table)?;
+                let (assignments, filter) =
+                    self.write_exprs(&schema, assignments, filter, session)?;
                 // All or nothing: every Tstore first evaluates the new values (without
                 // changing anything); only if none fails do they apply them. Writes are
                 // serialised by `self.write`, so nothing changes in between.
-                self.dry_run_update(&table, &schema, &assignments, &filter)?;
+                let r = self.disp.call(
+                    Target::All,
+                    Request::Update {
+                        table: table.clone(),
+                        assignments: assignments.clone(),
+                        filter: filter.clone(),
+                        dry_run: true,
+                    },
+                )?;
+                first_error(&r)?;
                 let work = Work::All(StmtWrite::Update {
-                    table,
+                    table: table.clone(),
                     assignments,
                     filter,
                 });
-                let r = self.write_tstores(work)?;
+                let r = self.write_tstores(work);
+                lock(&self.catalog).mark_written(&table);
+                let r = r?;
                 first_error(&r)?;
                 Ok(Output::Command(CommandTag::rows("UPDATE", count(&r))))
             }
-            Plan::Delete { table, filter } => {
+            Plan::Delete {
+                table,
+                filter,
+                schema,
+            } => {
                 let _w = lock(&self.write);
                 self.schema_of(&table)?;
-                let work = Work::All(StmtWrite::Delete { table, filter });
-                let r = self.write_tstores(work)?;
+                let (_, filter) = self.write_exprs(&schema, Vec::new(), filter, session)?;
+                let work = Work::All(StmtWrite::Delete {
+                    table: table.clone(),
+                    filter,
+                });
+                let r = self.write_tstores(work);
+                lock(&self.catalog).mark_written(&table);
+                let r = r?;
                 first_error(&r)?;
                 Ok(Output::Command(CommandTag::rows("DELETE", count(&r))))
             }
-            Plan::Query(q) => {
-                let batch = self.query(&q, limit)?;
-                Ok(Output::Rows {
-                    columns: q.columns.clone(),
-                    batch,
-                    command: "SELECT",
-                })
-            }
-            Plan::Explain { analyze, query } => self.explain(&query, analyze, limit),
-            Plan::Values { columns, rows } => {
-                // Internal column names: SQL allows duplicate output names
-                // (`SELECT 1, 2`); the client sees `columns`.
-                let schema = TableSchema::new(
-                    columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (_, t))| ColumnDef::new(format!("c{i}"), *t, true))
-                        .collect(),
-                );
-                let batch = rows_to_batch(&schema, &rows)?;
-                Ok(Output::Rows {
-                    columns,
-                    batch,
-                    command: "SELECT",
-                })
-            }
+            Plan::Query(q) => Ok(Output::Rows {
+                batch: self.run_query(&q, session)?,
+                command: "SELECT",
+            }),
+            Plan::Explain { analyze, query } => self.explain(&query, analyze, session),
             Plan::Set { name, value } => {
                 let name = name.to_lowercase();
                 if name == smrdb_planner::OVERLAP_SETTING {
@@ -829,11 +976,13 @@ impl Engine {
                             format!("unrecognized configuration parameter \"{name}\""),
                         )
                     })?;
-                let schema =
-                    TableSchema::new(vec![ColumnDef::new(key.clone(), DataType::Text, true)]);
-                let batch = rows_to_batch(&schema, &[vec![Value::Text(value)]])?;
+                let schema = Arc::new(Schema::new(vec![Field::new(&key, ArrowType::Utf8, true)]));
+                let batch = RecordBatch::try_new(
+                    schema,
+                    vec![Arc::new(StringArray::from(vec![value])) as ArrayRef],
+                )
+                .map_err(|e| Error::sql("XX000", e.to_string()))?;
                 Ok(Output::Rows {
-                    columns: vec![(key, DataType::Text)],
                     batch,
                     command: "SHOW",
                 })
@@ -852,12 +1001,63 @@ impl Engine {
                     tag: CommandTag::new(tag),
                 })
             }
-            #[allow(unreachable_patterns)]
-            other => Err(Error::sql(
-                "0A000",
-                format!("statement not supported by this node: {other:?}"),
-            )),
         }
+    }
+
+    /// The expressions of an UPDATE or DELETE, with scalar subqueries replaced by their
+    /// values, as `datafusion-proto` bytes.
+    #[allow(clippy::type_complexity)]
+    fn write_exprs(
+        &self,
+        schema: &datafusion::common::DFSchemaRef,
+        assignments: Vec<(usize, Expr)>,
+        filter: Option<Expr>,
+        session: &Session,
+    ) -> Result<(Vec<(usize, Vec<u8>)>, Option<Vec<u8>>)> {
+        let limit = session.gather_limit(self.max_intermediate_mib);
+        // Wrap the expressions in a plan to find and replace their subqueries.
+        let mut exprs: Vec<Expr> = assignments.iter().map(|(_, e)| e.clone()).collect();
+        if let Some(f) = &filter {
+            exprs.push(f.clone());
+        }
+        let empty = LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+            produce_one_row: true,
+            schema: schema.clone(),
+        });
+        let holder = datafusion::logical_expr::LogicalPlanBuilder::from(empty)
+            .project(
+                exprs
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(i, e)| e.alias(format!("e{i}"))),
+            )
+            .map_err(|e| Error::from(PlanError::from(e)))?
+            .build()
+            .map_err(|e| Error::from(PlanError::from(e)))?;
+        let (holder, _) = self.with_subqueries(&holder, session, &limit)?;
+        let LogicalPlan::Projection(p) = holder else {
+            return Err(Error::Protocol(
+                "subquery substitution lost its shape".into(),
+            ));
+        };
+        let mut exprs: Vec<Expr> = p
+            .expr
+            .into_iter()
+            .map(|e| match e {
+                Expr::Alias(a) => *a.expr,
+                other => other,
+            })
+            .collect();
+        let filter = if filter.is_some() { exprs.pop() } else { None };
+        let assignments: Vec<(usize, Expr)> =
+            assignments.iter().map(|(i, _)| *i).zip(exprs).collect();
+        Ok(smrdb_planner::dml::write_exprs(
+            self.planner.frontend(),
+            schema,
+            &assignments,
+            filter.as_ref(),
+        )?)
     }
 
     fn create_table(&self, name: &str, schema: TableSchema, if_not_exists: bool) -> Result<Output> {
@@ -873,7 +1073,9 @@ impl Engine {
             ));
         }
         // Validate the schema the way a Tstore will, before any Tstore sees it.
-        Slice::new(schema.clone()).map_err(|e| Error::sql(store_sqlstate(&e), e.to_string()))?;
+        schema
+            .validate()
+            .map_err(|e| Error::from(PlanError::from(e)))?;
         let r = self.disp.call(
             Target::All,
             Request::CreateTable {
@@ -915,48 +1117,57 @@ impl Engine {
         Ok(Output::Command(CommandTag::new("DROP TABLE")))
     }
 
-    /// Validates, coerces and inserts rows round-robin; returns the number inserted.
+    /// Coerces rows to the table's types (NOT NULL, lengths, ranges: a bad value
+    /// fails the statement before any Tstore changes) and inserts them round-robin;
+    /// returns the number inserted.
     ///
     /// # Errors
     /// Bad values (nothing is inserted), lost nodes, Tstore errors.
-    pub fn insert_rows(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64> {
+    pub fn insert_batch(&self, table: &str, batch: RecordBatch) -> Result<u64> {
         let _w = lock(&self.write);
         let (schema, cursor) = {
             let c = lock(&self.catalog);
             let t = c.get(table).ok_or_else(|| undefined_table(table))?;
             (t.schema.clone(), t.cursor)
         };
-        let nt = u64::from(self.disp.total_tstores());
-        let mut buckets: Vec<Vec<Vec<Value>>> = vec![Vec::new(); nt as usize];
-        let n = rows.len() as u64;
-        for (i, row) in rows.into_iter().enumerate() {
-            let row = coerce_row(&schema, table, row)?;
-            buckets[((cursor + i as u64) % nt) as usize].push(row);
-        }
+        let batch = coerce_batch(&schema, &batch).map_err(|e| {
+            let e = Error::from(PlanError::from(e));
+            if e.sqlstate() == "23502" {
+                Error::sql("23502", format!("{e} (relation \"{table}\")"))
+            } else {
+                e
+            }
+        })?;
+        let n = batch.num_rows() as u64;
         if n == 0 {
             return Ok(0);
         }
-        let work = Work::Each(
-            buckets
-                .into_iter()
-                .enumerate()
-                .filter(|(_, b)| !b.is_empty())
-                .map(|(t, rows)| {
-                    (
-                        t as u32,
-                        StmtWrite::Insert {
-                            table: table.to_string(),
-                            rows,
-                        },
-                    )
-                })
-                .collect(),
-        );
-        let res = self.write_tstores(work);
+        let nt = u64::from(self.disp.total_tstores());
+        let mut rows: Vec<Vec<u64>> = vec![Vec::new(); nt as usize];
+        for i in 0..n {
+            rows[((cursor + i) % nt) as usize].push(i);
+        }
+        let mut work = Vec::new();
+        for (t, idx) in rows.into_iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let part = arrow_select::take::take_record_batch(&batch, &UInt64Array::from(idx))
+                .map_err(|e| Error::sql("XX000", e.to_string()))?;
+            work.push((
+                t as u32,
+                StmtWrite::Insert {
+                    table: table.to_string(),
+                    ipc: encode_batches(&[part])?,
+                },
+            ));
+        }
+        let res = self.write_tstores(Work::Each(work));
         // Whatever reached the Tstores, the cursor moves on (it only decides balance).
         {
             let mut c = lock(&self.catalog);
             c.set_cursor(table, cursor + n);
+            c.mark_written(table);
             c.save()?;
         }
         let r = res?;
@@ -968,170 +1179,150 @@ impl Engine {
     /// bad line loads nothing.
     ///
     /// # Errors
-    /// Parse errors naming the line; as [`Engine::insert_rows`].
+    /// Parse errors naming the line; as [`Engine::insert_batch`].
     pub fn copy_in(&self, table: &str, format: &CopyFormat, data: &[u8]) -> Result<u64> {
         let schema = self.schema_of(table)?;
-        let rows = copy::parse(data, table, &schema, format)?;
-        self.insert_rows(table, rows)
+        let batch = copy::parse(data, table, &schema, format)?;
+        self.insert_batch(table, batch)
     }
 
-    /// Evaluates an UPDATE's new values on every Tstore, changing nothing: each Tstore
-    /// counts, over the rows the filter selects, the new values cast to their column's
-    /// type. An error on any row (division by zero, overflow, a bad cast) fails here,
-    /// and a NULL bound for a NOT NULL column shows as a count below the row count.
-    ///
-    /// # Errors
-    /// The first Tstore's error; SQLSTATE 23502 for a NOT NULL violation.
-    fn dry_run_update(
-        &self,
-        table: &str,
-        schema: &TableSchema,
-        assignments: &[(usize, Expr)],
-        filter: &Option<Expr>,
-    ) -> Result<()> {
-        let col = |i: usize| {
-            schema
-                .columns
-                .get(i)
-                .ok_or_else(|| Error::Protocol(format!("update of column {i} of {table}")))
-        };
-        let mut aggs = vec![AggCall {
-            func: AggFunc::CountStar,
-            arg: None,
-        }];
-        for (c, e) in assignments {
-            aggs.push(AggCall {
-                func: AggFunc::Count,
-                arg: Some(Expr::Cast {
-                    expr: Box::new(e.clone()),
-                    to: col(*c)?.data_type,
-                }),
-            });
-        }
-        let agg = PartialAgg {
-            group_by: vec![],
-            aggs,
-        };
-        let r = self.disp.call(
-            Target::All,
-            Request::Query {
-                fragment: Fragment {
-                    table: table.to_string(),
-                    filter: filter.clone(),
-                    projection: vec![],
-                    partial_agg: Some(agg.clone()),
-                },
-            },
-        )?;
+    /// Every Tstore's statistics replies.
+    fn stats_replies(&self) -> Result<Vec<(u32, Reply)>> {
+        let r = self.disp.call(Target::All, Request::Stats)?;
         first_error(&r)?;
-        let mut partials = Vec::new();
-        for (t, reply) in r {
-            match reply {
-                Reply::Result { ipc } => partials.extend(decode_batches(&ipc)?),
-                other => {
-                    return Err(Error::Protocol(format!(
-                        "tstore {t} answered a query with {other:?}"
-                    )))
-                }
-            }
-        }
-        if partials.is_empty() {
-            return Ok(());
-        }
-        let fin = agg.merge_finalize(&partials)?;
-        let count =
-            |k: usize| -> Result<Value> { Ok(Value::from_array(fin.column(k).as_ref(), 0)?) };
-        let rows = count(0)?;
-        for (k, (c, _)) in assignments.iter().enumerate() {
-            let c = col(*c)?;
-            if !c.nullable && count(k + 1)? != rows {
-                return Err(Error::sql(
-                    "23502",
-                    format!(
-                        "null value in column \"{}\" of relation \"{table}\" violates not-null constraint",
-                        c.name
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs a distributed query: every Tstore runs the fragment, the primary gathers
-    /// and post-processes.
-    ///
-    /// # Errors
-    /// Tstore, planner and dispatch errors; 53200 when the Tstores' results exceed
-    /// `limit` (checked before any of them is decoded).
-    pub fn query(&self, q: &QueryPlan, limit: GatherLimit) -> Result<RecordBatch> {
-        if q.join.is_some() {
-            return Ok(self.join_query(q, limit)?.0);
-        }
-        let gathered = if q.table == SYSTEM_TABLE {
-            let rows = self.system_rows()?;
-            let mut slice = Slice::new(system_schema())?;
-            slice.insert(&rows)?;
-            slice.execute(&q.fragment)?
-        } else if q.table == ROUTER_TABLE {
-            let rows = self.router_rows()?;
-            let mut slice = Slice::new(router_schema())?;
-            slice.insert(&rows)?;
-            slice.execute(&q.fragment)?
-        } else {
-            self.schema_of(&q.table)?;
-            // The limit is checked as replies arrive (see Dispatcher::call_gathering).
-            let r = self.disp.call_gathering(
-                Target::All,
-                Request::Query {
-                    fragment: q.fragment.clone(),
-                },
-                limit,
-            )?;
-            first_error(&r)?;
-            let mut batches = Vec::new();
-            for (t, reply) in r {
-                match reply {
-                    Reply::Result { ipc } => batches.extend(decode_batches(&ipc)?),
-                    other => {
-                        return Err(Error::Protocol(format!(
-                            "tstore {t} answered a query with {other:?}"
-                        )))
-                    }
-                }
-            }
-            batches
-        };
-        Ok(q.finish.apply(gathered)?)
+        Ok(r)
     }
 
     /// The rows of [`SYSTEM_TABLE`]: (node, tstore, core, table, rows, bytes).
     ///
     /// # Errors
     /// Dispatch errors.
-    pub fn system_rows(&self) -> Result<Vec<Vec<Value>>> {
-        let r = self.disp.call(Target::All, Request::Stats)?;
-        first_error(&r)?;
-        let mut rows = Vec::new();
-        for (t, reply) in r {
-            let Reply::Stats { core, tables, .. } = reply else {
+    pub fn system_batch(&self) -> Result<RecordBatch> {
+        let (mut node, mut ts, mut core) = (
+            Int32Builder::new(),
+            Int32Builder::new(),
+            Int32Builder::new(),
+        );
+        let (mut table, mut rows, mut bytes) = (
+            StringBuilder::new(),
+            Int64Builder::new(),
+            Int64Builder::new(),
+        );
+        for (t, reply) in self.stats_replies()? {
+            let Reply::Stats {
+                core: c, tables, ..
+            } = reply
+            else {
+                return Err(Error::Protocol(format!(
+                    "tstore {t} answered stats with {reply:?}"
+                )));
+            };
+            for s in tables {
+                node.append_value(self.disp.node_of(t).unwrap_or(0) as i32);
+                ts.append_value(t as i32);
+                core.append_option(c.map(|c| c as i32));
+                table.append_value(&s.name);
+                rows.append_value(s.stats.rows as i64);
+                bytes.append_value(s.stats.bytes as i64);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("node", ArrowType::Int32, false),
+            Field::new("tstore", ArrowType::Int32, false),
+            Field::new("core", ArrowType::Int32, true),
+            Field::new("table", ArrowType::Utf8, false),
+            Field::new("rows", ArrowType::Int64, false),
+            Field::new("bytes", ArrowType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(node.finish()),
+                Arc::new(ts.finish()),
+                Arc::new(core.finish()),
+                Arc::new(table.finish()),
+                Arc::new(rows.finish()),
+                Arc::new(bytes.finish()),
+            ],
+        )
+        .map_err(|e| Error::sql("XX000", e.to_string()))
+    }
+
+    /// Every node's router counters, by node id.
+    ///
+    /// # Errors
+    /// Dispatch errors.
+    pub fn router_stats(&self) -> Result<BTreeMap<u32, Vec<PeerStats>>> {
+        let mut out = BTreeMap::new();
+        for (t, reply) in self.stats_replies()? {
+            let Reply::Stats { router, .. } = reply else {
                 return Err(Error::Protocol(format!(
                     "tstore {t} answered stats with {reply:?}"
                 )));
             };
             let node = self.disp.node_of(t).unwrap_or(0);
-            for s in tables {
-                rows.push(vec![
-                    Value::Int(node as i32),
-                    Value::Int(t as i32),
-                    core.map(|c| Value::Int(c as i32)).unwrap_or(Value::Null),
-                    Value::Text(s.name),
-                    Value::BigInt(s.rows as i64),
-                    Value::BigInt(s.bytes as i64),
-                ]);
+            out.entry(node).or_insert(router);
+        }
+        Ok(out)
+    }
+
+    /// The rows of [`ROUTER_TABLE`]: every node's router counters per remote peer.
+    ///
+    /// # Errors
+    /// Dispatch errors.
+    pub fn router_batch(&self) -> Result<RecordBatch> {
+        let names = [
+            "bytes_written",
+            "writes",
+            "messages_sent",
+            "messages_received",
+            "bytes_received",
+            "stalls",
+            "refused",
+            "reconnects",
+        ];
+        let mut node = Int32Builder::new();
+        let mut peer = Int32Builder::new();
+        let mut cols: Vec<Int64Builder> = names.iter().map(|_| Int64Builder::new()).collect();
+        for (n, peers) in self.router_stats()? {
+            for p in peers {
+                node.append_value(n as i32);
+                peer.append_value(p.node as i32);
+                let v = [
+                    p.bytes_written,
+                    p.writes,
+                    p.messages_sent,
+                    p.messages_received,
+                    p.bytes_received,
+                    p.stalls,
+                    p.refused,
+                    p.reconnects,
+                ];
+                for (c, x) in cols.iter_mut().zip(v) {
+                    c.append_value(x as i64);
+                }
             }
         }
-        Ok(rows)
+        let mut fields = vec![
+            Field::new("node", ArrowType::Int32, false),
+            Field::new("peer", ArrowType::Int32, false),
+        ];
+        fields.extend(
+            names
+                .iter()
+                .map(|n| Field::new(*n, ArrowType::Int64, false)),
+        );
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(node.finish()), Arc::new(peer.finish())];
+        arrays.extend(cols.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| Error::sql("XX000", e.to_string()))
     }
+}
+
+/// One batch of `batches` (of `schema`).
+fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    arrow_select::concat::concat_batches(schema, batches)
+        .map_err(|e| Error::sql("XX000", e.to_string()))
 }
 
 fn default_setting(name: &str) -> Option<&'static str> {
@@ -1152,62 +1343,6 @@ fn default_setting(name: &str) -> Option<&'static str> {
         STATEMENT_TIMEOUT => "0",
         _ => return None,
     })
-}
-
-/// Checks a row against the table: width, NOT NULL, and coerces every value to its
-/// column type.
-///
-/// # Errors
-/// 42601 (width), 23502 (NULL), the coercion's SQLSTATE.
-pub fn coerce_row(schema: &TableSchema, table: &str, row: Vec<Value>) -> Result<Vec<Value>> {
-    if row.len() != schema.columns.len() {
-        return Err(Error::sql(
-            "42601",
-            format!(
-                "INSERT into \"{table}\" has {} values for {} columns",
-                row.len(),
-                schema.columns.len()
-            ),
-        ));
-    }
-    row.into_iter()
-        .zip(&schema.columns)
-        .map(|(v, c)| {
-            if v.is_null() {
-                if !c.nullable {
-                    return Err(Error::sql(
-                        "23502",
-                        format!(
-                            "null value in column \"{}\" of relation \"{table}\" violates not-null constraint",
-                            c.name
-                        ),
-                    ));
-                }
-                return Ok(Value::Null);
-            }
-            v.coerce_to(c.data_type)
-                .map_err(|e| Error::sql(store_sqlstate(&e), e.to_string()))
-        })
-        .collect()
-}
-
-/// One batch holding `rows` of `schema`.
-///
-/// # Errors
-/// Values that do not fit the schema.
-pub fn rows_to_batch(schema: &TableSchema, rows: &[Vec<Value>]) -> Result<RecordBatch> {
-    let mut s = Slice::with_chunk_rows(schema.clone(), usize::MAX)?;
-    s.insert(rows)?; // one insert = one batch
-    let first = s.batches().next().cloned();
-    Ok(first.unwrap_or_else(|| RecordBatch::new_empty(s.arrow_schema())))
-}
-
-/// A batch's rows as values.
-///
-/// # Errors
-/// Unsupported column types.
-pub fn batch_rows(b: &RecordBatch) -> Result<Vec<Vec<Value>>> {
-    Ok(smrdb_tstore::slice::batches_to_rows(std::iter::once(b))?)
 }
 
 #[cfg(test)]

@@ -132,6 +132,12 @@ pub fn resource_hint(message: &str) -> String {
     with_hint(message.to_string(), hint)
 }
 
+impl From<datafusion::common::DataFusionError> for Error {
+    fn from(e: datafusion::common::DataFusionError) -> Self {
+        Error::from(smrdb_planner::PlanError::from_datafusion(&e))
+    }
+}
+
 impl From<smrdb_planner::PlanError> for Error {
     fn from(e: smrdb_planner::PlanError) -> Self {
         Error::sql(e.sqlstate(), e.to_string())
@@ -150,6 +156,7 @@ pub fn store_sqlstate(e: &smrdb_tstore::Error) -> &'static str {
         E::TableExists(_) => "42P07",
         E::NullViolation(_) => "23502",
         E::InvalidValue(_) => "22P02",
+        E::StringTooLong(_) => "22001",
         E::Arity { .. } => "42601",
         E::UnknownType(_) => "42704",
         E::Corrupt(_) => "XX001",

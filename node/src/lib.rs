@@ -14,7 +14,10 @@
 //! * [`redo`]: the primary's statement log, which makes writes that span several
 //!   Tstores all or nothing across a crash.
 //! * [`engine`]: executes planned statements ([`smrdb_planner::Plan`]).
-//! * [`join`]: multi-set queries on the primary, EXPLAIN [ANALYZE], router counters.
+//! * [`query`]: a distributed query on the primary: the fragment to the Tstores, the
+//!   primary's own stages, gathers, EXPLAIN ANALYZE's measurements.
+//! * [`exchange`]: stage outputs to router chunks and back, and the poll loop that
+//!   drives stages on a node's own threads.
 //! * [`copy`]: CSV / text parsing for `COPY`.
 //! * [`auth`]: password authentication of Postgres clients (md5, SCRAM-SHA-256).
 //! * [`pg`]: the Postgres front end (simple and extended query protocols, COPY FROM
@@ -31,10 +34,11 @@ pub mod copy;
 pub mod dispatch;
 pub mod engine;
 mod error;
-pub mod join;
+pub mod exchange;
 pub mod node;
 pub mod pg;
 pub mod proto;
+pub mod query;
 pub mod redo;
 pub mod sqltext;
 pub mod values;

@@ -252,7 +252,7 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
                 .spawn(move || disp.run_controller(controller_inbox, s))?
         };
         let mut engine =
-            Engine::new(disp.clone(), catalog).with_max_intermediate_mib(cf.max_intermediate_mib);
+            Engine::new(disp.clone(), catalog)?.with_max_intermediate_mib(cf.max_intermediate_mib);
         if let Some(log) = stmt_log {
             engine = engine.with_stmt_log(log);
         }

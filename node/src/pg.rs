@@ -21,6 +21,7 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use arrow_schema::{Schema, SchemaRef};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{stream, Sink, SinkExt};
@@ -43,7 +44,6 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::startup::{Authentication, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion};
-use smrdb_tstore::DataType;
 
 use crate::auth::{AuthError, Authenticator, Challenge, Exchange, Step, SCRAM_SHA_256};
 use crate::copy::CopyFormat;
@@ -60,7 +60,7 @@ fn pg_error(e: &Error) -> PgWireError {
     PgWireError::UserError(Box::new(user_error(e)))
 }
 
-fn pg_type(t: DataType) -> Type {
+fn pg_type(t: &arrow_schema::DataType) -> Type {
     Type::from_oid(pg_oid(t)).unwrap_or(Type::TEXT)
 }
 
@@ -75,13 +75,14 @@ fn tag(t: &CommandTag) -> Tag {
     g
 }
 
-fn fields(columns: &[(String, DataType)], format: Option<&Format>) -> Vec<FieldInfo> {
-    columns
+fn fields(schema: &Schema, format: Option<&Format>) -> Vec<FieldInfo> {
+    schema
+        .fields()
         .iter()
         .enumerate()
-        .map(|(i, (n, t))| {
+        .map(|(i, fl)| {
             let f = format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text);
-            FieldInfo::new(n.clone(), None, None, pg_type(*t), f)
+            FieldInfo::new(fl.name().clone(), None, None, pg_type(fl.data_type()), f)
         })
         .collect()
 }
@@ -357,18 +358,14 @@ impl Conn {
 
     fn response(&self, o: Output, format: Option<&Format>) -> PgWireResult<Response> {
         Ok(match o {
-            Output::Rows {
-                columns,
-                batch,
-                command,
-            } => {
-                let schema = Arc::new(fields(&columns, format));
+            Output::Rows { batch, command } => {
+                let schema = Arc::new(fields(&batch.schema(), format));
                 let binary: Vec<bool> = schema
                     .iter()
                     .map(|f| f.format() == FieldFormat::Binary)
                     .collect();
                 let rows = encode_rows(&batch, &binary).map_err(|e| pg_error(&e))?;
-                let n = columns.len() as i16;
+                let n = batch.num_columns() as i16;
                 let rows: Vec<PgWireResult<DataRow>> = rows
                     .into_iter()
                     .map(|r| Ok(DataRow::new(BytesMut::from(&r[..]), n)))
@@ -526,7 +523,7 @@ impl SimpleQueryHandler for Conn {
 pub struct Prepared {
     sql: Option<String>,
     params: usize,
-    columns: Option<Vec<(String, DataType)>>,
+    columns: Option<SchemaRef>,
 }
 
 /// Parses (plans, for Describe) statements of the extended protocol.

@@ -11,34 +11,37 @@
 //! body = Request(..)   primary controller -> Tstore(s)
 //!      | Reply(..)     Tstore -> the controller that sent the request
 //! Request: CreateTable{name, schema} | DropTable{name}          (broadcast to ALL_TSTORES)
-//!          Insert{table, rows}                                 (point-to-point, one per Tstore)
-//!          Update{table, assignments, filter} | Delete{table, filter} | Query{fragment}
-//!          | Join{spec, post, timeout_ms} | Stats                (broadcast)
+//!          Insert{table, Arrow IPC rows}                       (point-to-point, one per Tstore)
+//!          Update{table, assignments, filter, dry_run} | Delete{table, filter}
+//!          | Stages{fragment} | Stats                          (broadcast)
 //!          Stmt{id, write: Insert | Update | Delete}           (a write of the primary's
 //!                                                              statement log, either way)
 //!          LastStmt                                            (broadcast, at start-up)
-//! Reply:   Ack{count} | Error{sqlstate, message} | Result{Arrow IPC stream}
+//! Reply:   Ack{count} | Error{sqlstate, message, echo}
 //!          (Ack to LastStmt: count = the Tstore's last applied statement id)
-//!          | Join{Arrow IPC stream, stats}
-//!          | Stats{core, tables: [{name, rows, bytes}], router: [per-peer counters]}
+//!          | Done{stages: [{stage, operators: [(rows, ns)], rows, bytes, chunks}]}
+//!          | Stats{core, tables: [{name, rows, bytes, stats}], router: [per-peer counters]}
 //! ```
+//! Expressions (UPDATE, DELETE) are `datafusion-proto` bytes over the table's
+//! columns; `fragment` is a postcard [`smrdb_tstore::exec::fragment::Fragment`].
 //!
 //! Every request gets exactly one reply from every Tstore it reached. [`decode`]
 //! validates the version, the task id against the header, and every name and size,
 //! and returns errors, never panics.
 //!
-//! ## Join-table chunks (tag [`TAG_JOIN`], Tstore -> every Tstore)
+//! ## Exchange chunks (tag [`TAG_XCHG`])
 //!
-//! While a `Join` task runs, every Tstore sends each join table it built to
-//! [`smrdb_router::Addr::ALL_TSTORES`] as a sequence of router chunks, each its own
-//! object (chunk 0, last), header query id = the task id, header src = the sending
-//! Tstore. A chunk's bytes are an Arrow IPC stream (schema + batches; empty when the
-//! chunk carries no rows) followed by a 16-byte trailer, so the IPC stream starts at the
-//! chunk's (64-byte aligned) start and is read in place:
+//! While a `Stages` task runs, every stage's output goes to its exchange's consumers
+//! (every Tstore for a broadcast, the primary's controller for a gather) as a sequence
+//! of router chunks, each its own object, header query id = the task id, header src
+//! = the sending Tstore (or the primary's controller). A chunk's bytes are an Arrow
+//! IPC stream (schema + batches; empty when the chunk carries no rows) followed by a
+//! 16-byte trailer, so the IPC stream starts at the chunk's (64-byte aligned) start
+//! and is read in place:
 //!
 //! ```text
-//! [ Arrow IPC stream ... | version u16 (= JOIN_VERSION) | flags u16 | jt u16 | 0 u16 | rows u64 ]
-//! flags: bit 0 LAST (the sender's last chunk of join table jt), bit 1 ABORT (the sender
+//! [ Arrow IPC stream ... | version u16 (= CHUNK_VERSION) | flags u16 | exchange u16 | 0 u16 | rows u64 ]
+//! flags: bit 0 LAST (the sender's last chunk of this exchange), bit 1 ABORT (the sender
 //!        failed; implies LAST; receivers fail the task)
 //! ```
 
@@ -46,26 +49,26 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use smrdb_router::{Delivery, PeerStats};
-use smrdb_tstore::{Expr, Fragment, JoinSpec, JoinStats, StmtWrite, TableSchema, Value};
+use smrdb_tstore::{StmtWrite, TableSchema, TableStats};
 
 use crate::error::{Error, Result};
 
-/// Version of the task protocol.
-pub const PROTO_VERSION: u16 = 4;
+/// Version of the task protocol (5: the query engine v2's stages and exchanges).
+pub const PROTO_VERSION: u16 = 5;
 /// Router header tag of task messages.
 pub const TAG_TASK: u16 = 0x5401;
-/// Router header tag of join-table chunks.
-pub const TAG_JOIN: u16 = 0x5402;
-/// Version of the join-chunk trailer.
-pub const JOIN_VERSION: u16 = 1;
-/// Bytes of the join-chunk trailer.
-pub const JOIN_TRAILER: usize = 16;
-/// Join-chunk flag: the sender's last chunk of this join table.
-pub const JOIN_LAST: u16 = 1;
-/// Join-chunk flag: the sender failed (implies [`JOIN_LAST`]).
-pub const JOIN_ABORT: u16 = 2;
-/// Most join tables in one query (6 tables: a pivot and 5 join tables).
-pub const MAX_JOIN_TABLES: usize = 5;
+/// Router header tag of exchange chunks.
+pub const TAG_XCHG: u16 = 0x5403;
+/// Version of the exchange-chunk trailer.
+pub const CHUNK_VERSION: u16 = 2;
+/// Bytes of the exchange-chunk trailer.
+pub const CHUNK_TRAILER: usize = 16;
+/// Chunk flag: the sender's last chunk of this exchange.
+pub const CHUNK_LAST: u16 = 1;
+/// Chunk flag: the sender failed (implies [`CHUNK_LAST`]).
+pub const CHUNK_ABORT: u16 = 2;
+/// Most operators a stage report carries.
+pub const MAX_OPERATORS: usize = 1 << 16;
 /// Largest object a receiver reassembles (bytes).
 pub const MAX_OBJECT: usize = 1 << 30;
 /// Longest table name accepted.
@@ -112,40 +115,32 @@ pub enum Request {
     Insert {
         /// Table name.
         table: String,
-        /// Rows in table column order, already coerced by the primary.
-        rows: Vec<Vec<Value>>,
+        /// The rows (an Arrow IPC stream), already of the table's types.
+        ipc: Vec<u8>,
     },
     /// Update this Tstore's rows.
     Update {
         /// Table name.
         table: String,
-        /// (column index, new value expression).
-        assignments: Vec<(usize, Expr)>,
+        /// (column index, new value expression as `datafusion-proto` bytes).
+        assignments: Vec<(usize, Vec<u8>)>,
         /// Rows where this is TRUE are updated (all when absent).
-        filter: Option<Expr>,
+        filter: Option<Vec<u8>>,
+        /// Only evaluate (the all-or-nothing dry run); change nothing.
+        dry_run: bool,
     },
     /// Delete this Tstore's rows.
     Delete {
         /// Table name.
         table: String,
         /// Rows where this is TRUE are deleted (all when absent).
-        filter: Option<Expr>,
+        filter: Option<Vec<u8>>,
     },
-    /// Run a fragment on this Tstore's slice.
-    Query {
-        /// The secondary query.
-        fragment: Fragment,
-    },
-    /// Run this Tstore's part of a multi-set query: build and send the join tables,
-    /// compare the pivot slice with every Tstore's join tables, run `post` over the
-    /// combined rows.
-    Join {
-        /// The join.
-        spec: JoinSpec,
-        /// The secondary query over the combined row.
-        post: Fragment,
-        /// Give up (and answer with an error) after this long without every chunk.
-        timeout_ms: u64,
+    /// Run this Tstore's stages of a query: a postcard
+    /// [`smrdb_tstore::exec::fragment::Fragment`].
+    Stages {
+        /// The fragment.
+        fragment: Vec<u8>,
     },
     /// Report rows and bytes of every table.
     Stats,
@@ -162,15 +157,24 @@ pub enum Request {
     LastStmt,
 }
 
-/// Row and byte counts of one table slice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableStats {
+/// A table slice's statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceStats {
     /// Table name.
     pub name: String,
-    /// Rows in the slice.
-    pub rows: u64,
-    /// Bytes of Arrow data.
-    pub bytes: u64,
+    /// Rows, bytes and column statistics of the slice.
+    pub stats: TableStats,
+}
+
+/// What a Tstore measured running one stage (EXPLAIN ANALYZE).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Stage id.
+    pub stage: u16,
+    /// Per operator, in display order: (rows produced, compute nanoseconds).
+    pub operators: Vec<(u64, u64)>,
+    /// Rows, bytes and chunks it sent to its exchange.
+    pub sent: (u64, u64, u64),
 }
 
 /// A Tstore's answer.
@@ -187,25 +191,21 @@ pub enum Reply {
         sqlstate: String,
         /// Message.
         message: String,
+        /// The failure was caused elsewhere (a peer aborted, a node was lost) and is
+        /// reported by its cause too: the primary reports a cause first.
+        echo: bool,
     },
-    /// Query result: an Arrow IPC stream (empty = no batches).
-    Result {
-        /// The encoded batches.
-        ipc: Vec<u8>,
-    },
-    /// A join's intermediate result and what the Tstore measured.
-    Join {
-        /// The encoded batches.
-        ipc: Vec<u8>,
-        /// Measurements (EXPLAIN ANALYZE).
-        stats: JoinStats,
+    /// A `Stages` task finished on this Tstore.
+    Done {
+        /// One report per stage.
+        stages: Vec<StageReport>,
     },
     /// Statistics.
     Stats {
         /// The core the Tstore is pinned to, if pinned.
         core: Option<u32>,
         /// One entry per table.
-        tables: Vec<TableStats>,
+        tables: Vec<SliceStats>,
         /// The node's router counters, per remote peer.
         router: Vec<PeerStats>,
     },
@@ -265,33 +265,17 @@ pub fn decode(bytes: &[u8], task: u64) -> Result<Envelope> {
                 }
             }
             Request::DropTable { name } => check_name("table", name)?,
-            Request::Insert { table, rows } => check_insert(table, rows)?,
+            Request::Insert { table, .. } => check_name("table", table)?,
             Request::Update { table, .. } | Request::Delete { table, .. } => {
                 check_name("table", table)?
             }
-            Request::Query { fragment } => check_name("table", &fragment.table)?,
-            Request::Join { spec, post, .. } => {
-                check_name("table", &post.table)?;
-                check_name("table", &spec.pivot.table)?;
-                let n = spec.join_tables.len();
-                if n == 0 || n > MAX_JOIN_TABLES || spec.steps.len() != n {
-                    return Err(Error::Protocol(format!(
-                        "a join of {n} join tables and {} steps",
-                        spec.steps.len()
-                    )));
-                }
-                for t in &spec.join_tables {
-                    check_name("table", &t.table)?;
-                }
-                for s in &spec.steps {
-                    if s.left_keys.len() != s.right_keys.len() {
-                        return Err(Error::Protocol("join keys of different lengths".into()));
-                    }
-                }
+            Request::Stages { fragment } => {
+                smrdb_tstore::exec::fragment::Fragment::decode(fragment)
+                    .map_err(Error::Protocol)?;
             }
             Request::Stats | Request::LastStmt => {}
             Request::Stmt { write, .. } => match write {
-                StmtWrite::Insert { table, rows } => check_insert(table, rows)?,
+                StmtWrite::Insert { table, .. } => check_name("table", table)?,
                 StmtWrite::Update { table, .. } | StmtWrite::Delete { table, .. } => {
                     check_name("table", table)?
                 }
@@ -303,11 +287,11 @@ pub fn decode(bytes: &[u8], task: u64) -> Result<Envelope> {
                     return Err(Error::Protocol(format!("bad SQLSTATE {sqlstate:?}")));
                 }
             }
-            Reply::Join { stats, .. } => {
-                if stats.built_rows.len() > MAX_JOIN_TABLES
-                    || stats.received_rows.len() > MAX_JOIN_TABLES
+            Reply::Done { stages } => {
+                if stages.len() > smrdb_tstore::exec::fragment::MAX_STAGES
+                    || stages.iter().any(|s| s.operators.len() > MAX_OPERATORS)
                 {
-                    return Err(Error::Protocol("join statistics out of range".into()));
+                    return Err(Error::Protocol("stage reports out of range".into()));
                 }
             }
             Reply::Stats { tables, .. } => {
@@ -315,40 +299,30 @@ pub fn decode(bytes: &[u8], task: u64) -> Result<Envelope> {
                     check_name("table", &t.name)?;
                 }
             }
-            Reply::Ack { .. } | Reply::Result { .. } => {}
+            Reply::Ack { .. } => {}
         },
     }
     Ok(env)
 }
 
-fn check_insert(table: &str, rows: &[Vec<Value>]) -> Result<()> {
-    check_name("table", table)?;
-    if let Some(first) = rows.first() {
-        if rows.iter().any(|r| r.len() != first.len()) {
-            return Err(Error::Protocol("rows of different widths".into()));
-        }
-    }
-    Ok(())
-}
-
-/// The trailer of a join-table chunk.
+/// The trailer of an exchange chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JoinTrailer {
-    /// [`JOIN_LAST`] / [`JOIN_ABORT`].
+pub struct ChunkTrailer {
+    /// [`CHUNK_LAST`] / [`CHUNK_ABORT`].
     pub flags: u16,
-    /// Join table index.
-    pub jt: u16,
+    /// Exchange id.
+    pub exchange: u16,
     /// Rows in the chunk.
     pub rows: u64,
 }
 
-impl JoinTrailer {
+impl ChunkTrailer {
     /// The 16 trailer bytes.
-    pub fn encode(&self) -> [u8; JOIN_TRAILER] {
-        let mut b = [0u8; JOIN_TRAILER];
-        b[0..2].copy_from_slice(&JOIN_VERSION.to_le_bytes());
+    pub fn encode(&self) -> [u8; CHUNK_TRAILER] {
+        let mut b = [0u8; CHUNK_TRAILER];
+        b[0..2].copy_from_slice(&CHUNK_VERSION.to_le_bytes());
         b[2..4].copy_from_slice(&self.flags.to_le_bytes());
-        b[4..6].copy_from_slice(&self.jt.to_le_bytes());
+        b[4..6].copy_from_slice(&self.exchange.to_le_bytes());
         b[8..16].copy_from_slice(&self.rows.to_le_bytes());
         b
     }
@@ -356,40 +330,33 @@ impl JoinTrailer {
     /// Splits a chunk into its IPC bytes and trailer, validating the trailer.
     ///
     /// # Errors
-    /// [`Error::Protocol`]: too short, wrong version, unknown flags, `jt` not below
-    /// `join_tables`.
-    pub fn split(chunk: &[u8], join_tables: usize) -> Result<(&[u8], JoinTrailer)> {
-        let Some(at) = chunk.len().checked_sub(JOIN_TRAILER) else {
+    /// [`Error::Protocol`]: too short, wrong version, unknown flags.
+    pub fn split(chunk: &[u8]) -> Result<(&[u8], ChunkTrailer)> {
+        let Some(at) = chunk.len().checked_sub(CHUNK_TRAILER) else {
             return Err(Error::Protocol(format!(
-                "join chunk of {} bytes has no trailer",
+                "exchange chunk of {} bytes has no trailer",
                 chunk.len()
             )));
         };
         let t = &chunk[at..];
         let u16_at = |i: usize| u16::from_le_bytes([t[i], t[i + 1]]);
         let version = u16_at(0);
-        if version != JOIN_VERSION {
+        if version != CHUNK_VERSION {
             return Err(Error::Protocol(format!(
-                "join chunk version {version} (this node speaks {JOIN_VERSION})"
+                "exchange chunk version {version} (this node speaks {CHUNK_VERSION})"
             )));
         }
         let flags = u16_at(2);
-        if flags & !(JOIN_LAST | JOIN_ABORT) != 0 || u16_at(6) != 0 {
-            return Err(Error::Protocol(format!("join chunk flags {flags:#x}")));
-        }
-        let jt = u16_at(4);
-        if usize::from(jt) >= join_tables {
-            return Err(Error::Protocol(format!(
-                "join chunk for join table {jt} of {join_tables}"
-            )));
+        if flags & !(CHUNK_LAST | CHUNK_ABORT) != 0 || u16_at(6) != 0 {
+            return Err(Error::Protocol(format!("exchange chunk flags {flags:#x}")));
         }
         let mut r = [0u8; 8];
         r.copy_from_slice(&t[8..16]);
         Ok((
             &chunk[..at],
-            JoinTrailer {
+            ChunkTrailer {
                 flags,
-                jt,
+                exchange: u16_at(4),
                 rows: u64::from_le_bytes(r),
             },
         ))
@@ -456,6 +423,7 @@ impl Reassembler {
     /// same task.
     fn too_large(&self, d: &Delivery, tstore: u32) -> Result<Object> {
         let reply = Reply::Error {
+            echo: false,
             sqlstate: "54000".into(),
             message: format!(
                 "the reply of tstore {tstore} (node {}) to this statement is larger than {} MiB, \
@@ -559,7 +527,7 @@ mod tests {
     use super::*;
     use smrdb_router::{Addr, Inbound, NodeSpec, Router, RouterConfig, SendSpec};
     use smrdb_transport::{FabricConfig, FabricKind};
-    use smrdb_tstore::{ColumnDef, DataType};
+    use smrdb_tstore::{ColumnDef, SqlType};
 
     #[test]
     fn oversized_replies_become_errors_and_their_rest_is_dropped() {
@@ -634,7 +602,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_validation() {
-        let schema = TableSchema::new(vec![ColumnDef::new("a", DataType::Int, true)]);
+        let schema = TableSchema::new(vec![ColumnDef::new("a", SqlType::Integer, true)]);
         let bodies = vec![
             Body::Request(Request::CreateTable {
                 name: "t".into(),
@@ -642,14 +610,14 @@ mod tests {
             }),
             Body::Request(Request::Insert {
                 table: "t".into(),
-                rows: vec![vec![Value::Int(1)], vec![Value::Null]],
+                ipc: vec![1, 2, 3],
             }),
             Body::Request(Request::Stats),
             Body::Request(Request::Stmt {
                 id: 7,
                 write: StmtWrite::Insert {
                     table: "t".into(),
-                    rows: vec![vec![Value::Int(2)]],
+                    ipc: vec![4],
                 },
             }),
             Body::Request(Request::Stmt {
@@ -661,10 +629,17 @@ mod tests {
             }),
             Body::Request(Request::LastStmt),
             Body::Reply(Reply::Ack { count: 3 }),
-            Body::Reply(Reply::Result { ipc: vec![1, 2, 3] }),
+            Body::Reply(Reply::Done {
+                stages: vec![StageReport {
+                    stage: 1,
+                    operators: vec![(5, 100)],
+                    sent: (5, 640, 1),
+                }],
+            }),
             Body::Reply(Reply::Error {
                 sqlstate: "42P01".into(),
                 message: "no".into(),
+                echo: false,
             }),
         ];
         for b in bodies {
@@ -681,6 +656,7 @@ mod tests {
             Body::Reply(Reply::Error {
                 sqlstate: "bad".into(),
                 message: String::new(),
+                echo: false,
             }),
         )
         .unwrap();
@@ -696,18 +672,14 @@ mod tests {
         )
         .unwrap();
         assert!(decode(&empty, 1).is_err());
-        let ragged = encode(
+        let bad_fragment = encode(
             1,
-            Body::Request(Request::Stmt {
-                id: 1,
-                write: StmtWrite::Insert {
-                    table: "t".into(),
-                    rows: vec![vec![Value::Int(1)], vec![]],
-                },
+            Body::Request(Request::Stages {
+                fragment: vec![0, 1, 2],
             }),
         )
         .unwrap();
-        assert!(decode(&ragged, 1).is_err());
+        assert!(decode(&bad_fragment, 1).is_err());
         // Garbage never panics.
         let mut x: u64 = 1;
         for _ in 0..2000 {

@@ -52,7 +52,8 @@ use crate::proto::Request;
 /// File name of the statement log in the primary's node directory.
 pub const LOG_FILE: &str = "stmt.log";
 const MAGIC: &[u8; 8] = b"SMRDBSTL";
-const VERSION: u32 = 1;
+/// Version 2: inserts carry Arrow IPC rows, UPDATE and DELETE `datafusion-proto` expressions.
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 12;
 /// The log is emptied when it grows past this and no statement is unfinished.
 pub const RESET_BYTES: u64 = 64 << 20;
@@ -369,14 +370,12 @@ impl StmtLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smrdb_tstore::{Expr, Value};
-
     fn ins(t: u32, k: i64) -> (u32, StmtWrite) {
         (
             t,
             StmtWrite::Insert {
                 table: "t".into(),
-                rows: vec![vec![Value::BigInt(k)]],
+                ipc: k.to_le_bytes().to_vec(),
             },
         )
     }
@@ -391,7 +390,7 @@ mod tests {
             let b = log
                 .begin(&Work::All(StmtWrite::Delete {
                     table: "t".into(),
-                    filter: Some(Expr::col(0).eq(Expr::lit(1i64))),
+                    filter: Some(vec![1, 2, 3]),
                 }))
                 .unwrap();
             let c = log.begin(&Work::Each(vec![ins(2, 3), ins(3, 4)])).unwrap();

@@ -5,23 +5,25 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType as ArrowType;
-use smrdb_tstore::DataType;
 
 use crate::error::{Error, Result};
 
 /// Days from 1970-01-01 to 2000-01-01 (the Postgres binary date epoch).
 pub const PG_EPOCH_DAYS: i32 = 10_957;
 
-/// Postgres type OID of a column type: INT4 23, INT8 20, FLOAT8 701, TEXT 25, DATE
-/// 1082, BOOL 16.
-pub fn pg_oid(t: DataType) -> u32 {
+/// Postgres type OID of an Arrow column type.
+pub fn pg_oid(t: &ArrowType) -> u32 {
     match t {
-        DataType::Int => 23,
-        DataType::BigInt => 20,
-        DataType::Double => 701,
-        DataType::Text => 25,
-        DataType::Date => 1082,
-        DataType::Boolean => 16,
+        ArrowType::Int16 => 21,
+        ArrowType::Int32 => 23,
+        ArrowType::Int64 | ArrowType::UInt32 | ArrowType::UInt64 => 20,
+        ArrowType::Float32 => 700,
+        ArrowType::Float64 => 701,
+        ArrowType::Decimal128(_, _) => 1700,
+        ArrowType::Date32 => 1082,
+        ArrowType::Timestamp(_, None) => 1114,
+        ArrowType::Boolean => 16,
+        _ => 25,
     }
 }
 

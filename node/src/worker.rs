@@ -1,56 +1,57 @@
 //! A Tstore thread: pinned to a core, owns one [`Store`], answers task requests and runs
-//! its part of multi-set queries.
+//! its stages of distributed queries.
 //!
-//! The thread is an event loop over its router inbox. A task request is reassembled,
-//! run on the store (a persistent store fsyncs its log before the call returns, so an
-//! `Ack` means durable) and answered with exactly one reply to the controller that
-//! asked.
+//! The thread is an event loop over its router inbox. A write or catalog request is
+//! reassembled, run on the store (a persistent store fsyncs its log before the call
+//! returns, so an `Ack` means durable) and answered with exactly one reply to the
+//! controller that asked.
 //!
-//! A `Join` request starts a join task: the Tstore builds each join table from its
-//! slices and queues it for sending to every Tstore; the chunks are encoded as Arrow
-//! IPC straight into the router's outgoing arena (one buffer per chunk: the local
-//! Tstores read it in place, each remote node gets one copy). It then prepares its
-//! pivot slice ([`JoinExec::new`]) and feeds every join-table chunk that arrives,
-//! from any Tstore, to the join in arrival order, reading a chunk in place in the
-//! receive ring and dropping it (which returns the ring space) as soon as it is
-//! compared. When every Tstore's last chunk of every join table has arrived, the
-//! result goes to the controller.
+//! A `Stages` request starts a query task: every stage of the fragment is decoded
+//! into a DataFusion plan over this Tstore's slices (snapshots taken now) and its
+//! exchange inputs, and becomes a future the loop polls when woken. A stage's output
+//! goes, chunk by chunk, to its exchange's consumers: every Tstore (a broadcast: the
+//! local ones read the arena buffer in place, each remote node gets one copy) or the
+//! primary (a gather). Arriving chunks of a broadcast input are decoded *in place*
+//! in the receive ring (up to a budget; beyond it, or when the consumer waits for
+//! whole inputs, copied out) and handed to the consuming stage in arrival order, so
+//! a hash join probes the first chunk while the rest is in flight. When every stage
+//! has finished and its output is sent, the Tstore answers `Done` with what its
+//! operators measured.
 //!
-//! The thread never blocks on the arena: everything it sends goes through an outgoing
-//! queue that is pumped with [`RouterHandle::try_alloc`] between inbox reads, so a full
-//! arena or ring never stops it from draining (and releasing) what others send it.
-//! Chunks of a task whose request has not arrived yet are copied out and kept until
-//! it does (or until they expire). A task waiting for a lost node's chunks, or past its
-//! deadline, fails with an error instead of hanging.
+//! The thread never blocks on the arena: everything it sends goes through outgoing
+//! channels that are pumped with [`RouterHandle::try_alloc`] between inbox reads, so
+//! a full arena or ring never stops it from draining (and releasing) what others send
+//! it. Chunks of a task whose request has not arrived yet are copied out and kept
+//! until it does (or until they expire). A task waiting for a lost node's chunks, or
+//! past its deadline, fails with an error instead of hanging.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::io::Write;
-use std::panic::AssertUnwindSafe;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, RecordBatch};
-use arrow_buffer::Buffer;
-use arrow_ipc::reader::StreamDecoder;
-use arrow_ipc::writer::StreamWriter;
-use smrdb_router::{Addr, ChunkRef, Inbound, Inbox, OutBuf, RouterError, RouterHandle, SendSpec};
-use smrdb_tstore::join::build_join_table;
-use smrdb_tstore::{decode_batches, encode_batches, JoinExec, JoinStats, Store};
+use smrdb_planner::{OperatorMetrics, PlanError};
+use smrdb_router::{Addr, ChunkRef, Inbound, Inbox, RouterError, RouterHandle, SendSpec};
+use smrdb_tstore::exec::fragment::{ExchangeKind, Fragment, Place};
+use smrdb_tstore::exec::{codec, task_context, ExchangeQueue, TaskInputs};
+use smrdb_tstore::{decode_batches, Store};
 
 use crate::error::store_sqlstate;
+use crate::exchange::{
+    decode_copied, decode_in_place, stage_future, OutChannel, Polled, Pumped, StageOutput,
+};
 use crate::proto::{
-    self, Body, JoinTrailer, Reassembler, Reply, Request, TableStats, JOIN_ABORT, JOIN_LAST,
-    JOIN_TRAILER, TAG_JOIN, TAG_TASK,
+    self, Body, ChunkTrailer, Reassembler, Reply, Request, SliceStats, StageReport, CHUNK_ABORT,
+    CHUNK_LAST, TAG_TASK, TAG_XCHG,
 };
 
-/// How many finished join tasks a Tstore remembers (late chunks of them are dropped).
+/// How many finished tasks a Tstore remembers (late chunks of them are dropped).
 const DONE_MEMORY: usize = 4096;
 /// Bytes of early chunks (their request not yet here) a Tstore keeps at most.
 const MAX_EARLY_BYTES: usize = 1 << 30;
-/// Room for the IPC schema message and framing in a chunk.
-const IPC_SLACK: usize = 8192;
+/// Chunks a Tstore may hold in place in the rings (beyond, arriving chunks are copied
+/// out so senders never wait on a slow consumer).
+const IN_PLACE_CHUNKS: usize = 3;
 
 /// What a Tstore thread needs.
 pub struct Tstore {
@@ -62,17 +63,31 @@ pub struct Tstore {
     pub inbox: Inbox,
     /// The router.
     pub router: RouterHandle,
-    /// The core it is pinned to, if pinning worked.
+    /// The core it is pinned to, if pinned.
     pub core: Option<u32>,
     /// Set to stop the thread.
     pub stop: Arc<AtomicBool>,
 }
 
 fn err_reply(e: &smrdb_tstore::Error) -> Reply {
+    let sqlstate = match e {
+        smrdb_tstore::Error::InvalidValue(m) => {
+            PlanError::from(smrdb_tstore::Error::InvalidValue(m.clone()))
+                .sqlstate()
+                .to_string()
+        }
+        other => store_sqlstate(other).to_string(),
+    };
     Reply::Error {
-        sqlstate: store_sqlstate(e).to_string(),
+        sqlstate,
         message: e.to_string(),
+        echo: false,
     }
+}
+
+fn df_reply(e: &datafusion::common::DataFusionError) -> (String, String) {
+    let p = PlanError::from_datafusion(e);
+    (p.sqlstate().to_string(), p.to_string())
 }
 
 /// Something queued for sending.
@@ -85,260 +100,58 @@ enum Out {
         data: Vec<u8>,
         next: usize,
     },
-    /// A join table for every Tstore, encoded chunk by chunk into arena buffers.
-    JoinTable {
-        task: u64,
-        jt: u16,
-        batches: VecDeque<RecordBatch>,
-        abort: bool,
-    },
+    /// A stage's output.
+    Stream(OutChannel),
 }
 
-/// A join task in progress on this Tstore.
-struct JoinTask {
-    /// None once the task failed (it still waits for every last chunk, then answers).
-    exec: Option<JoinExec>,
-    error: Option<(String, String)>,
-    /// The controller to answer.
+/// One stage running on this Tstore.
+struct StageRun {
+    id: u16,
+    /// The exchange its output feeds.
+    exchange: u16,
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    fut: Polled<datafusion::common::Result<()>>,
+    output: Arc<StageOutput>,
+    finished: bool,
+}
+
+/// A broadcast input of a task on this Tstore.
+struct Input {
+    queue: Arc<ExchangeQueue>,
+    /// Senders (Tstore ids; `u32::MAX` for the primary) whose last chunk is due.
+    waiting: BTreeSet<u32>,
+    /// Copy every chunk out (the consumer waits for the whole input).
+    copy: bool,
+}
+
+/// A query task in progress on this Tstore.
+struct QueryTask {
     to: Addr,
-    /// Per join table: the Tstores whose last chunk has not arrived.
-    waiting: Vec<BTreeSet<u32>>,
-    stats: JoinStats,
-    started: Instant,
+    stages: Vec<StageRun>,
+    inputs: HashMap<u16, Input>,
+    /// (SQLSTATE, message, echo) of the first failure.
+    error: Option<(String, String, bool)>,
     deadline: Instant,
-    /// Bytes and chunks of each join table this Tstore has sent so far.
-    built_bytes: Vec<u64>,
-    built_chunks: Vec<u64>,
+    /// Sent-so-far counters of the stages' outputs, by stage id, once closed.
+    sent: HashMap<u16, (u64, u64, u64)>,
 }
 
-impl JoinTask {
-    fn fail(&mut self, sqlstate: &str, message: String) {
+impl QueryTask {
+    fn fail(&mut self, sqlstate: &str, message: String, echo: bool) {
         if self.error.is_none() {
-            self.error = Some((sqlstate.to_string(), message));
+            self.error = Some((sqlstate.to_string(), message, echo));
         }
-        self.exec = None;
-    }
-
-    fn complete(&self) -> bool {
-        self.waiting.iter().all(BTreeSet::is_empty)
-    }
-}
-
-/// A join chunk's bytes: in place in the ring, or copied out.
-enum ChunkBytes {
-    InPlace(ChunkRef),
-    Copied(Vec<u8>),
-}
-
-impl ChunkBytes {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            ChunkBytes::InPlace(c) => c.bytes(),
-            ChunkBytes::Copied(v) => v,
+        for s in &self.stages {
+            s.output.fail();
         }
-    }
-}
-
-/// Keeps a ring chunk alive for as long as Arrow buffers point into it.
-struct HeldChunk(#[allow(dead_code)] AssertUnwindSafe<ChunkRef>);
-
-/// Decodes the IPC stream at the start of `chunk` (`len` bytes) without copying: the
-/// batches' buffers point into the chunk, which stays held until they are dropped.
-fn decode_in_place(chunk: &ChunkRef, len: usize) -> smrdb_tstore::Result<Vec<RecordBatch>> {
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let bytes = chunk.bytes();
-    if len > bytes.len() {
-        return Err(smrdb_tstore::Error::Corrupt(
-            "IPC length beyond the chunk".into(),
-        ));
-    }
-    let ptr = NonNull::new(bytes.as_ptr() as *mut u8)
-        .ok_or_else(|| smrdb_tstore::Error::Corrupt("null chunk".into()))?;
-    // SAFETY: `ptr` is valid for `len` bytes (checked above) for as long as a ChunkRef
-    // to the chunk lives: the router does not reuse a chunk's space (nor lets a peer
-    // write it) until every ChunkRef is dropped, and the Buffer owns one (HeldChunk).
-    // Arrow only reads through it.
-    let mut buf = unsafe {
-        Buffer::from_custom_allocation(
-            ptr,
-            len,
-            Arc::new(HeldChunk(AssertUnwindSafe(chunk.clone()))),
-        )
-    };
-    // arrow's decoder panics on some malformed streams: a peer's bytes must not take the
-    // Tstore thread down.
-    std::panic::catch_unwind(AssertUnwindSafe(move || {
-        let mut dec = StreamDecoder::new();
-        let mut out = Vec::new();
-        while !buf.is_empty() {
-            if let Some(b) = dec
-                .decode(&mut buf)
-                .map_err(|e| smrdb_tstore::Error::Corrupt(format!("bad join chunk: {e}")))?
-            {
-                out.push(b);
-            }
+        for i in self.inputs.values() {
+            i.queue.fail("the task failed");
         }
-        dec.finish()
-            .map_err(|e| smrdb_tstore::Error::Corrupt(format!("truncated join chunk: {e}")))?;
-        Ok(out)
-    }))
-    .unwrap_or_else(|p| {
-        Err(smrdb_tstore::Error::Corrupt(format!(
-            "bad join chunk: {}",
-            smrdb_tstore::fragment::panic_text(&*p)
-        )))
-    })
-}
-
-/// A `Write` into a fixed slice; fails when it is full.
-struct SliceWriter<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
-}
-
-impl Write for SliceWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let end = self.pos + data.len();
-        if end > self.buf.len() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "chunk full",
-            ));
-        }
-        self.buf[self.pos..end].copy_from_slice(data);
-        self.pos = end;
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Encodes `batches` (one schema, at least one) as one IPC stream into `buf`; `None`
-/// if it does not fit.
-fn encode_into(batches: &[RecordBatch], buf: &mut [u8]) -> Option<usize> {
-    let first = batches.first()?;
-    let mut w = SliceWriter { buf, pos: 0 };
-    {
-        let mut sw = StreamWriter::try_new(&mut w, &first.schema()).ok()?;
-        for b in batches {
-            sw.write(b).ok()?;
-        }
-        sw.finish().ok()?;
-    }
-    Some(w.pos)
-}
-
-/// Bytes the rows of `b` occupy (its slice, not the whole underlying buffers).
-fn batch_bytes(b: &RecordBatch) -> usize {
-    b.columns()
-        .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-        .sum()
-}
-
-/// The outcome of encoding the next chunk of a join table.
-enum Enc {
-    /// Encoded into the buffer: IPC length, whole batches taken from the front, then
-    /// rows taken from the next batch (0: none), rows in all.
-    Fit {
-        buf: OutBuf,
-        len: usize,
-        whole: usize,
-        partial: usize,
-        rows: usize,
-    },
-    /// No arena space now.
-    Blocked,
-    /// Not even one row fits a chunk.
-    TooBig,
-}
-
-/// Encodes batches from the front of `batches` (all of one schema), as many whole ones
-/// as fit and then a leading slice of the next, into one IPC stream written straight
-/// into an arena buffer of at most `max` bytes, leaving room for the trailer.
-fn encode_chunk(
-    router: &RouterHandle,
-    batches: &VecDeque<RecordBatch>,
-    max: usize,
-) -> Result<Enc, RouterError> {
-    /// IPC framing per batch message (flatbuffer header, padding), roughly.
-    const PER_BATCH: usize = 512;
-    let budget = max.saturating_sub(IPC_SLACK + JOIN_TRAILER).max(1);
-    let mut parts: Vec<RecordBatch> = Vec::new();
-    let mut est = 0usize;
-    let mut partial = 0usize;
-    for b in batches {
-        let bb = batch_bytes(b) + PER_BATCH;
-        if est + bb <= budget {
-            parts.push(b.clone());
-            est += bb;
-            continue;
-        }
-        let n = b.num_rows();
-        let per_row = (batch_bytes(b) / n.max(1)).max(1);
-        let rows = (budget.saturating_sub(est + PER_BATCH) / per_row).min(n);
-        if rows > 0 && (parts.is_empty() || rows >= 1024) {
-            parts.push(b.slice(0, rows));
-            est += batch_bytes(&parts[parts.len() - 1]) + PER_BATCH;
-            partial = rows;
-        } else if parts.is_empty() {
-            parts.push(b.slice(0, 1));
-            est += batch_bytes(&parts[0]) + PER_BATCH;
-            partial = 1;
-        }
-        break;
-    }
-    loop {
-        let want = (est + est / 8 + IPC_SLACK + JOIN_TRAILER)
-            .min(max)
-            .max(JOIN_TRAILER + 64);
-        let Some(mut buf) = router.try_alloc(want)? else {
-            return Ok(Enc::Blocked);
-        };
-        let mut fit = encode_into(&parts, &mut buf.as_mut_slice()[..want - JOIN_TRAILER]);
-        if fit.is_none() && want < max {
-            // The estimate was short: try the largest buffer before taking less.
-            drop(buf);
-            let Some(big) = router.try_alloc(max)? else {
-                return Ok(Enc::Blocked);
-            };
-            buf = big;
-            fit = encode_into(&parts, &mut buf.as_mut_slice()[..max - JOIN_TRAILER]);
-        }
-        if let Some(len) = fit {
-            let rows = parts.iter().map(|p| p.num_rows()).sum();
-            let whole = parts.len() - usize::from(partial > 0);
-            return Ok(Enc::Fit {
-                buf,
-                len,
-                whole,
-                partial,
-                rows,
-            });
-        }
-        drop(buf);
-        // Take less: drop a partial slice or the last whole batch, else halve the rows.
-        if parts.len() > 1 {
-            parts.pop();
-            partial = 0;
-        } else {
-            let n = parts[0].num_rows();
-            if n == 1 {
-                return Ok(Enc::TooBig);
-            }
-            let half = n.div_ceil(2);
-            parts[0] = parts[0].slice(0, half);
-            partial = half;
-        }
-        est = parts.iter().map(|p| batch_bytes(p) + PER_BATCH).sum();
     }
 }
 
 /// Copied chunks of a task whose request has not arrived: when the first came, and
-/// (sending Tstore, bytes) in arrival order.
+/// (sending address, bytes) in arrival order.
 type EarlyChunks = (Instant, Vec<(u32, Vec<u8>)>);
 
 /// The event loop's state.
@@ -347,15 +160,22 @@ struct Worker {
     me: Addr,
     asm: Reassembler,
     out: VecDeque<Out>,
-    joins: HashMap<u64, JoinTask>,
+    tasks: HashMap<u64, QueryTask>,
     early: HashMap<u64, EarlyChunks>,
     early_bytes: usize,
     done: HashSet<u64>,
     done_order: VecDeque<u64>,
+    /// Raised by the wakers of this thread's stages.
+    woken: Arc<AtomicBool>,
+    /// Bytes of ring chunks held in place by decoded batches.
+    held: Arc<AtomicUsize>,
 }
 
+/// The sender id of a primary's controller in [`Input::waiting`].
+const PRIMARY: u32 = u32::MAX;
+
 impl Tstore {
-    /// Runs one (non-join) request on the store.
+    /// Runs one (non-query) request on the store.
     pub fn execute(&mut self, req: Request) -> Reply {
         let st = &mut self.store;
         let ack = |r: smrdb_tstore::Result<usize>| match r {
@@ -379,27 +199,39 @@ impl Tstore {
                 }
                 ack(st.drop_table(&name).map(|_| 0))
             }
-            Request::Insert { table, rows } => ack(st.insert(&table, rows)),
+            Request::Insert { table, ipc } => ack((|| {
+                let mut n = 0;
+                for b in decode_batches(&ipc)? {
+                    n += st.insert(&table, b)?;
+                }
+                Ok(n)
+            })()),
             Request::Update {
                 table,
                 assignments,
                 filter,
-            } => ack(st.update(&table, assignments, filter)),
-            Request::Delete { table, filter } => ack(st.delete(&table, filter)),
+                dry_run,
+            } => ack((|| {
+                let (a, f) = st.decode_exprs(&table, &assignments, filter.as_deref())?;
+                if dry_run {
+                    st.check_update(&table, &a, f.as_ref())
+                } else {
+                    st.update(&table, &a, f.as_ref())
+                }
+            })()),
+            Request::Delete { table, filter } => ack((|| {
+                let (_, f) = st.decode_exprs(&table, &[], filter.as_deref())?;
+                st.delete(&table, f.as_ref())
+            })()),
             // A write of the primary's statement log: skipped when already applied.
             Request::Stmt { id, write } => ack(st.write_stmt(id, write).map(|n| n.unwrap_or(0))),
             Request::LastStmt => Reply::Ack {
                 count: st.last_stmt(),
             },
-            Request::Query { fragment } => {
-                match st.execute(&fragment).and_then(|b| encode_batches(&b)) {
-                    Ok(ipc) => Reply::Result { ipc },
-                    Err(e) => err_reply(&e),
-                }
-            }
-            Request::Join { .. } => Reply::Error {
+            Request::Stages { .. } => Reply::Error {
                 sqlstate: "XX000".into(),
-                message: "a join request outside the event loop".into(),
+                message: "a query request outside the event loop".into(),
+                echo: false,
             },
             Request::Stats => Reply::Stats {
                 core: self.core,
@@ -407,12 +239,8 @@ impl Tstore {
                     .table_names()
                     .into_iter()
                     .filter_map(|n| {
-                        let s = st.table(&n)?;
-                        Some(TableStats {
-                            rows: s.row_count() as u64,
-                            bytes: s.bytes() as u64,
-                            name: n,
-                        })
+                        let s = st.stats(&n)?.clone();
+                        Some(SliceStats { name: n, stats: s })
                     })
                     .collect(),
                 router: self.router.stats().peers,
@@ -429,11 +257,13 @@ impl Tstore {
             me,
             asm: Reassembler::new(),
             out: VecDeque::new(),
-            joins: HashMap::new(),
+            tasks: HashMap::new(),
             early: HashMap::new(),
             early_bytes: 0,
             done: HashSet::new(),
             done_order: VecDeque::new(),
+            woken: Arc::new(AtomicBool::new(false)),
+            held: Arc::new(AtomicUsize::new(0)),
         };
         w.run();
         if let Err(e) = w.t.store.checkpoint() {
@@ -457,23 +287,32 @@ impl Worker {
                 Ok(b) => b,
                 Err(RouterError::Shutdown) => break,
                 Err(e) => {
-                    self.drop_front(&e);
+                    tracing::warn!("tstore {}: send failed: {e}", self.id());
                     false
                 }
             };
-            // While something waits for arena space, look at the inbox often (its
-            // chunks are what frees space at the other end); otherwise sleep on it.
-            let wait = if blocked {
+            self.poll_tasks();
+            // Work to do now: poll again right after a look at the inbox. While
+            // something waits for arena space, look at the inbox often (its chunks are
+            // what frees space at the other end); otherwise sleep on it.
+            let wait = if self.woken.load(Ordering::Acquire) {
+                Duration::ZERO
+            } else if blocked {
                 Duration::from_micros(200)
-            } else if !self.joins.is_empty() {
+            } else if !self.tasks.is_empty() {
                 Duration::from_millis(20)
             } else {
                 Duration::from_millis(200)
             };
-            match self.t.inbox.recv(wait) {
-                Ok(Inbound::Data(d)) => {
-                    if d.spec.tag == TAG_JOIN {
-                        self.on_join_chunk(d.from, d.spec.src, d.spec.query, d.data);
+            let got = if wait.is_zero() {
+                Ok(self.t.inbox.try_recv())
+            } else {
+                self.t.inbox.recv(wait).map(Some)
+            };
+            match got {
+                Ok(Some(Inbound::Data(d))) => {
+                    if d.spec.tag == TAG_XCHG {
+                        self.on_chunk(d.from, d.spec.src, d.spec.query, d.data);
                     } else if d.spec.tag == TAG_TASK {
                         self.on_task_chunk(d);
                     } else {
@@ -484,11 +323,11 @@ impl Worker {
                         );
                     }
                 }
-                Ok(Inbound::PeerLost { node, reason }) => self.on_peer_lost(node, &reason),
-                Ok(Inbound::PeerJoined { node }) => {
+                Ok(Some(Inbound::PeerLost { node, reason })) => self.on_peer_lost(node, &reason),
+                Ok(Some(Inbound::PeerJoined { node })) => {
                     tracing::info!("tstore {}: node {node} connected again", self.id());
                 }
-                Err(RouterError::Timeout { .. }) => {}
+                Ok(None) | Err(RouterError::Timeout { .. }) => {}
                 Err(_) => break,
             }
             if last_sweep.elapsed() > Duration::from_millis(100) {
@@ -531,13 +370,9 @@ impl Worker {
         let (task, to) = (obj.query, obj.src);
         match proto::decode(&obj.bytes, obj.query) {
             Ok(env) => match env.body {
-                Body::Request(Request::Join {
-                    spec,
-                    post,
-                    timeout_ms,
-                }) => {
+                Body::Request(Request::Stages { fragment }) => {
                     drop(obj);
-                    self.start_join(task, to, spec, post, timeout_ms);
+                    self.start_task(task, to, &fragment);
                 }
                 Body::Request(r) => {
                     drop(obj);
@@ -553,136 +388,192 @@ impl Worker {
                 let reply = Reply::Error {
                     sqlstate: "08P01".into(),
                     message: format!("tstore {}: {e}", self.id()),
+                    echo: false,
                 };
                 self.queue_reply(task, to, reply);
             }
         }
     }
 
-    fn start_join(
-        &mut self,
-        task: u64,
-        to: Addr,
-        spec: smrdb_tstore::JoinSpec,
-        post: smrdb_tstore::Fragment,
-        timeout_ms: u64,
-    ) {
-        let started = Instant::now();
-        let n = spec.join_tables.len();
-        let total = self.t.router.map().total_tstores();
-        let mut stats = JoinStats {
-            built_rows: vec![0; n],
-            built_bytes: vec![0; n],
-            built_chunks: vec![0; n],
-            received_rows: vec![0; n],
-            received_chunks: vec![0; n],
-            ..JoinStats::default()
+    /// Decodes a fragment and starts its stages.
+    fn start_task(&mut self, task: u64, to: Addr, bytes: &[u8]) {
+        let frag = match Fragment::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                let reply = Reply::Error {
+                    sqlstate: "08P01".into(),
+                    message: format!("tstore {}: {e}", self.id()),
+                    echo: false,
+                };
+                self.queue_reply(task, to, reply);
+                return;
+            }
         };
-        let mut error: Option<(String, String)> = None;
-        // Build every join table first, so the others get our rows as early as possible.
-        for (jt, input) in spec.join_tables.iter().enumerate() {
-            let batches = if error.is_some() {
-                Vec::new()
-            } else {
-                match build_join_table(&self.t.store, input) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        error = Some((store_sqlstate(&e).to_string(), e.to_string()));
-                        Vec::new()
+        let total = self.t.router.map().total_tstores();
+        let mut inputs = TaskInputs::new();
+        let mut task_inputs = HashMap::new();
+        for x in frag.tstore_inputs() {
+            let senders: BTreeSet<u32> = match x.from {
+                Place::Tstores => (0..total).collect(),
+                Place::Primary => [PRIMARY].into(),
+            };
+            let q = ExchangeQueue::new(senders.len(), x.wait_complete);
+            inputs.add_exchange(x.id, 0, q.clone());
+            task_inputs.insert(
+                x.id,
+                Input {
+                    queue: q,
+                    waiting: senders,
+                    copy: x.wait_complete,
+                },
+            );
+        }
+        let mut error = None;
+        for t in &frag.tables {
+            match self.t.store.table(t) {
+                Some(s) => inputs.add_table(t.clone(), s.snapshot()),
+                None => {
+                    error = Some((
+                        "42P01".to_string(),
+                        format!("relation \"{t}\" does not exist on tstore {}", self.id()),
+                        false,
+                    ))
+                }
+            }
+        }
+        let ctx = task_context(Some(Arc::new(inputs)));
+        let mut stages = Vec::new();
+        for s in &frag.stages {
+            let output = StageOutput::new();
+            let Some(x) = frag.exchange(s.output) else {
+                continue;
+            };
+            let dst = match x.kind {
+                ExchangeKind::Broadcast => Addr::ALL_TSTORES,
+                ExchangeKind::Gather => match to.as_controller() {
+                    Some(_) => to,
+                    None => continue,
+                },
+            };
+            self.out.push_back(Out::Stream(OutChannel::new(
+                task,
+                s.output,
+                self.me,
+                dst,
+                output.clone(),
+            )));
+            let plan = match codec::plan_from_bytes(&s.plan, &ctx) {
+                Ok(p) => p,
+                Err(e) => {
+                    if error.is_none() {
+                        let (c, m) = df_reply(&e);
+                        error = Some((c, format!("stage {}: {m}", s.id), false));
                     }
+                    output.fail();
+                    continue;
                 }
             };
-            stats.built_rows[jt] = batches.iter().map(|b| b.num_rows() as u64).sum();
-            self.out.push_back(Out::JoinTable {
-                task,
-                jt: jt as u16,
-                batches: batches.into_iter().filter(|b| b.num_rows() > 0).collect(),
-                abort: false,
+            let fut = Polled::new(
+                stage_future(plan.clone(), ctx.clone(), output.clone()),
+                self.woken.clone(),
+            );
+            stages.push(StageRun {
+                id: s.id,
+                exchange: s.output,
+                plan,
+                fut,
+                output,
+                finished: false,
             });
         }
-        if error.is_some() {
-            // Tell every Tstore this task is dead instead of sending rows.
-            for o in self.out.iter_mut() {
-                if let Out::JoinTable {
-                    task: t,
-                    batches,
-                    abort,
-                    ..
-                } = o
-                {
-                    if *t == task {
-                        batches.clear();
-                        *abort = true;
-                    }
-                }
-            }
-        }
-        stats.build = started.elapsed();
-        self.joins.insert(
-            task,
-            JoinTask {
-                exec: None,
-                error: None,
-                to,
-                waiting: vec![(0..total).collect(); n],
-                stats,
-                started,
-                deadline: started + Duration::from_millis(timeout_ms.max(1)),
-                built_bytes: vec![0; n],
-                built_chunks: vec![0; n],
-            },
-        );
-        let _ = self.pump();
-        let exec = if error.is_some() {
-            None
-        } else {
-            match JoinExec::new(&self.t.store, spec, post) {
-                Ok(x) => Some(x),
-                Err(e) => {
-                    error = Some((store_sqlstate(&e).to_string(), e.to_string()));
-                    None
-                }
-            }
+        let mut qt = QueryTask {
+            to,
+            stages,
+            inputs: task_inputs,
+            error: None,
+            deadline: Instant::now() + Duration::from_millis(frag.timeout_ms.max(1)),
+            sent: HashMap::new(),
         };
-        if let Some(j) = self.joins.get_mut(&task) {
-            match error {
-                Some((code, msg)) => j.fail(&code, msg),
-                None => j.exec = exec,
-            }
+        if let Some((c, m, echo)) = error {
+            qt.fail(&c, m, echo);
         }
+        self.tasks.insert(task, qt);
+        self.woken.store(true, Ordering::Release);
         if let Some((_, early)) = self.early.remove(&task) {
             for (src, bytes) in early {
                 self.early_bytes = self.early_bytes.saturating_sub(bytes.len());
-                self.apply_chunk(task, src, ChunkBytes::Copied(bytes));
+                self.apply_chunk(task, src, Chunk::Copied(bytes));
             }
         }
-        self.maybe_finish(task);
     }
 
-    fn on_join_chunk(&mut self, from: u32, src: Addr, task: u64, data: ChunkRef) {
-        let Some(s) = src.as_tstore() else {
-            tracing::warn!("tstore {}: join chunk from {src:?} ignored", self.id());
-            return;
-        };
-        if self
-            .t
-            .router
-            .map()
-            .owner_of(s)
-            .map(|i| self.t.router.map().nodes()[i].id)
-            != Some(from)
-        {
-            tracing::warn!(
-                "tstore {}: tstore {s} does not live on node {from}",
-                self.id()
-            );
+    /// Polls every woken stage; answers tasks that are complete.
+    fn poll_tasks(&mut self) {
+        if !self.woken.swap(false, Ordering::AcqRel) {
             return;
         }
+        let ids: Vec<u64> = self.tasks.keys().copied().collect();
+        for task in ids {
+            let Some(t) = self.tasks.get_mut(&task) else {
+                continue;
+            };
+            let mut failure = None;
+            for s in t.stages.iter_mut() {
+                if s.finished {
+                    continue;
+                }
+                match s.fut.poll() {
+                    None => {}
+                    Some(Ok(Ok(()))) => s.finished = true,
+                    Some(Ok(Err(e))) => {
+                        s.finished = true;
+                        let (c, m) = df_reply(&e);
+                        // An input that failed because a peer aborted is an echo.
+                        let echo = m.contains("the task failed") || m.contains("aborted by tstore");
+                        failure.get_or_insert((c, m, echo));
+                    }
+                    Some(Err(panic)) => {
+                        s.finished = true;
+                        s.output.fail();
+                        failure.get_or_insert(("XX000".into(), panic, false));
+                    }
+                }
+            }
+            if let Some((c, m, echo)) = failure {
+                t.fail(&c, m, echo);
+            }
+            self.maybe_finish(task);
+        }
+    }
+
+    fn on_chunk(&mut self, from: u32, src: Addr, task: u64, data: ChunkRef) {
+        let sender = if let Some(s) = src.as_tstore() {
+            if self
+                .t
+                .router
+                .map()
+                .owner_of(s)
+                .map(|i| self.t.router.map().nodes()[i].id)
+                != Some(from)
+            {
+                tracing::warn!(
+                    "tstore {}: tstore {s} does not live on node {from}",
+                    self.id()
+                );
+                return;
+            }
+            s
+        } else if src.as_controller() == Some(from) {
+            PRIMARY
+        } else {
+            tracing::warn!("tstore {}: exchange chunk from {src:?} ignored", self.id());
+            return;
+        };
         if self.done.contains(&task) {
             return;
         }
-        if self.joins.contains_key(&task) {
-            self.apply_chunk(task, s, ChunkBytes::InPlace(data));
+        if self.tasks.contains_key(&task) {
+            self.apply_chunk(task, sender, Chunk::InPlace(data));
             self.maybe_finish(task);
             return;
         }
@@ -691,7 +582,7 @@ impl Worker {
         drop(data);
         if self.early_bytes + bytes.len() > MAX_EARLY_BYTES {
             tracing::warn!(
-                "tstore {}: dropping an early join chunk of task {task} ({} bytes held)",
+                "tstore {}: dropping an early chunk of task {task} ({} bytes held)",
                 self.id(),
                 self.early_bytes
             );
@@ -702,118 +593,144 @@ impl Worker {
             .entry(task)
             .or_insert_with(|| (Instant::now(), Vec::new()))
             .1
-            .push((s, bytes));
+            .push((sender, bytes));
     }
 
-    fn apply_chunk(&mut self, task: u64, src: u32, chunk: ChunkBytes) {
-        let Some(j) = self.joins.get_mut(&task) else {
+    fn apply_chunk(&mut self, task: u64, sender: u32, chunk: Chunk) {
+        let budget = IN_PLACE_CHUNKS * self.t.router.max_chunk();
+        let held = self.held.clone();
+        let id = self.id();
+        let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
-        let n = j.waiting.len();
-        let (ipc_len, tr) = match JoinTrailer::split(chunk.bytes(), n) {
+        let (ipc_len, tr) = match ChunkTrailer::split(chunk.bytes()) {
             Ok((ipc, tr)) => (ipc.len(), tr),
             Err(e) => {
-                tracing::warn!("tstore {}: {e}", self.t.id);
-                j.fail("08P01", format!("bad join chunk from tstore {src}: {e}"));
+                tracing::warn!("tstore {id}: {e}");
+                t.fail(
+                    "08P01",
+                    format!("bad exchange chunk from {sender:#x}: {e}"),
+                    false,
+                );
                 return;
             }
         };
-        let jt = usize::from(tr.jt);
-        if !j.waiting[jt].contains(&src) {
-            j.fail(
+        let Some(input) = t.inputs.get_mut(&tr.exchange) else {
+            t.fail(
                 "08P01",
-                format!("tstore {src} sent join table {jt} again after its last chunk"),
+                format!(
+                    "a chunk of exchange {} that tstore {id} does not receive",
+                    tr.exchange
+                ),
+                false,
+            );
+            return;
+        };
+        if !input.waiting.contains(&sender) {
+            t.fail(
+                "08P01",
+                format!(
+                    "exchange {}: a chunk after the sender's last one",
+                    tr.exchange
+                ),
+                false,
             );
             return;
         }
-        if tr.flags & JOIN_ABORT != 0 {
-            j.fail(
-                "XX000",
-                format!("join aborted: tstore {src} could not build its join table {jt}"),
-            );
-        }
-        j.stats.received_chunks[jt] += 1;
-        if let Some(exec) = j.exec.as_mut() {
-            let t0 = Instant::now();
+        if tr.flags & CHUNK_ABORT != 0 {
+            input.queue.fail(format!(
+                "the query was aborted by {} (see its error)",
+                if sender == PRIMARY {
+                    "the primary".to_string()
+                } else {
+                    format!("tstore {sender}")
+                }
+            ));
+        } else if ipc_len > 0 {
+            let in_place = matches!(chunk, Chunk::InPlace(_))
+                && !input.copy
+                && held.load(Ordering::Acquire) + ipc_len <= budget;
             let decoded = match &chunk {
-                ChunkBytes::InPlace(c) => decode_in_place(c, ipc_len),
-                ChunkBytes::Copied(v) => decode_batches(&v[..ipc_len]),
+                Chunk::InPlace(c) if in_place => decode_in_place(c, ipc_len, &held),
+                other => decode_copied(&other.bytes()[..ipc_len]),
             };
             drop(chunk);
-            let r = decoded.and_then(|bs| {
-                let rows: usize = bs.iter().map(|b| b.num_rows()).sum();
-                if rows as u64 != tr.rows {
-                    return Err(smrdb_tstore::Error::Corrupt(format!(
-                        "join chunk says {} rows, holds {rows}",
-                        tr.rows
-                    )));
-                }
-                for b in bs {
-                    exec.push(jt, b)?;
-                }
-                Ok(())
-            });
-            j.stats.compare += t0.elapsed();
-            if let Err(e) = r {
-                let code = store_sqlstate(&e).to_string();
-                j.fail(&code, format!("join table {jt} from tstore {src}: {e}"));
-            }
-        }
-        if tr.flags & (JOIN_LAST | JOIN_ABORT) != 0 {
-            j.waiting[jt].remove(&src);
-            if j.waiting[jt].is_empty() {
-                if let Some(exec) = j.exec.as_mut() {
-                    let t0 = Instant::now();
-                    let r = exec.complete(jt);
-                    j.stats.compare += t0.elapsed();
-                    if let Err(e) = r {
-                        let code = store_sqlstate(&e).to_string();
-                        j.fail(&code, e.to_string());
+            match decoded {
+                Ok(bs) => {
+                    let rows: usize = bs.iter().map(|b| b.num_rows()).sum();
+                    if rows as u64 != tr.rows {
+                        t.fail(
+                            "08P01",
+                            format!("an exchange chunk says {} rows, holds {rows}", tr.rows),
+                            false,
+                        );
+                        return;
+                    }
+                    for b in bs {
+                        input.queue.push(b);
                     }
                 }
+                Err(e) => {
+                    t.fail(
+                        store_sqlstate(&e),
+                        format!("exchange {}: {e}", tr.exchange),
+                        false,
+                    );
+                    return;
+                }
             }
         }
+        if tr.flags & (CHUNK_LAST | CHUNK_ABORT) != 0 {
+            input.waiting.remove(&sender);
+            input.queue.finish_sender();
+        }
+        self.woken.store(true, Ordering::Release);
     }
 
-    /// Answers a join task once every chunk is in and our own tables are sent.
+    /// Answers a task once its stages are done and their outputs sent.
     fn maybe_finish(&mut self, task: u64) {
-        let Some(j) = self.joins.get(&task) else {
+        let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
-        if !j.complete() {
+        if !t.stages.iter().all(|s| s.finished || s.fut.is_done()) {
+            if t.error.is_none() {
+                return;
+            }
+        }
+        // Every output's channel must be closed (its LAST or ABORT sent).
+        let open = self
+            .out
+            .iter()
+            .any(|o| matches!(o, Out::Stream(c) if c.task == task));
+        if open {
             return;
         }
-        let Some(mut j) = self.joins.remove(&task) else {
+        let Some(t) = self.tasks.remove(&task) else {
             return;
         };
-        j.stats.transfer = j.started.elapsed();
-        let reply = match (j.error.take(), j.exec.take()) {
-            (Some((sqlstate, message)), _) => Reply::Error { sqlstate, message },
-            (None, Some(exec)) => match exec
-                .finish()
-                .and_then(|(b, s)| Ok((encode_batches(&b)?, s)))
-            {
-                Ok((ipc, s)) => {
-                    // Ours: build, transfer, chunk counts, bytes sent, and compare
-                    // (decode + push + complete, which includes the join's own time).
-                    let mut stats = j.stats;
-                    stats.pivot_rows = s.pivot_rows;
-                    stats.joined_rows = s.joined_rows;
-                    stats.received_rows = s.received_rows;
-                    stats.pivot = s.pivot;
-                    stats.built_bytes = j.built_bytes;
-                    stats.built_chunks = j.built_chunks;
-                    Reply::Join { ipc, stats }
-                }
-                Err(e) => err_reply(&e),
+        let reply = match t.error {
+            Some((sqlstate, message, echo)) => Reply::Error {
+                sqlstate,
+                message,
+                echo,
             },
-            (None, None) => Reply::Error {
-                sqlstate: "XX000".into(),
-                message: "join task without state".into(),
+            None => Reply::Done {
+                stages: t
+                    .stages
+                    .iter()
+                    .map(|s| StageReport {
+                        stage: s.id,
+                        operators: smrdb_planner::explain::plan_metrics(&s.plan)
+                            .into_iter()
+                            .map(|OperatorMetrics { rows, compute_ns }| (rows, compute_ns))
+                            .collect(),
+                        sent: t.sent.get(&s.id).copied().unwrap_or_default(),
+                    })
+                    .collect(),
             },
         };
         self.remember_done(task);
-        self.queue_reply(task, j.to, reply);
+        self.queue_reply(task, t.to, reply);
     }
 
     fn remember_done(&mut self, task: u64) {
@@ -835,51 +752,55 @@ impl Worker {
             .index_of(node)
             .map(|i| map.tstores_of(i).collect())
             .unwrap_or_default();
-        let tasks: Vec<u64> = self.joins.keys().copied().collect();
-        for task in tasks {
-            if let Some(j) = self.joins.get_mut(&task) {
-                // A join that waits on the node, or whose answer would go to it (a lost
+        let ids: Vec<u64> = self.tasks.keys().copied().collect();
+        for task in ids {
+            if let Some(t) = self.tasks.get_mut(&task) {
+                // A task that waits on the node, or whose answer would go to it (a lost
                 // primary), cannot finish.
-                let waits_on_it = j.to.as_controller() == Some(node)
-                    || j.waiting
-                        .iter()
-                        .any(|w| w.iter().any(|t| on_node.contains(t)));
+                let primary_lost = t.to.as_controller() == Some(node);
+                let waits_on_it = primary_lost
+                    || t.inputs
+                        .values()
+                        .any(|i| i.waiting.iter().any(|s| on_node.contains(s)));
                 if waits_on_it {
-                    j.fail(
+                    t.fail(
                         "08006",
-                        format!("node {node} was lost during the join: {reason}"),
+                        format!("node {node} was lost during the query: {reason}"),
+                        false,
                     );
-                    for w in j.waiting.iter_mut() {
-                        w.clear();
-                    }
                 }
             }
+            self.woken.store(true, Ordering::Release);
             self.maybe_finish(task);
         }
     }
 
-    /// Fails join tasks past their deadline and forgets stale early chunks.
+    /// Fails tasks past their deadline and forgets stale early chunks.
     fn sweep(&mut self) {
         let now = Instant::now();
         let late: Vec<u64> = self
-            .joins
+            .tasks
             .iter()
-            .filter(|(_, j)| now >= j.deadline)
-            .map(|(t, _)| *t)
+            .filter(|(_, t)| now >= t.deadline)
+            .map(|(k, _)| *k)
             .collect();
         for task in late {
-            if let Some(j) = self.joins.get_mut(&task) {
-                let missing: BTreeSet<u32> = j.waiting.iter().flatten().copied().collect();
-                j.fail(
+            if let Some(t) = self.tasks.get_mut(&task) {
+                let missing: BTreeSet<u32> = t
+                    .inputs
+                    .values()
+                    .flat_map(|i| i.waiting.iter().copied())
+                    .collect();
+                t.fail(
                     "57014",
                     format!(
-                        "join timed out waiting for join-table chunks from tstores {missing:?}"
+                        "the query timed out on tstore {} waiting for chunks from {missing:?}",
+                        self.t.id
                     ),
+                    false,
                 );
-                for w in j.waiting.iter_mut() {
-                    w.clear();
-                }
             }
+            self.woken.store(true, Ordering::Release);
             self.maybe_finish(task);
         }
         let stale: Vec<u64> = self
@@ -899,52 +820,14 @@ impl Worker {
 
     /// Sends as much of the outgoing queue as the arena takes now. Returns whether
     /// something is still waiting for space.
-    /// The item at the front of the send queue failed for good (it can never be sent:
-    /// larger than the arena, an address the router refuses): drop it instead of
-    /// retrying forever. A join table is cut short (its receivers get an aborting last
-    /// chunk) and its task fails; a reply is dropped (its task times out on the
-    /// primary, the error is logged here).
-    fn drop_front(&mut self, e: &RouterError) {
-        let id = self.id();
-        match self.out.front_mut() {
-            Some(Out::JoinTable {
-                task,
-                batches,
-                abort,
-                ..
-            }) if !(*abort && batches.is_empty()) => {
-                tracing::error!("tstore {id}: a join table of task {task} cannot be sent: {e}");
-                batches.clear();
-                *abort = true;
-                let task = *task;
-                if let Some(j) = self.joins.get_mut(&task) {
-                    j.fail(
-                        "53200",
-                        format!("tstore {id} could not send its join table: {e}"),
-                    );
-                }
-            }
-            Some(Out::JoinTable { task, .. }) => {
-                tracing::error!(
-                    "tstore {id}: the end of join table of task {task} cannot be sent: {e}"
-                );
-                self.out.pop_front();
-            }
-            Some(Out::Object { task, dst, .. }) => {
-                tracing::error!(
-                    "tstore {id}: the reply to {dst:?} for task {task} cannot be sent: {e}"
-                );
-                self.out.pop_front();
-            }
-            None => tracing::warn!("tstore {id}: send failed: {e}"),
-        }
-    }
-
     fn pump(&mut self) -> Result<bool, RouterError> {
         let router = self.t.router.clone();
         let max = router.max_chunk();
-        while let Some(front) = self.out.front_mut() {
-            match front {
+        let mut blocked = false;
+        let mut finished_tasks = Vec::new();
+        let mut i = 0;
+        while i < self.out.len() {
+            let done = match &mut self.out[i] {
                 Out::Object {
                     dst,
                     task,
@@ -953,143 +836,123 @@ impl Worker {
                     next,
                 } => {
                     let nchunks = data.len().div_ceil(max).max(1);
-                    let lo = (*next * max).min(data.len());
-                    let hi = ((*next + 1) * max).min(data.len());
-                    let Some(mut buf) = router.try_alloc(hi - lo)? else {
-                        return Ok(true);
-                    };
-                    buf.as_mut_slice().copy_from_slice(&data[lo..hi]);
-                    let spec = SendSpec {
-                        src: self.me,
-                        dst: *dst,
-                        tag: TAG_TASK,
-                        query: *task,
-                        object: *object,
-                        chunk: *next as u32,
-                        last: *next + 1 == nchunks,
-                    };
-                    *next += 1;
-                    let finished = *next == nchunks;
-                    if let Err(e) = router.send(buf, spec) {
-                        tracing::warn!(
-                            "tstore {}: reply to {:?} for task {} failed: {e}",
-                            self.t.id,
-                            spec.dst,
-                            spec.query
-                        );
-                    }
-                    if finished {
-                        self.out.pop_front();
-                    }
-                }
-                Out::JoinTable {
-                    task,
-                    jt,
-                    batches,
-                    abort,
-                } => {
-                    let (task, jt) = (*task, *jt);
-                    // Drop empty batches at the front.
-                    while batches.front().is_some_and(|b| b.num_rows() == 0) {
-                        batches.pop_front();
-                    }
-                    if batches.is_empty() {
-                        // Nothing (more) to send: one empty last chunk.
-                        let Some(mut buf) = router.try_alloc(JOIN_TRAILER)? else {
-                            return Ok(true);
-                        };
-                        let flags = JOIN_LAST | if *abort { JOIN_ABORT } else { 0 };
-                        buf.as_mut_slice()
-                            .copy_from_slice(&JoinTrailer { flags, jt, rows: 0 }.encode());
-                        if let Some(j) = self.joins.get_mut(&task) {
-                            j.built_bytes[usize::from(jt)] += JOIN_TRAILER as u64;
-                            j.built_chunks[usize::from(jt)] += 1;
-                        }
-                        self.send_join_chunk(buf, task)?;
-                        self.out.pop_front();
-                        continue;
-                    }
-                    let t_enc = Instant::now();
-                    let enc = encode_chunk(&router, batches, max)?;
-                    if let Some(j) = self.joins.get_mut(&task) {
-                        // Encoding into the arena is part of building the join table.
-                        j.stats.build += t_enc.elapsed();
-                    }
-                    let (mut buf, len, whole, partial, rows) = match enc {
-                        Enc::Fit {
-                            buf,
-                            len,
-                            whole,
-                            partial,
-                            rows,
-                        } => (buf, len, whole, partial, rows),
-                        Enc::Blocked => return Ok(true),
-                        Enc::TooBig => {
-                            // One row larger than a chunk: this task cannot run here.
-                            batches.clear();
-                            *abort = true;
-                            if let Some(j) = self.joins.get_mut(&task) {
-                                j.fail(
-                                    "54000",
-                                    format!(
-                                        "a row of join table {jt} is larger than a router chunk ({max} bytes)"
-                                    ),
-                                );
+                    let mut finished = false;
+                    while *next < nchunks {
+                        let lo = (*next * max).min(data.len());
+                        let hi = ((*next + 1) * max).min(data.len());
+                        let buf = match router.try_alloc(hi - lo) {
+                            Ok(Some(b)) => b,
+                            Ok(None) => {
+                                blocked = true;
+                                break;
                             }
-                            continue;
+                            Err(RouterError::Shutdown) => return Err(RouterError::Shutdown),
+                            Err(e) => {
+                                tracing::error!(
+                                    "tstore {}: the reply to {dst:?} for task {task} cannot be sent: {e}",
+                                    self.t.id
+                                );
+                                finished = true;
+                                break;
+                            }
+                        };
+                        let mut buf = buf;
+                        buf.as_mut_slice().copy_from_slice(&data[lo..hi]);
+                        let spec = SendSpec {
+                            src: self.me,
+                            dst: *dst,
+                            tag: TAG_TASK,
+                            query: *task,
+                            object: *object,
+                            chunk: *next as u32,
+                            last: *next + 1 == nchunks,
+                        };
+                        *next += 1;
+                        if let Err(e) = router.send(buf, spec) {
+                            tracing::warn!(
+                                "tstore {}: reply to {:?} for task {} failed: {e}",
+                                self.t.id,
+                                spec.dst,
+                                spec.query
+                            );
                         }
-                    };
-                    batches.drain(..whole);
-                    if partial > 0 {
-                        if let Some(b) = batches.front_mut() {
-                            *b = b.slice(partial, b.num_rows() - partial);
-                        }
+                        finished = *next == nchunks;
                     }
-                    while batches.front().is_some_and(|b| b.num_rows() == 0) {
-                        batches.pop_front();
-                    }
-                    let last = batches.is_empty();
-                    let flags = if last { JOIN_LAST } else { 0 };
-                    buf.as_mut_slice()[len..len + JOIN_TRAILER].copy_from_slice(
-                        &JoinTrailer {
-                            flags,
-                            jt,
-                            rows: rows as u64,
-                        }
-                        .encode(),
-                    );
-                    buf.set_len(len + JOIN_TRAILER);
-                    if let Some(j) = self.joins.get_mut(&task) {
-                        j.built_bytes[usize::from(jt)] += (len + JOIN_TRAILER) as u64;
-                        j.built_chunks[usize::from(jt)] += 1;
-                    }
-                    self.send_join_chunk(buf, task)?;
-                    if last {
-                        self.out.pop_front();
-                    }
+                    finished
                 }
+                Out::Stream(c) => match c.pump(&router) {
+                    Ok(Pumped::Closed) => {
+                        finished_tasks.push((c.task, c.exchange, c.sent, c.too_big));
+                        true
+                    }
+                    Ok(Pumped::Waiting) => false,
+                    Ok(Pumped::Blocked) => {
+                        blocked = true;
+                        false
+                    }
+                    Err(RouterError::Shutdown) => return Err(RouterError::Shutdown),
+                    Err(e) => {
+                        tracing::error!(
+                            "tstore {}: exchange {} of task {} cannot be sent: {e}",
+                            self.t.id,
+                            c.exchange,
+                            c.task
+                        );
+                        c.output.fail();
+                        finished_tasks.push((c.task, c.exchange, c.sent, false));
+                        if let Some(t) = self.tasks.get_mut(&c.task) {
+                            t.fail(
+                                "53200",
+                                format!("tstore {} could not send its rows: {e}", self.t.id),
+                                false,
+                            );
+                        }
+                        true
+                    }
+                },
+            };
+            if done {
+                self.out.remove(i);
+            } else {
+                i += 1;
+            }
+            if blocked {
+                break;
             }
         }
-        Ok(false)
-    }
-
-    fn send_join_chunk(&self, buf: OutBuf, task: u64) -> Result<(), RouterError> {
-        let spec = SendSpec {
-            src: self.me,
-            dst: Addr::ALL_TSTORES,
-            tag: TAG_JOIN,
-            query: task,
-            object: self.t.router.new_object_id(),
-            chunk: 0,
-            last: true,
-        };
-        match self.t.router.send(buf, spec) {
-            Ok(_) => Ok(()),
-            Err(RouterError::Shutdown) => Err(RouterError::Shutdown),
-            Err(e) => {
-                tracing::warn!("tstore {}: join chunk of task {task}: {e}", self.t.id);
-                Ok(())
+        for (task, exchange, sent, too_big) in finished_tasks {
+            if let Some(t) = self.tasks.get_mut(&task) {
+                if too_big {
+                    t.fail(
+                        "54000",
+                        format!(
+                            "a row of exchange {exchange} is larger than a router chunk ({max} bytes); raise chunk_kib"
+                        ),
+                        false,
+                    );
+                }
+                if let Some(s) = t.stages.iter().find(|s| s.exchange == exchange) {
+                    let id = s.id;
+                    t.sent.insert(id, sent);
+                }
             }
+            self.maybe_finish(task);
+        }
+        Ok(blocked)
+    }
+}
+
+/// An exchange chunk's bytes: in place in the ring, or copied out.
+enum Chunk {
+    InPlace(ChunkRef),
+    Copied(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::InPlace(c) => c.bytes(),
+            Chunk::Copied(v) => v,
         }
     }
 }

@@ -1,11 +1,119 @@
-//! DDL, DML and session statements.
+//! DDL and session statements: CREATE TABLE, DROP TABLE, COPY, SET.
 
-use smrdb_tstore::{ColumnDef, DataType, Expr, TableSchema, Value};
-use sqlparser::ast::{self as ast};
+use datafusion::sql::sqlparser::ast;
+use smrdb_tstore::{ColumnDef, SqlType, TableSchema};
 
-use crate::bind::{ident, object_name, sql_type, Binder, Scope};
-use crate::select::plan_query;
-use crate::{Catalog, CopySource, CsvFormat, InsertSource, Plan, PlanError};
+use crate::{Catalog, CopySource, CsvFormat, Plan, PlanError};
+
+/// An identifier as PostgreSQL folds it: lower case unless quoted.
+pub(crate) fn ident(i: &ast::Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+/// The table name of an object name (`t`, `public.t`).
+pub(crate) fn object_name(n: &ast::ObjectName) -> Result<String, PlanError> {
+    let parts: Vec<String> =
+        n.0.iter()
+            .map(|p| match p {
+                ast::ObjectNamePart::Identifier(i) => Ok(ident(i)),
+                other => Err(PlanError::Unsupported(format!("object name {other}"))),
+            })
+            .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [t] => Ok(t.clone()),
+        [s, t] if s == "public" => Ok(t.clone()),
+        _ => Err(PlanError::Unsupported(format!("qualified name {n}"))),
+    }
+}
+
+fn precision(p: u64, what: &str) -> Result<u32, PlanError> {
+    u32::try_from(p).map_err(|_| PlanError::Other {
+        code: "22023",
+        msg: format!("{what} {p} is out of range"),
+    })
+}
+
+fn char_len(l: &Option<ast::CharacterLength>, what: &str) -> Result<Option<u32>, PlanError> {
+    match l {
+        None => Ok(None),
+        Some(ast::CharacterLength::IntegerLength { length, .. }) => {
+            let n = precision(*length, what)?;
+            if n == 0 || n > 10_485_760 {
+                return Err(PlanError::Other {
+                    code: "22023",
+                    msg: format!("length for type {what} must be between 1 and 10485760"),
+                });
+            }
+            Ok(Some(n))
+        }
+        Some(ast::CharacterLength::Max) => Ok(None),
+    }
+}
+
+/// A column type of CREATE TABLE, with PostgreSQL's names.
+///
+/// # Errors
+/// [`PlanError::UndefinedType`] for types that do not exist here, 22023 for bad
+/// parameters.
+pub fn sql_type(t: &ast::DataType) -> Result<SqlType, PlanError> {
+    use ast::DataType as D;
+    let numeric = |info: &ast::ExactNumberInfo| -> Result<SqlType, PlanError> {
+        let (p, s) = match info {
+            ast::ExactNumberInfo::None => (38, 10),
+            ast::ExactNumberInfo::Precision(p) => (*p, 0),
+            ast::ExactNumberInfo::PrecisionAndScale(p, s) => (*p, *s),
+        };
+        let bad = || {
+            PlanError::Other {
+            code: "22023",
+            msg: format!(
+                "NUMERIC precision {p} must be between 1 and {} and scale {s} between 0 and the precision",
+                smrdb_tstore::types::MAX_NUMERIC_PRECISION
+            ),
+        }
+        };
+        let precision = u8::try_from(p).map_err(|_| bad())?;
+        let scale = i8::try_from(s).map_err(|_| bad())?;
+        SqlType::Numeric { precision, scale }
+            .validate()
+            .map_err(|_| bad())
+    };
+    Ok(match t {
+        D::SmallInt(None) | D::Int2(None) => SqlType::SmallInt,
+        D::Int(None) | D::Integer(None) | D::Int4(None) => SqlType::Integer,
+        D::BigInt(None) | D::Int8(None) => SqlType::BigInt,
+        D::Real | D::Float4 => SqlType::Real,
+        D::Float(ast::ExactNumberInfo::Precision(p)) if *p <= 24 => SqlType::Real,
+        D::Float(_) | D::Float8 | D::DoublePrecision | D::Double(ast::ExactNumberInfo::None) => {
+            SqlType::Double
+        }
+        D::Numeric(i) | D::Decimal(i) | D::Dec(i) => numeric(i)?,
+        D::Char(l) | D::Character(l) => SqlType::Char(char_len(l, "character")?.unwrap_or(1)),
+        D::Varchar(l) | D::CharacterVarying(l) => SqlType::Varchar(char_len(l, "varchar")?),
+        D::Text | D::String(None) => SqlType::Text,
+        D::Date => SqlType::Date,
+        D::Timestamp(
+            None | Some(6),
+            ast::TimezoneInfo::None | ast::TimezoneInfo::WithoutTimeZone,
+        ) => SqlType::Timestamp,
+        D::Bool | D::Boolean => SqlType::Boolean,
+        D::Custom(n, args) if args.is_empty() => match n.to_string().to_lowercase().as_str() {
+            "bpchar" => SqlType::Char(1),
+            "int2" => SqlType::SmallInt,
+            "int4" => SqlType::Integer,
+            "int8" => SqlType::BigInt,
+            "float4" => SqlType::Real,
+            "float8" => SqlType::Double,
+            "bool" => SqlType::Boolean,
+            other => return Err(PlanError::UndefinedType(other.to_string())),
+        },
+        other => return Err(PlanError::UndefinedType(other.to_string().to_lowercase())),
+    })
+}
 
 pub(crate) fn create_table(
     ct: &ast::CreateTable,
@@ -34,9 +142,7 @@ pub(crate) fn create_table(
                 ast::ColumnOption::Null => nullable = true,
                 ast::ColumnOption::NotNull => nullable = false,
                 // PRIMARY KEY is accepted as NOT NULL (uniqueness is not enforced).
-                ast::ColumnOption::Unique {
-                    is_primary: true, ..
-                } => nullable = false,
+                ast::ColumnOption::PrimaryKey(_) => nullable = false,
                 other => return Err(PlanError::Unsupported(format!("column option {other}"))),
             }
         }
@@ -81,7 +187,7 @@ fn table_of(
     let s = catalog
         .table(&n)
         .ok_or_else(|| PlanError::UndefinedTable(n.clone()))?;
-    Ok((n, s))
+    Ok((n, s.0))
 }
 
 /// Column indices of an explicit column list (all columns when empty).
@@ -96,139 +202,13 @@ fn target_columns(schema: &TableSchema, cols: &[ast::Ident]) -> Result<Vec<usize
             .columns
             .iter()
             .position(|d| d.name == n)
-            .ok_or_else(|| PlanError::UndefinedColumn(n.clone()))?;
+            .ok_or_else(|| PlanError::UndefinedColumn(format!("column \"{n}\" does not exist")))?;
         if out.contains(&i) {
             return Err(PlanError::DuplicateColumn(n));
         }
         out.push(i);
     }
     Ok(out)
-}
-
-fn coerce_value(v: &Value, c: &ColumnDef) -> Result<Value, PlanError> {
-    let v = v.coerce_to(c.data_type).map_err(|e| match e {
-        smrdb_tstore::Error::TypeMismatch(_) => PlanError::TypeMismatch(format!(
-            "column \"{}\" is of type {} but expression is of type {}",
-            c.name,
-            c.data_type,
-            v.data_type().map(|t| t.sql_name()).unwrap_or("NULL")
-        )),
-        e => PlanError::from(e),
-    })?;
-    if v.is_null() && !c.nullable {
-        return Err(PlanError::NotNull(c.name.clone()));
-    }
-    Ok(v)
-}
-
-fn assignable(from: DataType, to: DataType) -> bool {
-    from == to || (from.is_numeric() && to.is_numeric()) || from == DataType::Text
-}
-
-pub(crate) fn insert(ins: &ast::Insert, catalog: &dyn Catalog) -> Result<Plan, PlanError> {
-    if ins.on.is_some()
-        || ins.returning.is_some()
-        || !ins.assignments.is_empty()
-        || ins.partitioned.is_some()
-        || ins.or.is_some()
-        || ins.ignore
-        || ins.replace_into
-        || ins.overwrite
-    {
-        return Err(PlanError::Unsupported(
-            "INSERT ... ON CONFLICT / RETURNING / SET".into(),
-        ));
-    }
-    let name = match &ins.table {
-        ast::TableObject::TableName(n) => n,
-        other => return Err(PlanError::Unsupported(format!("INSERT INTO {other}"))),
-    };
-    let (table, schema) = table_of(catalog, name)?;
-    let targets = target_columns(&schema, &ins.columns)?;
-    let Some(src) = &ins.source else {
-        return Err(PlanError::Unsupported(
-            "INSERT without VALUES or SELECT".into(),
-        ));
-    };
-    if let ast::SetExpr::Values(values) = src.body.as_ref() {
-        if src.order_by.is_some() || src.limit_clause.is_some() || src.with.is_some() {
-            return Err(PlanError::Unsupported(
-                "VALUES with ORDER BY / LIMIT".into(),
-            ));
-        }
-        let scope = Scope::empty();
-        let mut rows = Vec::with_capacity(values.rows.len());
-        for r in &values.rows {
-            if r.len() > targets.len() {
-                return Err(PlanError::Syntax(
-                    "INSERT has more expressions than target columns".into(),
-                ));
-            }
-            if r.len() < targets.len() && !ins.columns.is_empty() {
-                return Err(PlanError::Syntax(
-                    "INSERT has more target columns than expressions".into(),
-                ));
-            }
-            let mut row = vec![Value::Null; schema.columns.len()];
-            for (e, &c) in r.iter().zip(&targets) {
-                if let ast::Expr::Identifier(i) = e {
-                    if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") {
-                        continue;
-                    }
-                }
-                let x = Binder::new(&scope, "VALUES").bind(e)?;
-                let v = x.eval_scalar()?;
-                row[c] = coerce_value(&v, &schema.columns[c])?;
-            }
-            for (i, c) in schema.columns.iter().enumerate() {
-                if row[i].is_null() && !c.nullable {
-                    return Err(PlanError::NotNull(c.name.clone()));
-                }
-            }
-            rows.push(row);
-        }
-        return Ok(Plan::Insert {
-            table,
-            source: InsertSource::Values(rows),
-        });
-    }
-    let plan = plan_query(src, catalog)?;
-    if plan.columns.len() > targets.len() {
-        return Err(PlanError::Syntax(
-            "INSERT has more expressions than target columns".into(),
-        ));
-    }
-    if plan.columns.len() < targets.len() && !ins.columns.is_empty() {
-        return Err(PlanError::Syntax(
-            "INSERT has more target columns than expressions".into(),
-        ));
-    }
-    let mut map = vec![None; schema.columns.len()];
-    for (k, (&c, (_, t))) in targets.iter().zip(&plan.columns).enumerate() {
-        let def = &schema.columns[c];
-        if !assignable(*t, def.data_type) {
-            return Err(PlanError::TypeMismatch(format!(
-                "column \"{}\" is of type {} but expression is of type {t}",
-                def.name, def.data_type
-            )));
-        }
-        map[c] = Some(k);
-    }
-    if let Some(c) = schema
-        .columns
-        .iter()
-        .zip(&map)
-        .find(|(c, m)| !c.nullable && m.is_none())
-    {
-        return Err(PlanError::NotNull(c.0.name.clone()));
-    }
-    Ok(Plan::Insert {
-        table,
-        source: InsertSource::Query {
-            plan: Box::new(plan),
-            targets: map,
-        },
-    })
 }
 
 pub(crate) fn copy(
@@ -312,123 +292,6 @@ pub(crate) fn copy(
         table,
         source: src,
         format,
-    })
-}
-
-fn single_table(t: &ast::TableWithJoins) -> Result<(String, Option<String>), PlanError> {
-    if !t.joins.is_empty() {
-        return Err(PlanError::Unsupported("joins in UPDATE / DELETE".into()));
-    }
-    match &t.relation {
-        ast::TableFactor::Table { name, alias, .. } => {
-            Ok((object_name(name)?, alias.as_ref().map(|a| ident(&a.name))))
-        }
-        other => Err(PlanError::Unsupported(format!("target {other}"))),
-    }
-}
-
-fn scope_for(catalog: &dyn Catalog, t: &ast::TableWithJoins) -> Result<(String, Scope), PlanError> {
-    let (name, alias) = single_table(t)?;
-    let schema = catalog
-        .table(&name)
-        .ok_or_else(|| PlanError::UndefinedTable(name.clone()))?;
-    Ok((name.clone(), Scope::single(name, alias, schema)))
-}
-
-fn where_clause(scope: &Scope, w: Option<&ast::Expr>) -> Result<Option<Expr>, PlanError> {
-    let Some(w) = w else { return Ok(None) };
-    let mut b = Binder::new(scope, "WHERE");
-    let e = b.bind(w)?;
-    let t = b.ty(&e)?;
-    if t != DataType::Boolean && !matches!(e, Expr::Literal(Value::Null)) {
-        return Err(PlanError::TypeMismatch(format!(
-            "argument of WHERE must be type boolean, not type {t}"
-        )));
-    }
-    Ok(Some(e))
-}
-
-pub(crate) fn update(
-    table: &ast::TableWithJoins,
-    assignments: &[ast::Assignment],
-    selection: Option<&ast::Expr>,
-    catalog: &dyn Catalog,
-) -> Result<Plan, PlanError> {
-    let (name, scope) = scope_for(catalog, table)?;
-    let mut out: Vec<(usize, Expr)> = Vec::new();
-    for a in assignments {
-        let col = match &a.target {
-            ast::AssignmentTarget::ColumnName(n) => {
-                n.0.last()
-                    .and_then(|p| match p {
-                        ast::ObjectNamePart::Identifier(i) => Some(ident(i)),
-                        _ => None,
-                    })
-                    .ok_or_else(|| PlanError::Unsupported(format!("assignment to {n}")))?
-            }
-            ast::AssignmentTarget::Tuple(_) => {
-                return Err(PlanError::Unsupported("tuple assignment".into()))
-            }
-        };
-        let i = scope
-            .schema
-            .columns
-            .iter()
-            .position(|c| c.name == col)
-            .ok_or_else(|| PlanError::UndefinedColumn(col.clone()))?;
-        if out.iter().any(|(j, _)| *j == i) {
-            return Err(PlanError::Syntax(format!(
-                "multiple assignments to same column \"{col}\""
-            )));
-        }
-        let def = &scope.schema.columns[i];
-        let mut b = Binder::new(&scope, "UPDATE");
-        let e = b.bind(&a.value)?;
-        let e = match e {
-            Expr::Literal(v) => Expr::Literal(coerce_value(&v, def)?),
-            e => {
-                let t = b.ty(&e)?;
-                if !(t == def.data_type || (t.is_numeric() && def.data_type.is_numeric())) {
-                    return Err(PlanError::TypeMismatch(format!(
-                        "column \"{}\" is of type {} but expression is of type {t}",
-                        def.name, def.data_type
-                    )));
-                }
-                e
-            }
-        };
-        out.push((i, e));
-    }
-    let filter = where_clause(&scope, selection)?;
-    Ok(Plan::Update {
-        table: name,
-        assignments: out,
-        filter,
-    })
-}
-
-pub(crate) fn delete(d: &ast::Delete, catalog: &dyn Catalog) -> Result<Plan, PlanError> {
-    if !d.tables.is_empty()
-        || d.using.is_some()
-        || d.returning.is_some()
-        || !d.order_by.is_empty()
-        || d.limit.is_some()
-    {
-        return Err(PlanError::Unsupported(
-            "DELETE ... USING / RETURNING / LIMIT".into(),
-        ));
-    }
-    let from = match &d.from {
-        ast::FromTable::WithFromKeyword(f) | ast::FromTable::WithoutKeyword(f) => f,
-    };
-    let [t] = from.as_slice() else {
-        return Err(PlanError::Unsupported("DELETE from several tables".into()));
-    };
-    let (name, scope) = scope_for(catalog, t)?;
-    let filter = where_clause(&scope, d.selection.as_ref())?;
-    Ok(Plan::Delete {
-        table: name,
-        filter,
     })
 }
 

@@ -1,170 +1,155 @@
-//! SQL text -> bound plan -> distributed plan.
+//! SQL text -> DataFusion logical plan -> DataFusion physical plan -> distributed plan.
 //!
-//! [`plan_sql`] parses one or more statements (PostgreSQL dialect), binds them against
-//! a [`Catalog`] and returns one [`Plan`] per statement. A single-table `SELECT`
-//! becomes a [`QueryPlan`]: a [`Fragment`] that every Tstore runs on its slice (filter,
-//! projection of only the needed expressions, or grouped partial aggregation) and a
-//! [`Finish`] the primary runs over the gathered batches (merge + finalize of partial
-//! aggregates, HAVING, final projection, DISTINCT, ORDER BY, OFFSET/LIMIT).
-//!
-//! A `SELECT` over 2 to 6 tables (`FROM a, b WHERE ...`, `[INNER] JOIN ... ON`,
-//! `CROSS JOIN`, aliases, self-joins) is a *multi-set* query: its [`QueryPlan::join`]
-//! is a [`JoinSpec`] (the pivot that stays in place, the join tables every Tstore
-//! builds and sends, the join steps), and the fragment runs over the *combined row*
-//! (the pivot's kept columns, then each join table's, in join order) instead of a
-//! table. The join planner pushes one-table conditions into the inputs, takes `x = y`
-//! between two tables as hash-join keys, places every other condition at the first
-//! step that has its tables, keeps only the columns the query needs, picks the
-//! largest join table as the pivot (from [`Catalog::row_count`], or as forced by the
-//! `smrdb.pivot` setting) and orders the join tables so that each step has a key and
-//! the largest one streams last. Outer, NATURAL and USING joins are not supported.
-//!
-//! `EXPLAIN [ANALYZE] SELECT ...` is [`Plan::Explain`]; [`explain_lines`] describes a
-//! plan in readable lines (pivot and why, join tables, keys, what crosses the network,
-//! the Tstore fragment, the primary's post-processing).
+//! * [`frontend`]: DataFusion's SQL planner binds statements against our
+//!   [`Catalog`] (a `ContextProvider`), its optimizer rewrites them, its physical
+//!   planner makes one single-node plan whose leaves scan Tstore slices.
+//! * [`distribute`]: that plan cut into stages joined by exchanges (gather,
+//!   broadcast), with the pivot of every join and why.
+//! * [`explain`]: EXPLAIN [ANALYZE] text.
+//! * [`ddl`] and [`dml`]: CREATE/DROP/COPY/SET, and the parts of INSERT, UPDATE and
+//!   DELETE the Tstores need.
 //!
 //! The crate is pure: no threads, no I/O.
 #![deny(missing_docs)]
 
-mod bind;
-mod ddl;
+pub mod catalog;
+pub mod ddl;
+pub mod distribute;
+pub mod dml;
 mod error;
-mod explain;
-mod finish;
-mod join;
-mod select;
+pub mod explain;
+pub mod frontend;
 
+use datafusion::common::DFSchemaRef;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::sql::sqlparser::ast::{self, Statement};
 use serde::{Deserialize, Serialize};
-use sqlparser::ast::Statement;
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
+pub use catalog::Catalog;
+pub use distribute::{distribute, Broadcast, DistOptions, DistPlan, Exchange, Stage};
 pub use error::PlanError;
-pub use explain::{explain_lines, explain_lines_for, render_expr, Broadcast};
-pub use finish::{Finish, SortKey};
-pub use join::{parse_bool_setting, OVERLAP_SETTING};
-pub use smrdb_tstore::{
-    DataType, Expr, Fragment, JoinInput, JoinSpec, JoinStep, PartialAgg, RecordBatch, TableSchema,
-    Value,
-};
+pub use explain::{explain_lines, Analysis, OperatorMetrics};
+pub use frontend::Frontend;
+pub use smrdb_tstore::{SqlType, TableSchema};
 
-/// What the planner knows about tables (the node implements it over its catalog).
-pub trait Catalog {
-    /// Schema of `name` (lower-cased), or None.
-    fn table(&self, name: &str) -> Option<TableSchema>;
-    /// Row count statistics, when known (the join planner's pivot choice uses them).
-    fn row_count(&self, _name: &str) -> Option<u64> {
-        None
-    }
-    /// A session setting (lower-cased name), e.g. `smrdb.pivot` to force the pivot
-    /// (a table name or alias) for experiments.
-    fn setting(&self, _name: &str) -> Option<String> {
-        None
+/// `SET smrdb.overlap = on|off`: compare while receiving (the design), or wait for
+/// whole join tables (the overlap experiment).
+pub const OVERLAP_SETTING: &str = "smrdb.overlap";
+/// `SET smrdb.pivot = 'alias'` forces the input that stays in place.
+pub const PIVOT_SETTING: &str = "smrdb.pivot";
+
+/// The value of a boolean setting as PostgreSQL spells booleans.
+///
+/// # Errors
+/// 22023 for anything else.
+pub fn parse_bool_setting(name: &str, value: &str) -> Result<bool, PlanError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" | "t" | "y" => Ok(true),
+        "off" | "false" | "no" | "0" | "f" | "n" => Ok(false),
+        _ => Err(PlanError::Other {
+            code: "22023",
+            msg: format!("parameter \"{name}\" requires a Boolean value, not '{value}'"),
+        }),
     }
 }
 
-/// A bound statement.
-#[allow(clippy::large_enum_variant)] // the contract's shape (Query unboxed)
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A query: its optimized logical plan (distributed by [`Planner::distribute`] once
+/// its scalar subqueries have values).
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// The optimized plan.
+    pub plan: LogicalPlan,
+}
+
+impl Query {
+    /// Output column names and Arrow fields.
+    pub fn schema(&self) -> DFSchemaRef {
+        self.plan.schema().clone()
+    }
+}
+
+/// One planned statement.
+#[derive(Debug, Clone)]
 pub enum Plan {
-    /// `CREATE TABLE`.
+    /// CREATE TABLE.
     CreateTable {
-        /// Table name.
+        /// Name.
         name: String,
         /// Columns.
         schema: TableSchema,
-        /// `IF NOT EXISTS`.
+        /// IF NOT EXISTS.
         if_not_exists: bool,
     },
-    /// `DROP TABLE`.
+    /// DROP TABLE.
     DropTable {
-        /// Tables to drop.
+        /// Names.
         names: Vec<String>,
-        /// `IF EXISTS`.
+        /// IF EXISTS.
         if_exists: bool,
     },
-    /// Rows already in table column order and coerced to the column types
-    /// (omitted columns NULL; NOT NULL violations are errors here when visible).
-    Insert {
-        /// Target table.
-        table: String,
-        /// Where the rows come from.
-        source: InsertSource,
+    /// A query.
+    Query(Query),
+    /// EXPLAIN [ANALYZE] of a query.
+    Explain {
+        /// Run it and report what it measured.
+        analyze: bool,
+        /// The query.
+        query: Query,
     },
-    /// `COPY t FROM ...` (the node reads the data).
+    /// INSERT: `query`'s rows, already of the table's column types and in its column
+    /// order, go to the Tstores round-robin.
+    Insert {
+        /// Table.
+        table: String,
+        /// The rows to insert.
+        query: Query,
+    },
+    /// COPY ... FROM.
     Copy {
-        /// Target table.
+        /// Table.
         table: String,
         /// File or STDIN.
         source: CopySource,
-        /// CSV options (and the column mapping, see [`CsvFormat::columns`]).
+        /// CSV or text format details.
         format: CsvFormat,
     },
-    /// `UPDATE t SET ... WHERE ...`; expressions over the table's columns.
+    /// UPDATE: `column = expression` where `filter` holds, expressions over the
+    /// table's columns (`schema`).
     Update {
-        /// Target table.
+        /// Table.
         table: String,
-        /// (column index, new value expression over the old row).
+        /// (column index, new value).
         assignments: Vec<(usize, Expr)>,
-        /// Rows to update (all when None).
+        /// WHERE.
         filter: Option<Expr>,
+        /// The table's columns as the statement names them.
+        schema: DFSchemaRef,
     },
-    /// `DELETE FROM t WHERE ...`.
+    /// DELETE where `filter` holds.
     Delete {
-        /// Target table.
+        /// Table.
         table: String,
-        /// Rows to delete (all when None).
+        /// WHERE.
         filter: Option<Expr>,
+        /// The table's columns as the statement names them.
+        schema: DFSchemaRef,
     },
-    /// A distributed query (single-table, or multi-set when [`QueryPlan::join`] is set).
-    Query(QueryPlan),
-    /// `EXPLAIN [ANALYZE] query`.
-    Explain {
-        /// Run it and report what happened, too.
-        analyze: bool,
-        /// The query.
-        query: Box<QueryPlan>,
-    },
-    /// SELECT without FROM, evaluated entirely by the planner.
-    Values {
-        /// Output columns.
-        columns: Vec<(String, DataType)>,
-        /// Rows, each value of its column's type (or NULL).
-        rows: Vec<Vec<Value>>,
-    },
-    /// `SET name = value` / `SET name TO value`.
+    /// SET name = value.
     Set {
-        /// Lower-cased variable name.
+        /// Lower-case name.
         name: String,
-        /// Value text (string literals unquoted).
+        /// Value text.
         value: String,
     },
-    /// `SHOW name`.
+    /// SHOW name.
     Show {
-        /// Lower-cased variable name.
+        /// Name.
         name: String,
     },
-    /// BEGIN / COMMIT / ROLLBACK (no-ops, autocommit only).
+    /// BEGIN / COMMIT / ROLLBACK (accepted; statements are not transactional).
     Transaction {
-        /// `BEGIN`, `COMMIT` or `ROLLBACK`.
+        /// The statement's first word.
         kind: String,
-    },
-}
-
-/// Rows of an INSERT.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum InsertSource {
-    /// Literal rows, in table column order, coerced to the column types.
-    Values(Vec<Vec<Value>>),
-    /// INSERT ... SELECT: run the query, then map its columns to the target:
-    /// `targets[i]` = index in the query output for table column i, or None (NULL).
-    /// The query's output types may differ from the table's (numeric widening or
-    /// narrowing, TEXT to anything): coerce each value with [`Value::coerce_to`].
-    Query {
-        /// The query.
-        plan: Box<QueryPlan>,
-        /// Source column per table column.
-        targets: Vec<Option<usize>>,
     },
 }
 
@@ -173,169 +158,216 @@ pub enum InsertSource {
 pub enum CopySource {
     /// A server-side file.
     File(String),
-    /// The client's COPY data stream.
+    /// The client's COPY data.
     Stdin,
 }
 
-/// CSV options of a COPY.
+/// COPY's format (CSV, or PostgreSQL's text format with `quote` 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CsvFormat {
-    /// First line is a header to skip.
+    /// A header line to skip.
     pub header: bool,
     /// Field delimiter.
     pub delimiter: u8,
-    /// The string that stands for NULL.
+    /// The text of NULL.
     pub null: String,
-    /// Quote character (0: no quoting, PostgreSQL's text format).
+    /// Quote character (0: none, the text format).
     pub quote: u8,
-    /// Addition to the contract: `COPY t (c2, c0) ...` — for each field of a record,
-    /// the table column index it goes to; `None` means all columns in table order.
-    /// Columns not listed are NULL.
+    /// Target columns (all, in order, when `None`).
     pub columns: Option<Vec<usize>>,
 }
 
-/// A SELECT, distributed: every Tstore runs `fragment` on its slice (the secondary
-/// query); the primary gathers the result batches and runs `finish`.
-///
-/// A multi-set query also has [`QueryPlan::join`]: every Tstore first builds its join
-/// tables and compares its pivot slice with every Tstore's join tables; `fragment`
-/// then runs over the combined row (see [`smrdb_tstore::join`]) instead of a table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueryPlan {
-    /// Table name (the pivot's, for a multi-set query).
-    pub table: String,
-    /// The join, for a multi-set query.
-    pub join: Option<JoinSpec>,
-    /// The secondary query every Tstore runs.
-    pub fragment: Fragment,
-    /// The primary's post-processing.
-    pub finish: Finish,
-    /// Output column names and types, in order.
-    pub columns: Vec<(String, DataType)>,
-    /// For a multi-set query, the table schema of each join input: the pivot's, then
-    /// the join tables' in [`JoinSpec::join_tables`] order (what
-    /// [`smrdb_tstore::join::combined_schema`] takes; EXPLAIN names the columns of
-    /// pushed filters with them). Empty for a single-table query.
-    pub input_schemas: Vec<TableSchema>,
+/// The planner: a DataFusion front end and our distribution.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    fe: Frontend,
 }
 
-/// Parses and binds one or more `;`-separated statements.
-pub fn plan_sql(sql: &str, catalog: &dyn Catalog) -> Result<Vec<Plan>, PlanError> {
-    let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(s) => s,
-        // `COPY ... FROM STDIN` arrives without its inline data: sqlparser wants the
-        // data (terminated by `\.`) to follow, so supply an empty data section.
-        Err(e) => {
-            let t = sql.trim().trim_end_matches(';');
-            // Bytes, not `t[..4]`: byte 4 may fall inside a multi-byte character.
-            if t.len() > 4 && t.as_bytes()[..4].eq_ignore_ascii_case(b"copy") && !t.contains(';') {
-                Parser::parse_sql(&PostgreSqlDialect {}, &format!("{t};\n\\.\n"))
-                    .map_err(|_| PlanError::Syntax(e.to_string()))?
-            } else {
-                return Err(PlanError::Syntax(e.to_string()));
-            }
-        }
-    };
-    stmts.iter().map(|s| plan_statement(s, catalog)).collect()
-}
+impl Planner {
+    /// A planner.
+    ///
+    /// # Errors
+    /// A DataFusion configuration error (a bug).
+    pub fn new() -> Result<Planner, PlanError> {
+        Ok(Planner {
+            fe: Frontend::new()?,
+        })
+    }
 
-fn plan_statement(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan, PlanError> {
-    match stmt {
-        Statement::Query(q) => select::plan_query_or_values(q, catalog),
-        Statement::Explain {
-            describe_alias,
-            analyze,
-            verbose: _,
-            query_plan,
-            estimate,
-            statement,
-            format,
-            options,
-        } => {
-            if *describe_alias != sqlparser::ast::DescribeAlias::Explain
-                || *query_plan
-                || *estimate
-                || format.is_some()
-            {
-                return Err(PlanError::Unsupported(
-                    "only EXPLAIN [ANALYZE] [VERBOSE] is supported".into(),
-                ));
+    /// The front end.
+    pub fn frontend(&self) -> &Frontend {
+        &self.fe
+    }
+
+    /// Plans every statement of `sql`.
+    ///
+    /// # Errors
+    /// The first statement's error, with its SQLSTATE.
+    pub fn plan_sql(&self, sql: &str, catalog: &dyn Catalog) -> Result<Vec<Plan>, PlanError> {
+        Frontend::parse(sql)?
+            .into_iter()
+            .map(|s| self.plan_statement(s, catalog))
+            .collect()
+    }
+
+    fn query(&self, stmt: Statement, catalog: &dyn Catalog) -> Result<Query, PlanError> {
+        let bound = self.fe.bind(stmt, catalog)?;
+        Ok(Query {
+            plan: self.fe.optimize(&bound)?,
+        })
+    }
+
+    fn plan_statement(&self, stmt: Statement, catalog: &dyn Catalog) -> Result<Plan, PlanError> {
+        match stmt {
+            Statement::Query(_) => Ok(Plan::Query(self.query(stmt, catalog)?)),
+            Statement::Explain {
+                describe_alias,
+                analyze,
+                query_plan,
+                estimate,
+                statement,
+                format,
+                options,
+                ..
+            } => {
+                if describe_alias != ast::DescribeAlias::Explain
+                    || query_plan
+                    || estimate
+                    || format.is_some()
+                {
+                    return Err(PlanError::Unsupported(
+                        "only EXPLAIN [ANALYZE] [VERBOSE] is supported".into(),
+                    ));
+                }
+                let analyze = analyze || analyze_option(options.as_deref())?;
+                match *statement {
+                    s @ Statement::Query(_) => Ok(Plan::Explain {
+                        analyze,
+                        query: self.query(s, catalog)?,
+                    }),
+                    _ => Err(PlanError::Unsupported(
+                        "EXPLAIN of anything but a query".into(),
+                    )),
+                }
             }
-            let analyze = *analyze || explain::analyze_option(options.as_deref())?;
-            match statement.as_ref() {
-                Statement::Query(q) => Ok(Plan::Explain {
-                    analyze,
-                    query: Box::new(select::plan_query(q, catalog)?),
-                }),
-                _ => Err(PlanError::Unsupported(
-                    "EXPLAIN of anything but a SELECT with FROM".into(),
-                )),
+            Statement::CreateTable(ct) => ddl::create_table(&ct, catalog),
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                ..
+            } => ddl::drop_table(object_type, if_exists, &names, catalog),
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => ddl::copy(&source, to, &target, &options, &legacy_options, catalog),
+            s @ (Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) => {
+                match self.fe.bind(s, catalog)? {
+                    LogicalPlan::Dml(d) => dml::plan_dml(&self.fe, &d),
+                    other => Err(PlanError::Internal(format!(
+                        "a write bound to {}",
+                        other.display()
+                    ))),
+                }
             }
-        }
-        Statement::CreateTable(ct) => ddl::create_table(ct, catalog),
-        Statement::Drop {
-            object_type,
-            if_exists,
-            names,
-            ..
-        } => ddl::drop_table(*object_type, *if_exists, names, catalog),
-        Statement::Insert(ins) => ddl::insert(ins, catalog),
-        Statement::Copy {
-            source,
-            to,
-            target,
-            options,
-            legacy_options,
-            ..
-        } => ddl::copy(source, *to, target, options, legacy_options, catalog),
-        Statement::Update {
-            table,
-            assignments,
-            from,
-            selection,
-            returning,
-            ..
-        } => {
-            if from.is_some() || returning.is_some() {
-                return Err(PlanError::Unsupported("UPDATE ... FROM / RETURNING".into()));
+            Statement::Set(s) => ddl::set(&s),
+            Statement::ShowVariable { variable } => {
+                // sqlparser splits `smrdb.overlap` and `TRANSACTION ISOLATION LEVEL`
+                // alike into words; PostgreSQL's multi-word names map to their settings.
+                let words: Vec<String> = variable.iter().map(|i| i.value.to_lowercase()).collect();
+                let words: Vec<&str> = words.iter().map(String::as_str).collect();
+                let name = match words.as_slice() {
+                    ["time", "zone"] => "timezone".to_string(),
+                    ["transaction", "isolation", "level"] => "transaction_isolation".to_string(),
+                    w => w.join("."),
+                };
+                Ok(Plan::Show { name })
             }
-            ddl::update(table, assignments, selection.as_ref(), catalog)
-        }
-        Statement::Delete(d) => ddl::delete(d, catalog),
-        Statement::Set(s) => ddl::set(s),
-        Statement::ShowVariable { variable } => {
-            // sqlparser splits `smrdb.overlap` and `TRANSACTION ISOLATION LEVEL`
-            // alike into words; PostgreSQL's multi-word names map to their settings.
-            let words: Vec<String> = variable.iter().map(|i| i.value.to_lowercase()).collect();
-            let words: Vec<&str> = words.iter().map(String::as_str).collect();
-            let name = match words.as_slice() {
-                ["time", "zone"] => "timezone".to_string(),
-                ["transaction", "isolation", "level"] => "transaction_isolation".to_string(),
-                w => w.join("."),
-            };
-            Ok(Plan::Show { name })
-        }
-        Statement::StartTransaction { statements, .. } if statements.is_empty() => {
-            Ok(Plan::Transaction {
-                kind: "BEGIN".into(),
-            })
-        }
-        Statement::Commit { end: false, .. } => Ok(Plan::Transaction {
-            kind: "COMMIT".into(),
-        }),
-        Statement::Rollback {
-            savepoint: None, ..
-        } => Ok(Plan::Transaction {
-            kind: "ROLLBACK".into(),
-        }),
-        other => {
-            let text = other.to_string();
-            let head: String = text
-                .split_whitespace()
-                .take(2)
-                .collect::<Vec<_>>()
-                .join(" ");
-            Err(PlanError::Unsupported(format!("statement {head}")))
+            Statement::StartTransaction { statements, .. } if statements.is_empty() => {
+                Ok(Plan::Transaction {
+                    kind: "BEGIN".into(),
+                })
+            }
+            Statement::Commit { end: false, .. } => Ok(Plan::Transaction {
+                kind: "COMMIT".into(),
+            }),
+            Statement::Rollback {
+                savepoint: None, ..
+            } => Ok(Plan::Transaction {
+                kind: "ROLLBACK".into(),
+            }),
+            other => {
+                let text = other.to_string();
+                let head: String = text
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Err(PlanError::Unsupported(format!("statement {head}")))
+            }
         }
     }
+
+    /// Distributes a query whose scalar subqueries have been replaced by their values
+    /// ([`frontend::substitute_scalar_subqueries`]).
+    ///
+    /// # Errors
+    /// Planning errors with their SQLSTATEs.
+    pub fn distribute(
+        &self,
+        plan: &LogicalPlan,
+        opts: &DistOptions,
+    ) -> Result<DistPlan, PlanError> {
+        let physical = self.fe.physical(plan)?;
+        distribute(&physical, opts)
+    }
+}
+
+/// `EXPLAIN (ANALYZE [bool], VERBOSE [bool], ...)`: whether ANALYZE is on.
+///
+/// # Errors
+/// Options other than ANALYZE, VERBOSE, COSTS, TIMING, SUMMARY and BUFFERS, or a
+/// non-boolean argument.
+fn analyze_option(options: Option<&[ast::UtilityOption]>) -> Result<bool, PlanError> {
+    let mut analyze = false;
+    for o in options.unwrap_or_default() {
+        let name = o.name.value.to_lowercase();
+        let on = match &o.arg {
+            None => true,
+            Some(ast::Expr::Value(v)) => match &v.value {
+                ast::Value::Boolean(b) => *b,
+                ast::Value::Number(n, _) if n == "0" || n == "1" => n == "1",
+                ast::Value::SingleQuotedString(s) => matches!(s.as_str(), "on" | "true"),
+                other => {
+                    return Err(PlanError::Syntax(format!(
+                        "{name} requires a Boolean value, not {other}"
+                    )))
+                }
+            },
+            Some(ast::Expr::Identifier(i)) => match i.value.to_lowercase().as_str() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                other => {
+                    return Err(PlanError::Syntax(format!(
+                        "{name} requires a Boolean value, not {other}"
+                    )))
+                }
+            },
+            Some(other) => {
+                return Err(PlanError::Syntax(format!(
+                    "{name} requires a Boolean value, not {other}"
+                )))
+            }
+        };
+        match name.as_str() {
+            "analyze" => analyze = on,
+            "verbose" | "costs" | "timing" | "summary" | "buffers" => {}
+            other => return Err(PlanError::Unsupported(format!("EXPLAIN option {other}"))),
+        }
+    }
+    Ok(analyze)
 }

@@ -33,6 +33,9 @@ pub enum Error {
     /// NULL written to a NOT NULL column.
     #[error("null value in column \"{0}\" violates not-null constraint")]
     NullViolation(String),
+    /// A text value longer than its column's `CHAR(n)` / `VARCHAR(n)`.
+    #[error("{0}")]
+    StringTooLong(String),
     /// A value (or cast) is invalid for its target type, e.g. `'abc'` as INT.
     #[error("invalid value: {0}")]
     InvalidValue(String),
@@ -56,6 +59,28 @@ pub enum Error {
     /// A bug: an invariant of this crate did not hold.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<datafusion_common::DataFusionError> for Error {
+    fn from(e: datafusion_common::DataFusionError) -> Self {
+        use datafusion_common::DataFusionError as D;
+        match e {
+            D::ArrowError(a, _) => Error::from(*a),
+            D::Context(_, inner) => Error::from(*inner),
+            D::Shared(s) => Error::Internal(s.to_string()),
+            D::Internal(m) => Error::Internal(m),
+            other => {
+                let m = other.to_string();
+                if m.contains("Divide by zero") || m.contains("division by zero") {
+                    Error::DivisionByZero
+                } else if m.contains("Overflow") || m.contains("overflow") {
+                    Error::Overflow(m)
+                } else {
+                    Error::InvalidValue(m)
+                }
+            }
+        }
+    }
 }
 
 impl From<ArrowError> for Error {

@@ -23,24 +23,28 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
+use datafusion_physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::expr::Expr;
-use crate::fragment::Fragment;
+use crate::exec::codec::expr_from_bytes;
+use crate::ipc::{decode_batches, encode_batches};
 use crate::slice::{Slice, DEFAULT_CHUNK_ROWS};
-use crate::types::{TableSchema, Value};
+use crate::stats::TableStats;
+use crate::types::TableSchema;
 
 const WAL_MAGIC: &[u8; 8] = b"SMRDBWAL";
-const WAL_VERSION: u32 = 1;
+/// Version 2: writes are logged by their effect (Arrow IPC rows, row positions).
+const WAL_VERSION: u32 = 2;
 const WAL_HEADER_LEN: usize = 20;
-const MANIFEST_VERSION: u32 = 1;
+const MANIFEST_VERSION: u32 = 2;
 const WAL_FILE: &str = "wal.log";
 const MANIFEST_FILE: &str = "MANIFEST.json";
 
-/// One logged write command.
+/// One logged write, by its effect: replaying it evaluates no expression.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum WalRecord {
     CreateTable {
@@ -50,26 +54,29 @@ enum WalRecord {
     DropTable {
         name: String,
     },
+    /// Rows appended (an Arrow IPC stream of the table's types).
     Insert {
         table: String,
-        rows: Vec<Vec<Value>>,
+        ipc: Vec<u8>,
     },
-    Update {
-        table: String,
-        assignments: Vec<(usize, Expr)>,
-        filter: Option<Expr>,
-    },
+    /// Rows at these positions (ascending) deleted.
     Delete {
         table: String,
-        filter: Option<Expr>,
+        rows: Vec<u64>,
+    },
+    /// `columns` of the rows at `rows` set to the rows of `ipc`.
+    Update {
+        table: String,
+        rows: Vec<u64>,
+        columns: Vec<usize>,
+        ipc: Vec<u8>,
     },
     SetMeta {
         table: String,
         key: String,
         value: u64,
     },
-    /// `op` on behalf of the primary's statement `id` (last variant: older logs,
-    /// without it, decode unchanged).
+    /// `op` on behalf of the primary's statement `id`.
     Stmt {
         id: u64,
         op: Box<WalRecord>,
@@ -77,33 +84,37 @@ enum WalRecord {
 }
 
 /// One Tstore's share of a write statement of the primary's statement log (see
-/// [`Store::write_stmt`]).
+/// [`Store::write_stmt`]). Expressions travel as `datafusion-proto` bytes
+/// ([`crate::exec::codec::expr_to_bytes`]) over the table's columns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StmtWrite {
-    /// Insert rows (see [`Store::insert`]).
+    /// Append rows (an Arrow IPC stream, already of the table's types).
     Insert {
         /// Table name.
         table: String,
-        /// Rows in table column order.
-        rows: Vec<Vec<Value>>,
+        /// The rows.
+        ipc: Vec<u8>,
     },
     /// Update rows (see [`Store::update`]).
     Update {
         /// Table name.
         table: String,
         /// (column index, new value expression).
-        assignments: Vec<(usize, Expr)>,
+        assignments: Vec<(usize, Vec<u8>)>,
         /// Rows where this is TRUE (all when absent).
-        filter: Option<Expr>,
+        filter: Option<Vec<u8>>,
     },
     /// Delete rows (see [`Store::delete`]).
     Delete {
         /// Table name.
         table: String,
         /// Rows where this is TRUE (all when absent).
-        filter: Option<Expr>,
+        filter: Option<Vec<u8>>,
     },
 }
+
+/// A decoded [`StmtWrite`]'s expressions.
+type Assignments = Vec<(usize, Arc<dyn PhysicalExpr>)>;
 
 #[derive(Debug, Clone)]
 struct Table {
@@ -399,23 +410,36 @@ impl Store {
                 self.get(name)?;
                 (name.clone(), None, 0)
             }
-            WalRecord::Insert { table, rows } => {
+            WalRecord::Insert { table, ipc } => {
                 let mut t = self.get(table)?.clone();
-                let n = t.slice.insert(rows)?;
+                let mut n = 0;
+                for b in decode_batches(ipc)? {
+                    n += t.slice.append_batch(b)?;
+                }
+                (table.clone(), Some(t), n)
+            }
+            WalRecord::Delete { table, rows } => {
+                let mut t = self.get(table)?.clone();
+                let n = t.slice.delete_rows(rows)?;
                 (table.clone(), Some(t), n)
             }
             WalRecord::Update {
                 table,
-                assignments,
-                filter,
+                rows,
+                columns,
+                ipc,
             } => {
                 let mut t = self.get(table)?.clone();
-                let n = t.slice.update(assignments, filter.as_ref())?;
-                (table.clone(), Some(t), n)
-            }
-            WalRecord::Delete { table, filter } => {
-                let mut t = self.get(table)?.clone();
-                let n = t.slice.delete(filter.as_ref())?;
+                let values = decode_batches(ipc)?;
+                let values = match values.len() {
+                    0 if rows.is_empty() => return Ok((table.clone(), Some(t), 0)),
+                    1 => values.into_iter().next().unwrap_or_else(|| unreachable!()),
+                    _ => {
+                        let schema = values[0].schema();
+                        arrow_select::concat::concat_batches(&schema, &values)?
+                    }
+                };
+                let n = t.slice.update_rows(rows, columns, &values)?;
                 (table.clone(), Some(t), n)
             }
             WalRecord::SetMeta { table, key, value } => {
@@ -503,38 +527,95 @@ impl Store {
         .map(|_| ())
     }
 
-    /// Inserts rows (see [`Slice::insert`]); returns the number inserted.
-    pub fn insert(&mut self, table: &str, rows: Vec<Vec<Value>>) -> Result<usize> {
-        if rows.is_empty() {
-            self.get(table)?;
+    /// Appends rows (of the table's types; see [`Slice::append_batch`]); returns the
+    /// number inserted.
+    ///
+    /// # Errors
+    /// As [`Slice::append_batch`], I/O errors of the log.
+    pub fn insert(&mut self, table: &str, batch: RecordBatch) -> Result<usize> {
+        self.get(table)?;
+        if batch.num_rows() == 0 {
             return Ok(0);
         }
-        self.write(WalRecord::Insert {
+        let rec = WalRecord::Insert {
+            table: table.to_string(),
+            ipc: encode_batches(&[batch])?,
+        };
+        self.write(rec)
+    }
+
+    /// The effect of deleting the rows where `filter` is TRUE.
+    fn delete_effect(
+        &self,
+        table: &str,
+        filter: Option<&Arc<dyn PhysicalExpr>>,
+    ) -> Result<WalRecord> {
+        let rows = self.get(table)?.slice.matching(filter)?;
+        Ok(WalRecord::Delete {
             table: table.to_string(),
             rows,
         })
     }
 
-    /// Updates rows (see [`Slice::update`]); returns the number updated.
-    pub fn update(
-        &mut self,
+    /// The effect of an update: the matching rows' positions and new values.
+    fn update_effect(
+        &self,
         table: &str,
-        assignments: Vec<(usize, Expr)>,
-        filter: Option<Expr>,
-    ) -> Result<usize> {
-        self.write(WalRecord::Update {
+        assignments: &Assignments,
+        filter: Option<&Arc<dyn PhysicalExpr>>,
+    ) -> Result<WalRecord> {
+        let slice = &self.get(table)?.slice;
+        let rows = slice.matching(filter)?;
+        let (columns, values) = slice.evaluate_update(&rows, assignments)?;
+        Ok(WalRecord::Update {
             table: table.to_string(),
-            assignments,
-            filter,
+            rows,
+            columns,
+            ipc: encode_batches(&[values])?,
         })
     }
 
-    /// Deletes rows (see [`Slice::delete`]); returns the number deleted.
-    pub fn delete(&mut self, table: &str, filter: Option<Expr>) -> Result<usize> {
-        self.write(WalRecord::Delete {
-            table: table.to_string(),
-            filter,
-        })
+    /// Sets `column = expression` (over the row's old values, evaluated only for the
+    /// rows where `filter` is TRUE; all rows when `None`). Atomic: an evaluation
+    /// error, an out-of-range value or NULL into a NOT NULL column changes nothing.
+    /// Returns the number of rows updated.
+    ///
+    /// # Errors
+    /// As above; I/O errors of the log.
+    pub fn update(
+        &mut self,
+        table: &str,
+        assignments: &Assignments,
+        filter: Option<&Arc<dyn PhysicalExpr>>,
+    ) -> Result<usize> {
+        let rec = self.update_effect(table, assignments, filter)?;
+        self.write(rec)
+    }
+
+    /// Runs an update's evaluation without changing anything (the primary's dry run
+    /// that makes a multi-Tstore UPDATE all or nothing); returns the rows it would
+    /// update.
+    ///
+    /// # Errors
+    /// As [`Store::update`].
+    pub fn check_update(
+        &self,
+        table: &str,
+        assignments: &Assignments,
+        filter: Option<&Arc<dyn PhysicalExpr>>,
+    ) -> Result<usize> {
+        let rec = self.update_effect(table, assignments, filter)?;
+        Ok(self.prepare(&rec)?.2)
+    }
+
+    /// Deletes the rows where `filter` is TRUE (all rows when `None`); returns how
+    /// many.
+    ///
+    /// # Errors
+    /// The filter's evaluation errors; I/O errors of the log.
+    pub fn delete(&mut self, table: &str, filter: Option<&Arc<dyn PhysicalExpr>>) -> Result<usize> {
+        let rec = self.delete_effect(table, filter)?;
+        self.write(rec)
     }
 
     /// Sets a table's persisted counter `key` to `value`.
@@ -561,17 +642,23 @@ impl Store {
             return Ok(None);
         }
         let op = match write {
-            StmtWrite::Insert { table, rows } => WalRecord::Insert { table, rows },
+            StmtWrite::Insert { table, ipc } => {
+                self.get(&table)?;
+                WalRecord::Insert { table, ipc }
+            }
             StmtWrite::Update {
                 table,
                 assignments,
                 filter,
-            } => WalRecord::Update {
-                table,
-                assignments,
-                filter,
-            },
-            StmtWrite::Delete { table, filter } => WalRecord::Delete { table, filter },
+            } => {
+                let (assignments, filter) =
+                    self.decode_exprs(&table, &assignments, filter.as_deref())?;
+                self.update_effect(&table, &assignments, filter.as_ref())?
+            }
+            StmtWrite::Delete { table, filter } => {
+                let (_, filter) = self.decode_exprs(&table, &[], filter.as_deref())?;
+                self.delete_effect(&table, filter.as_ref())?
+            }
         };
         self.write(WalRecord::Stmt {
             id,
@@ -580,9 +667,28 @@ impl Store {
         .map(Some)
     }
 
-    /// Runs a fragment on its table.
-    pub fn execute(&self, f: &Fragment) -> Result<Vec<RecordBatch>> {
-        self.get(&f.table)?.slice.execute(f)
+    /// Decodes a statement's expressions over `table`'s columns.
+    ///
+    /// # Errors
+    /// Unknown table, undecodable expressions.
+    pub fn decode_exprs(
+        &self,
+        table: &str,
+        assignments: &[(usize, Vec<u8>)],
+        filter: Option<&[u8]>,
+    ) -> Result<(Assignments, Option<Arc<dyn PhysicalExpr>>)> {
+        let schema = self.get(table)?.slice.arrow_schema();
+        let a = assignments
+            .iter()
+            .map(|(c, e)| Ok((*c, expr_from_bytes(e, &schema)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let f = filter.map(|f| expr_from_bytes(f, &schema)).transpose()?;
+        Ok((a, f))
+    }
+
+    /// A table's statistics on this Tstore.
+    pub fn stats(&self, table: &str) -> Option<&TableStats> {
+        self.tables.get(table).map(|t| t.slice.stats())
     }
 
     /// Writes every table to an Arrow IPC file and starts an empty log. No-op for a

@@ -1,143 +1,191 @@
-//! SQL data types, table schemas and literal values.
+//! SQL column types with PostgreSQL's names, table schemas, and the coercion of
+//! incoming batches (INSERT, COPY, UPDATE) to a table's types.
+//!
+//! | SQL type | Arrow storage |
+//! |---|---|
+//! | `SMALLINT` | `Int16` |
+//! | `INTEGER` | `Int32` |
+//! | `BIGINT` | `Int64` |
+//! | `REAL` | `Float32` |
+//! | `DOUBLE PRECISION` | `Float64` |
+//! | `NUMERIC(p,s)` / `DECIMAL(p,s)` | `Decimal128(p,s)` (exact; `NUMERIC` alone is `(38,10)`) |
+//! | `CHAR(n)`, `VARCHAR(n)`, `TEXT` | `Utf8` (the length is checked on write) |
+//! | `DATE` | `Date32` |
+//! | `TIMESTAMP` | `Timestamp(Microsecond, None)` |
+//! | `BOOLEAN` | `Boolean` |
+//!
+//! `CHAR(n)` values are stored without trailing blanks, which PostgreSQL treats as
+//! insignificant for `CHAR` (comparisons, `length`, casts to text); the Arrow field of
+//! a `CHAR(n)` or `VARCHAR(n)` column carries its declared type in the metadata key
+//! [`PG_TYPE_KEY`] so that the wire protocol can report it.
 
-use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef};
-use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow_cast::cast::{cast_with_options, CastOptions};
+use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Arrow field metadata key holding the declared PostgreSQL type of a `CHAR(n)` or
+/// `VARCHAR(n)` column (`bpchar(10)`, `varchar(25)`).
+pub const PG_TYPE_KEY: &str = "smrdb.pgtype";
+
+/// Largest precision of `NUMERIC(p,s)` (Arrow `Decimal128`).
+pub const MAX_NUMERIC_PRECISION: u8 = 38;
+
 /// A column type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum DataType {
-    /// 64-bit signed integer (`BIGINT`).
+pub enum SqlType {
+    /// `SMALLINT` (`INT2`).
+    SmallInt,
+    /// `INTEGER` (`INT`, `INT4`).
+    Integer,
+    /// `BIGINT` (`INT8`).
     BigInt,
-    /// 32-bit signed integer (`INT`).
-    Int,
-    /// 64-bit float (`DOUBLE PRECISION`).
+    /// `REAL` (`FLOAT4`).
+    Real,
+    /// `DOUBLE PRECISION` (`FLOAT8`, `FLOAT`).
     Double,
-    /// UTF-8 text.
+    /// `NUMERIC(precision, scale)` / `DECIMAL(precision, scale)`.
+    Numeric {
+        /// Total digits, 1..=38.
+        precision: u8,
+        /// Digits after the point, 0..=precision.
+        scale: i8,
+    },
+    /// `CHAR(n)` (`CHARACTER(n)`, `BPCHAR`).
+    Char(u32),
+    /// `VARCHAR(n)` (`CHARACTER VARYING(n)`); `None` is unbounded.
+    Varchar(Option<u32>),
+    /// `TEXT`.
     Text,
-    /// Calendar date, days since 1970-01-01 (Arrow `Date32`).
+    /// `DATE`.
     Date,
-    /// Boolean.
+    /// `TIMESTAMP` (without time zone), microseconds.
+    Timestamp,
+    /// `BOOLEAN`.
     Boolean,
 }
 
-impl DataType {
-    /// The Arrow type used to store this type.
-    pub fn to_arrow(self) -> ArrowType {
+impl SqlType {
+    /// The Arrow type a column of this type is stored as.
+    pub fn arrow(self) -> ArrowType {
         match self {
-            DataType::BigInt => ArrowType::Int64,
-            DataType::Int => ArrowType::Int32,
-            DataType::Double => ArrowType::Float64,
-            DataType::Text => ArrowType::Utf8,
-            DataType::Date => ArrowType::Date32,
-            DataType::Boolean => ArrowType::Boolean,
+            SqlType::SmallInt => ArrowType::Int16,
+            SqlType::Integer => ArrowType::Int32,
+            SqlType::BigInt => ArrowType::Int64,
+            SqlType::Real => ArrowType::Float32,
+            SqlType::Double => ArrowType::Float64,
+            SqlType::Numeric { precision, scale } => ArrowType::Decimal128(precision, scale),
+            SqlType::Char(_) | SqlType::Varchar(_) | SqlType::Text => ArrowType::Utf8,
+            SqlType::Date => ArrowType::Date32,
+            SqlType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, None),
+            SqlType::Boolean => ArrowType::Boolean,
         }
     }
 
-    /// The SQL type for an Arrow type, if it is one this crate uses.
-    pub fn from_arrow(t: &ArrowType) -> Result<DataType> {
-        Ok(match t {
-            ArrowType::Int64 => DataType::BigInt,
-            ArrowType::Int32 => DataType::Int,
-            ArrowType::Float64 => DataType::Double,
-            ArrowType::Utf8 => DataType::Text,
-            ArrowType::Date32 => DataType::Date,
-            ArrowType::Boolean => DataType::Boolean,
-            other => {
-                return Err(Error::TypeMismatch(format!(
-                    "unsupported arrow type {other}"
-                )))
-            }
+    /// The SQL type of a query result column of Arrow type `t` (for `CREATE TABLE AS`
+    /// style uses and tests); `None` for Arrow types no column can have.
+    pub fn from_arrow(t: &ArrowType) -> Option<SqlType> {
+        Some(match t {
+            ArrowType::Int8 | ArrowType::Int16 | ArrowType::UInt8 => SqlType::SmallInt,
+            ArrowType::Int32 | ArrowType::UInt16 => SqlType::Integer,
+            ArrowType::Int64 | ArrowType::UInt32 => SqlType::BigInt,
+            ArrowType::Float16 | ArrowType::Float32 => SqlType::Real,
+            ArrowType::Float64 => SqlType::Double,
+            ArrowType::Decimal128(p, s) => SqlType::Numeric {
+                precision: *p,
+                scale: *s,
+            },
+            ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => SqlType::Text,
+            ArrowType::Date32 => SqlType::Date,
+            ArrowType::Timestamp(_, None) => SqlType::Timestamp,
+            ArrowType::Boolean => SqlType::Boolean,
+            _ => return None,
         })
     }
 
-    /// True for `Int`, `BigInt` and `Double`.
-    pub fn is_numeric(self) -> bool {
-        matches!(self, DataType::Int | DataType::BigInt | DataType::Double)
+    /// Checks the type's parameters (`NUMERIC` precision and scale, lengths).
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] naming the bad parameter, as PostgreSQL words it.
+    pub fn validate(self) -> Result<SqlType> {
+        match self {
+            SqlType::Numeric { precision, scale } => {
+                if precision == 0 || precision > MAX_NUMERIC_PRECISION {
+                    return Err(Error::InvalidValue(format!(
+                        "NUMERIC precision {precision} must be between 1 and {MAX_NUMERIC_PRECISION}"
+                    )));
+                }
+                if scale < 0 || scale as u8 > precision {
+                    return Err(Error::InvalidValue(format!(
+                        "NUMERIC scale {scale} must be between 0 and precision {precision}"
+                    )));
+                }
+            }
+            SqlType::Char(0) | SqlType::Varchar(Some(0)) => {
+                return Err(Error::InvalidValue(format!(
+                    "length for type {} must be at least 1",
+                    if matches!(self, SqlType::Char(_)) {
+                        "character"
+                    } else {
+                        "varchar"
+                    }
+                )))
+            }
+            _ => {}
+        }
+        Ok(self)
     }
 
-    /// Rank in the numeric promotion order int -> bigint -> double.
-    fn numeric_rank(self) -> Option<u8> {
+    /// True for the integer, floating point and numeric types.
+    pub fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            SqlType::SmallInt
+                | SqlType::Integer
+                | SqlType::BigInt
+                | SqlType::Real
+                | SqlType::Double
+                | SqlType::Numeric { .. }
+        )
+    }
+
+    /// The PostgreSQL name of a `CHAR(n)` / `VARCHAR(n)` (what [`PG_TYPE_KEY`]
+    /// holds); `None` for the other types.
+    pub fn pg_char_type(self) -> Option<String> {
         match self {
-            DataType::Int => Some(0),
-            DataType::BigInt => Some(1),
-            DataType::Double => Some(2),
+            SqlType::Char(n) => Some(format!("bpchar({n})")),
+            SqlType::Varchar(Some(n)) => Some(format!("varchar({n})")),
+            SqlType::Varchar(None) => Some("varchar".into()),
             _ => None,
         }
     }
-
-    /// Common type of two numeric types (int -> bigint -> double), `None` if either
-    /// is not numeric.
-    pub fn numeric_common(a: DataType, b: DataType) -> Option<DataType> {
-        let (ra, rb) = (a.numeric_rank()?, b.numeric_rank()?);
-        Some(if ra >= rb { a } else { b })
-    }
-
-    /// SQL spelling of the type.
-    pub fn sql_name(self) -> &'static str {
-        match self {
-            DataType::BigInt => "BIGINT",
-            DataType::Int => "INT",
-            DataType::Double => "DOUBLE PRECISION",
-            DataType::Text => "TEXT",
-            DataType::Date => "DATE",
-            DataType::Boolean => "BOOLEAN",
-        }
-    }
 }
 
-impl fmt::Display for DataType {
+impl fmt::Display for SqlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.sql_name())
-    }
-}
-
-/// Parses a SQL type name (case-insensitive), e.g. `INTEGER`, `VARCHAR(20)`,
-/// `DOUBLE PRECISION`, `CHARACTER VARYING(5)`.
-pub fn parse_type(s: &str) -> Result<DataType> {
-    let norm: String = s
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_ascii_uppercase();
-    // Strip an optional "(n)" / "(n, m)" length suffix.
-    let base = match norm.find('(') {
-        Some(p) => {
-            let inner = norm[p..].trim();
-            let ok = inner.ends_with(')')
-                && inner[1..inner.len() - 1]
-                    .split(',')
-                    .all(|d| !d.trim().is_empty() && d.trim().chars().all(|c| c.is_ascii_digit()));
-            if !ok {
-                return Err(Error::UnknownType(s.to_string()));
-            }
-            norm[..p].trim_end()
+        match self {
+            SqlType::SmallInt => f.write_str("SMALLINT"),
+            SqlType::Integer => f.write_str("INTEGER"),
+            SqlType::BigInt => f.write_str("BIGINT"),
+            SqlType::Real => f.write_str("REAL"),
+            SqlType::Double => f.write_str("DOUBLE PRECISION"),
+            SqlType::Numeric { precision, scale } => write!(f, "NUMERIC({precision},{scale})"),
+            SqlType::Char(n) => write!(f, "CHAR({n})"),
+            SqlType::Varchar(Some(n)) => write!(f, "VARCHAR({n})"),
+            SqlType::Varchar(None) => f.write_str("VARCHAR"),
+            SqlType::Text => f.write_str("TEXT"),
+            SqlType::Date => f.write_str("DATE"),
+            SqlType::Timestamp => f.write_str("TIMESTAMP"),
+            SqlType::Boolean => f.write_str("BOOLEAN"),
         }
-        None => norm.as_str(),
-    };
-    let has_len = base.len() != norm.len();
-    let t = match base {
-        "INT" | "INTEGER" | "INT4" | "SMALLINT" | "INT2" if !has_len => DataType::Int,
-        "BIGINT" | "INT8" if !has_len => DataType::BigInt,
-        "REAL" | "FLOAT" | "FLOAT4" | "FLOAT8" | "DOUBLE" | "DOUBLE PRECISION" => DataType::Double,
-        "TEXT" | "STRING" if !has_len => DataType::Text,
-        "VARCHAR" | "CHAR" | "CHARACTER" | "CHARACTER VARYING" | "NVARCHAR" => DataType::Text,
-        "DATE" if !has_len => DataType::Date,
-        "BOOL" | "BOOLEAN" if !has_len => DataType::Boolean,
-        _ => return Err(Error::UnknownType(s.to_string())),
-    };
-    Ok(t)
+    }
 }
 
 /// One column of a table.
@@ -146,18 +194,27 @@ pub struct ColumnDef {
     /// Column name.
     pub name: String,
     /// Column type.
-    pub data_type: DataType,
+    pub ty: SqlType,
     /// Whether NULL is allowed.
     pub nullable: bool,
 }
 
 impl ColumnDef {
     /// A column definition.
-    pub fn new(name: impl Into<String>, data_type: DataType, nullable: bool) -> Self {
+    pub fn new(name: impl Into<String>, ty: SqlType, nullable: bool) -> Self {
         ColumnDef {
             name: name.into(),
-            data_type,
+            ty,
             nullable,
+        }
+    }
+
+    /// The Arrow field of this column.
+    pub fn field(&self) -> Field {
+        let f = Field::new(&self.name, self.ty.arrow(), self.nullable);
+        match self.ty.pg_char_type() {
+            Some(t) => f.with_metadata(HashMap::from([(PG_TYPE_KEY.to_string(), t)])),
+            None => f,
         }
     }
 }
@@ -165,7 +222,7 @@ impl ColumnDef {
 /// A table's schema: ordered columns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSchema {
-    /// The columns, in storage order. Expressions refer to them by index.
+    /// The columns, in storage order.
     pub columns: Vec<ColumnDef>,
 }
 
@@ -176,6 +233,9 @@ impl TableSchema {
     }
 
     /// Index of the column called `name` (exact match).
+    ///
+    /// # Errors
+    /// [`Error::UnknownColumn`].
     pub fn index_of(&self, name: &str) -> Result<usize> {
         self.columns
             .iter()
@@ -183,7 +243,10 @@ impl TableSchema {
             .ok_or_else(|| Error::UnknownColumn(name.to_string()))
     }
 
-    /// Column `i`, or [`Error::UnknownColumn`].
+    /// Column `i`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownColumn`].
     pub fn column(&self, i: usize) -> Result<&ColumnDef> {
         self.columns
             .get(i)
@@ -195,264 +258,242 @@ impl TableSchema {
         Arc::new(Schema::new(
             self.columns
                 .iter()
-                .map(|c| Field::new(&c.name, c.data_type.to_arrow(), c.nullable))
+                .map(ColumnDef::field)
                 .collect::<Vec<_>>(),
         ))
     }
 
-    /// The table schema described by an Arrow schema.
-    pub fn from_arrow(schema: &Schema) -> Result<Self> {
-        Ok(TableSchema {
-            columns: schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    Ok(ColumnDef::new(
-                        f.name(),
-                        DataType::from_arrow(f.data_type())?,
-                        f.is_nullable(),
-                    ))
-                })
-                .collect::<Result<_>>()?,
-        })
+    /// Checks names (non-empty, distinct) and type parameters.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] for duplicate or missing columns, the type's error
+    /// for bad parameters.
+    pub fn validate(&self) -> Result<()> {
+        if self.columns.is_empty() {
+            return Err(Error::TypeMismatch(
+                "a table needs at least one column".into(),
+            ));
+        }
+        for (i, c) in self.columns.iter().enumerate() {
+            if c.name.is_empty() {
+                return Err(Error::TypeMismatch("a column without a name".into()));
+            }
+            if self.columns[..i].iter().any(|d| d.name == c.name) {
+                return Err(Error::TypeMismatch(format!(
+                    "column \"{}\" specified more than once",
+                    c.name
+                )));
+            }
+            c.ty.validate()?;
+        }
+        Ok(())
     }
 }
 
-/// A single SQL value: a literal in an expression, or a field of an inserted row.
+/// Casts one incoming column to the column type `def` with PostgreSQL's rules for
+/// storing a value: integers and numerics are range checked (22003), numerics are
+/// rounded half away from zero to the column's scale, text is parsed as the type's
+/// input syntax (22P02; booleans accept PostgreSQL's spellings `t`/`yes`/`on`/`1`...),
+/// `CHAR(n)` / `VARCHAR(n)` values longer than `n` fail (22001) unless the excess is
+/// blanks, which are cut (`CHAR` values are stored without trailing blanks), and NULL
+/// in a NOT NULL column fails (23502).
 ///
-/// `PartialEq` is structural (used by tests and serde round trips); SQL comparison is
-/// [`Value::sql_cmp`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Value {
-    /// SQL NULL (untyped).
-    Null,
-    /// 32-bit integer.
-    Int(i32),
-    /// 64-bit integer.
-    BigInt(i64),
-    /// 64-bit float.
-    Double(f64),
-    /// Text.
-    Text(String),
-    /// Date as days since 1970-01-01.
-    Date(i32),
-    /// Boolean.
-    Bool(bool),
-}
-
-/// Normalises -0.0 to 0.0 so that SQL equality treats them alike; NaN sorts above
-/// every other value and equals itself (PostgreSQL semantics).
-pub(crate) fn norm_f64(x: f64) -> f64 {
-    x + 0.0
-}
-
-impl Value {
-    /// The value's type; `None` for NULL.
-    pub fn data_type(&self) -> Option<DataType> {
-        Some(match self {
-            Value::Null => return None,
-            Value::Int(_) => DataType::Int,
-            Value::BigInt(_) => DataType::BigInt,
-            Value::Double(_) => DataType::Double,
-            Value::Text(_) => DataType::Text,
-            Value::Date(_) => DataType::Date,
-            Value::Bool(_) => DataType::Boolean,
-        })
-    }
-
-    /// True for NULL.
-    pub fn is_null(&self) -> bool {
-        matches!(self, Value::Null)
-    }
-
-    /// A date value from `YYYY-MM-DD`.
-    pub fn date(s: &str) -> Result<Value> {
-        Ok(Value::Date(parse_date(s)?))
-    }
-
-    /// SQL comparison: `None` if either side is NULL or the types are not comparable.
-    /// Numbers compare across Int/BigInt/Double.
-    pub fn sql_cmp(&self, other: &Value) -> Option<Ordering> {
-        use Value::*;
-        match (self, other) {
-            (Null, _) | (_, Null) => None,
-            (Int(a), Int(b)) => Some(a.cmp(b)),
-            (Int(_) | BigInt(_), Int(_) | BigInt(_)) => Some(self.as_i64()?.cmp(&other.as_i64()?)),
-            (Int(_) | BigInt(_) | Double(_), Int(_) | BigInt(_) | Double(_)) => {
-                Some(norm_f64(self.as_f64()?).total_cmp(&norm_f64(other.as_f64()?)))
-            }
-            (Text(a), Text(b)) => Some(a.as_bytes().cmp(b.as_bytes())),
-            (Date(a), Date(b)) => Some(a.cmp(b)),
-            (Bool(a), Bool(b)) => Some(a.cmp(b)),
-            _ => None,
-        }
-    }
-
-    /// SQL `=`: `None` (unknown) if either side is NULL.
-    pub fn sql_eq(&self, other: &Value) -> Option<bool> {
-        self.sql_cmp(other).map(|o| o == Ordering::Equal)
-    }
-
-    /// Integer value widened to i64.
-    pub fn as_i64(&self) -> Option<i64> {
-        match self {
-            Value::Int(v) => Some(*v as i64),
-            Value::BigInt(v) => Some(*v),
-            _ => None,
-        }
-    }
-
-    /// Numeric value as f64.
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Value::Int(v) => Some(*v as f64),
-            Value::BigInt(v) => Some(*v as f64),
-            Value::Double(v) => Some(*v),
-            _ => None,
-        }
-    }
-
-    /// Coerces a value for storing in a column of type `t` (the INSERT rules):
-    /// integers widen or narrow with range checks, integers become doubles, integral
-    /// doubles become integers, text is parsed into numbers, dates (`YYYY-MM-DD`) and
-    /// booleans. NULL stays NULL (nullability is checked by the caller).
-    pub fn coerce_to(&self, t: DataType) -> Result<Value> {
-        use Value as V;
-        let mismatch = || {
-            Error::TypeMismatch(format!(
-                "cannot store {} value {self} in a {t} column",
-                self.data_type().map(|d| d.sql_name()).unwrap_or("NULL")
-            ))
+/// # Errors
+/// As above, naming the column.
+pub fn coerce_column(def: &ColumnDef, col: &ArrayRef) -> Result<ArrayRef> {
+    let target = def.ty.arrow();
+    let out = if col.data_type() == &target {
+        col.clone()
+    } else if matches!(
+        col.data_type(),
+        ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View
+    ) && def.ty == SqlType::Boolean
+    {
+        parse_bools(def, col)?
+    } else {
+        let opts = CastOptions {
+            safe: false,
+            ..Default::default()
         };
-        Ok(match (self, t) {
-            (V::Null, _) => V::Null,
-            (V::Int(v), DataType::Int) => V::Int(*v),
-            (V::Int(v), DataType::BigInt) => V::BigInt(*v as i64),
-            (V::Int(v), DataType::Double) => V::Double(*v as f64),
-            (V::BigInt(v), DataType::Int) => V::Int(
-                i32::try_from(*v)
-                    .map_err(|_| Error::Overflow(format!("{v} out of range for INT")))?,
-            ),
-            (V::BigInt(v), DataType::BigInt) => V::BigInt(*v),
-            (V::BigInt(v), DataType::Double) => V::Double(*v as f64),
-            (V::Double(v), DataType::Double) => V::Double(*v),
-            (V::Double(v), DataType::Int | DataType::BigInt) => {
-                if v.fract() != 0.0 || !v.is_finite() {
-                    return Err(Error::InvalidValue(format!("{v} is not an integer")));
-                }
-                if *v < -9.223372036854776e18 || *v >= 9.223372036854776e18 {
-                    return Err(Error::Overflow(format!("{v} out of range for {t}")));
-                }
-                V::BigInt(*v as i64).coerce_to(t)?
-            }
-            (V::Text(s), DataType::Text) => V::Text(s.clone()),
-            (V::Text(s), DataType::Date) => V::Date(parse_date(s)?),
-            (V::Text(s), DataType::Int) => V::Int(s.trim().parse().map_err(|_| {
-                Error::InvalidValue(format!("invalid input syntax for type INT: {s:?}"))
-            })?),
-            (V::Text(s), DataType::BigInt) => V::BigInt(s.trim().parse().map_err(|_| {
-                Error::InvalidValue(format!("invalid input syntax for type BIGINT: {s:?}"))
-            })?),
-            (V::Text(s), DataType::Double) => V::Double(s.trim().parse().map_err(|_| {
-                Error::InvalidValue(format!("invalid input syntax for type DOUBLE: {s:?}"))
-            })?),
-            (V::Text(s), DataType::Boolean) => V::Bool(parse_bool(s)?),
-            (V::Date(d), DataType::Date) => V::Date(*d),
-            (V::Bool(b), DataType::Boolean) => V::Bool(*b),
-            _ => return Err(mismatch()),
-        })
+        cast_with_options(col, &target, &opts).map_err(|e| cast_error(def, col, e))?
+    };
+    if !def.nullable && out.null_count() > 0 {
+        return Err(Error::NullViolation(def.name.clone()));
     }
-
-    /// The value at row `i` of an Arrow array of one of this crate's types.
-    pub fn from_array(array: &dyn Array, i: usize) -> Result<Value> {
-        if array.is_null(i) {
-            return Ok(Value::Null);
+    match def.ty {
+        SqlType::Char(n) => limit_length(def, &out, n, true),
+        SqlType::Varchar(Some(n)) => limit_length(def, &out, n, false),
+        SqlType::Numeric { precision, .. } => {
+            let d = out.as_primitive::<arrow_array::types::Decimal128Type>();
+            d.validate_decimal_precision(precision).map_err(|_| {
+                Error::Overflow(format!(
+                    "a value of column \"{}\" does not fit {}",
+                    def.name, def.ty
+                ))
+            })?;
+            Ok(out)
         }
-        Ok(match array.data_type() {
-            ArrowType::Int32 => Value::Int(array.as_primitive::<Int32Type>().value(i)),
-            ArrowType::Int64 => Value::BigInt(array.as_primitive::<Int64Type>().value(i)),
-            ArrowType::Float64 => Value::Double(array.as_primitive::<Float64Type>().value(i)),
-            ArrowType::Utf8 => Value::Text(array.as_string::<i32>().value(i).to_string()),
-            ArrowType::Date32 => Value::Date(array.as_primitive::<Date32Type>().value(i)),
-            ArrowType::Boolean => Value::Bool(array.as_boolean().value(i)),
-            ArrowType::Null => Value::Null,
-            other => return Err(Error::Internal(format!("unsupported arrow type {other}"))),
-        })
-    }
-
-    /// An Arrow array of `n` copies of this value; NULL becomes an array of `t`
-    /// (or Arrow's Null type when `t` is `None`).
-    pub fn to_array(&self, n: usize, t: Option<DataType>) -> ArrayRef {
-        use arrow_array::*;
-        match self {
-            Value::Null => match t {
-                Some(t) => arrow_array::new_null_array(&t.to_arrow(), n),
-                None => Arc::new(NullArray::new(n)),
-            },
-            Value::Int(v) => Arc::new(Int32Array::from_value(*v, n)),
-            Value::BigInt(v) => Arc::new(Int64Array::from_value(*v, n)),
-            Value::Double(v) => Arc::new(Float64Array::from_value(*v, n)),
-            Value::Text(s) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(s, n))),
-            Value::Date(d) => Arc::new(Date32Array::from_value(*d, n)),
-            Value::Bool(b) => Arc::new(BooleanArray::from(vec![*b; n])),
-        }
+        _ => Ok(out),
     }
 }
 
-/// Builds an Arrow array of type `t` from values that already have exactly type `t`
-/// (or are NULL).
-pub(crate) fn values_to_array<'a>(
-    t: DataType,
-    values: impl ExactSizeIterator<Item = &'a Value>,
-) -> Result<ArrayRef> {
-    let n = values.len();
-    let wrong = |v: &Value| Error::Internal(format!("value {v:?} is not of type {t}"));
-    macro_rules! build {
-        ($builder:expr, $variant:ident, |$x:ident| $conv:expr) => {{
-            let mut b = $builder;
-            for v in values {
-                match v {
-                    Value::Null => b.append_null(),
-                    Value::$variant($x) => b.append_value($conv),
-                    other => return Err(wrong(other)),
-                }
-            }
-            Arc::new(b.finish()) as ArrayRef
-        }};
+/// Casts every column of `batch` to `schema`'s types ([`coerce_column`]).
+///
+/// # Errors
+/// [`Error::Arity`] for a batch of another width, else as [`coerce_column`].
+pub fn coerce_batch(schema: &TableSchema, batch: &RecordBatch) -> Result<RecordBatch> {
+    if batch.num_columns() != schema.columns.len() {
+        return Err(Error::Arity {
+            expected: schema.columns.len(),
+            got: batch.num_columns(),
+        });
     }
-    Ok(match t {
-        DataType::Int => build!(Int32Builder::with_capacity(n), Int, |x| *x),
-        DataType::BigInt => build!(Int64Builder::with_capacity(n), BigInt, |x| *x),
-        DataType::Double => build!(Float64Builder::with_capacity(n), Double, |x| *x),
-        DataType::Text => build!(StringBuilder::with_capacity(n, n * 8), Text, |x| x.as_str()),
-        DataType::Date => build!(Date32Builder::with_capacity(n), Date, |x| *x),
-        DataType::Boolean => build!(BooleanBuilder::with_capacity(n), Bool, |x| *x),
+    let cols = schema
+        .columns
+        .iter()
+        .zip(batch.columns())
+        .map(|(d, c)| coerce_column(d, c))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.to_arrow(),
+        cols,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+fn cast_error(def: &ColumnDef, col: &ArrayRef, e: arrow_schema::ArrowError) -> Error {
+    let msg = e.to_string();
+    let from_text = matches!(
+        col.data_type(),
+        ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View
+    );
+    let out_of_range = msg.contains("too large")
+        || msg.contains("overflow")
+        || msg.contains("Overflow")
+        || msg.contains("out of range")
+        || (!from_text && msg.contains("Can't cast value"));
+    if out_of_range {
+        Error::Overflow(format!(
+            "a value of column \"{}\" is out of range for type {}",
+            def.name, def.ty
+        ))
+    } else if from_text {
+        let bad = first_bad_text(col, &def.ty.arrow()).unwrap_or_default();
+        Error::InvalidValue(format!(
+            "invalid input syntax for type {}: \"{bad}\" (column \"{}\")",
+            def.ty, def.name
+        ))
+    } else {
+        Error::TypeMismatch(format!(
+            "column \"{}\" is of type {} but the value is of type {}",
+            def.name,
+            def.ty,
+            col.data_type()
+        ))
+    }
+}
+
+/// The first text value of `col` that does not cast to `target` (for messages).
+fn first_bad_text(col: &ArrayRef, target: &ArrowType) -> Option<String> {
+    let s = cast_with_options(col, &ArrowType::Utf8, &CastOptions::default()).ok()?;
+    let s = s.as_string::<i32>();
+    let opts = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    (0..s.len()).find_map(|i| {
+        if s.is_null(i) {
+            return None;
+        }
+        let one: ArrayRef = Arc::new(StringArray::from(vec![s.value(i)]));
+        cast_with_options(&one, target, &opts)
+            .is_err()
+            .then(|| s.value(i).to_string())
     })
 }
 
-impl fmt::Display for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Value::Null => f.write_str("NULL"),
-            Value::Int(v) => write!(f, "{v}"),
-            Value::BigInt(v) => write!(f, "{v}"),
-            Value::Double(v) => write!(f, "{v}"),
-            Value::Text(s) => write!(f, "'{}'", s.replace('\'', "''")),
-            Value::Date(d) => write!(f, "DATE '{}'", format_date(*d)),
-            Value::Bool(b) => f.write_str(if *b { "TRUE" } else { "FALSE" }),
+fn parse_bools(def: &ColumnDef, col: &ArrayRef) -> Result<ArrayRef> {
+    let s = cast_with_options(col, &ArrowType::Utf8, &CastOptions::default())?;
+    let s = s.as_string::<i32>();
+    let mut out = arrow_array::builder::BooleanBuilder::with_capacity(s.len());
+    for i in 0..s.len() {
+        if s.is_null(i) {
+            out.append_null();
+            continue;
         }
+        let v = s.value(i);
+        out.append_value(parse_bool(v).ok_or_else(|| {
+            Error::InvalidValue(format!(
+                "invalid input syntax for type boolean: \"{v}\" (column \"{}\")",
+                def.name
+            ))
+        })?);
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+/// Parses a boolean the way PostgreSQL does (`t`, `true`, `yes`, `on`, `1`, unique
+/// prefixes of `true`/`false`/`yes`/`no`, case-insensitive, blanks around allowed).
+pub fn parse_bool(s: &str) -> Option<bool> {
+    let t = s.trim().to_ascii_lowercase();
+    let prefix_of = |w: &str| !t.is_empty() && w.starts_with(t.as_str());
+    if t == "1" || prefix_of("true") || prefix_of("yes") || (t.len() >= 2 && prefix_of("on")) {
+        Some(true)
+    } else if t == "0"
+        || prefix_of("false")
+        || prefix_of("no")
+        || (t.len() >= 2 && prefix_of("off"))
+    {
+        Some(false)
+    } else {
+        None
     }
 }
 
-/// Parses a boolean the way PostgreSQL does (`t`, `true`, `yes`, `on`, `1`, ...).
-pub(crate) fn parse_bool(s: &str) -> Result<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "t" | "true" | "y" | "yes" | "on" | "1" => Ok(true),
-        "f" | "false" | "n" | "no" | "off" | "0" => Ok(false),
-        _ => Err(Error::InvalidValue(format!(
-            "invalid input syntax for type BOOLEAN: {s:?}"
-        ))),
+/// Enforces a `CHAR(n)` / `VARCHAR(n)` length: a longer value fails unless the excess
+/// is blanks, which are cut; `CHAR` values also lose their trailing blanks.
+fn limit_length(def: &ColumnDef, col: &ArrayRef, n: u32, is_char: bool) -> Result<ArrayRef> {
+    let s = col.as_string::<i32>();
+    let n = n as usize;
+    let needs_change = (0..s.len()).any(|i| {
+        if s.is_null(i) {
+            return false;
+        }
+        let v = s.value(i);
+        (is_char && v.ends_with(' ')) || v.len() > n && v.chars().count() > n
+    });
+    if !needs_change {
+        return Ok(col.clone());
     }
+    let mut out = arrow_array::builder::StringBuilder::with_capacity(s.len(), s.values().len());
+    for i in 0..s.len() {
+        if s.is_null(i) {
+            out.append_null();
+            continue;
+        }
+        let v = s.value(i);
+        let mut kept = v;
+        if v.chars().count() > n {
+            let cut: usize = v.char_indices().nth(n).map(|(b, _)| b).unwrap_or(v.len());
+            if v[cut..].bytes().any(|b| b != b' ') {
+                return Err(Error::StringTooLong(format!(
+                    "value too long for type {} (column \"{}\")",
+                    if is_char {
+                        format!("character({n})")
+                    } else {
+                        format!("character varying({n})")
+                    },
+                    def.name
+                )));
+            }
+            kept = &v[..cut];
+        }
+        if is_char {
+            kept = kept.trim_end_matches(' ');
+        }
+        out.append_value(kept);
+    }
+    Ok(Arc::new(out.finish()))
 }
 
 /// Days since 1970-01-01 for a proleptic Gregorian date.
@@ -480,141 +521,77 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Parses `YYYY-MM-DD` (validating month and day) into days since 1970-01-01.
-pub fn parse_date(s: &str) -> Result<i32> {
-    let bad = || Error::InvalidValue(format!("invalid input syntax for type DATE: {s:?}"));
-    let t = s.trim();
-    let mut parts = t.splitn(3, '-');
-    let (y, m, d) = (
-        parts.next().ok_or_else(bad)?,
-        parts.next().ok_or_else(bad)?,
-        parts.next().ok_or_else(bad)?,
-    );
-    let digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
-    if !digits(y) || !digits(m) || !digits(d) || y.len() > 6 || m.len() > 2 || d.len() > 2 {
-        return Err(bad());
-    }
-    let (y, m, d): (i64, u32, u32) = (
-        y.parse().map_err(|_| bad())?,
-        m.parse().map_err(|_| bad())?,
-        d.parse().map_err(|_| bad())?,
-    );
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let mdays = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&m) || d == 0 || d > mdays[m as usize - 1] {
-        return Err(bad());
-    }
-    i32::try_from(days_from_civil(y, m, d)).map_err(|_| bad())
-}
-
-/// Formats days since 1970-01-01 as `YYYY-MM-DD`.
-pub fn format_date(days: i32) -> String {
-    let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::{Int64Array, StringArray};
 
-    #[test]
-    fn parse_types() {
-        for (s, t) in [
-            ("int", DataType::Int),
-            ("INTEGER", DataType::Int),
-            ("int4", DataType::Int),
-            ("SmallInt", DataType::Int),
-            ("int8", DataType::BigInt),
-            ("BIGINT", DataType::BigInt),
-            ("real", DataType::Double),
-            ("float", DataType::Double),
-            ("FLOAT8", DataType::Double),
-            ("double", DataType::Double),
-            ("double   precision", DataType::Double),
-            ("text", DataType::Text),
-            ("varchar", DataType::Text),
-            ("VARCHAR(20)", DataType::Text),
-            ("char(3)", DataType::Text),
-            ("character varying(5)", DataType::Text),
-            ("string", DataType::Text),
-            ("date", DataType::Date),
-            ("bool", DataType::Boolean),
-            ("BOOLEAN", DataType::Boolean),
-        ] {
-            assert_eq!(parse_type(s).unwrap(), t, "{s}");
-        }
-        for s in ["blob", "varchar(", "varchar(x)", "int(3)", "", "date(1)"] {
-            assert!(matches!(parse_type(s), Err(Error::UnknownType(_))), "{s}");
-        }
+    fn text(v: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringArray::from(v.to_vec()))
     }
 
     #[test]
-    fn dates() {
-        assert_eq!(parse_date("1970-01-01").unwrap(), 0);
-        assert_eq!(parse_date("2000-03-01").unwrap(), 11017);
-        assert_eq!(parse_date("1969-12-31").unwrap(), -1);
-        assert!(parse_date("2001-02-29").is_err());
-        assert!(parse_date("2000-02-29").is_ok());
-        assert!(parse_date("2000-13-01").is_err());
-        assert!(parse_date("hello").is_err());
-        for d in [-600_000, -1, 0, 1, 11017, 20000, 2_000_000] {
-            assert_eq!(parse_date(&format_date(d)).unwrap(), d);
-        }
-    }
+    fn text_input_is_parsed_with_postgres_rules() {
+        let b = ColumnDef::new("b", SqlType::Boolean, true);
+        let got = coerce_column(&b, &text(&[Some("t"), Some(" YES "), Some("off"), None])).unwrap();
+        let got = got.as_boolean();
+        assert!(got.value(0) && got.value(1) && !got.value(2) && got.is_null(3));
+        assert!(coerce_column(&b, &text(&[Some("maybe")])).is_err());
 
-    #[test]
-    fn value_semantics() {
-        assert_eq!(
-            Value::Int(3).sql_cmp(&Value::BigInt(3)),
-            Some(Ordering::Equal)
+        let d = ColumnDef::new(
+            "d",
+            SqlType::Numeric {
+                precision: 5,
+                scale: 2,
+            },
+            true,
         );
-        assert_eq!(
-            Value::Int(3).sql_cmp(&Value::Double(3.5)),
-            Some(Ordering::Less)
-        );
-        assert_eq!(Value::Double(-0.0).sql_eq(&Value::Double(0.0)), Some(true));
-        assert_eq!(Value::Null.sql_eq(&Value::Null), None);
-        assert_eq!(Value::Text("a".into()).sql_cmp(&Value::Int(1)), None);
-        assert_eq!(
-            Value::Int(5).coerce_to(DataType::Double).unwrap(),
-            Value::Double(5.0)
-        );
-        assert_eq!(
-            Value::Text("2024-02-29".into())
-                .coerce_to(DataType::Date)
-                .unwrap(),
-            Value::Date(parse_date("2024-02-29").unwrap())
-        );
+        let got = coerce_column(&d, &text(&[Some("1.005"), Some("-2.5")])).unwrap();
+        let got = got.as_primitive::<arrow_array::types::Decimal128Type>();
+        assert_eq!(got.value(1), -250);
         assert!(matches!(
-            Value::BigInt(1 << 40).coerce_to(DataType::Int),
+            coerce_column(&d, &text(&[Some("12345.6")])),
             Err(Error::Overflow(_))
         ));
+        let i = ColumnDef::new("i", SqlType::Integer, true);
         assert!(matches!(
-            Value::Double(1.5).coerce_to(DataType::Int),
-            Err(Error::InvalidValue(_))
+            coerce_column(&i, &text(&[Some("x1")])),
+            Err(Error::InvalidValue(m)) if m.contains("\"x1\"")
+        ));
+        let big: ArrayRef = Arc::new(Int64Array::from(vec![1i64 << 40]));
+        assert!(matches!(coerce_column(&i, &big), Err(Error::Overflow(_))));
+    }
+
+    #[test]
+    fn char_lengths_and_not_null() {
+        let c = ColumnDef::new("c", SqlType::Char(3), false);
+        let got = coerce_column(&c, &text(&[Some("ab "), Some("abc   ")])).unwrap();
+        let got = got.as_string::<i32>();
+        assert_eq!((got.value(0), got.value(1)), ("ab", "abc"));
+        assert!(matches!(
+            coerce_column(&c, &text(&[Some("abcd")])),
+            Err(Error::StringTooLong(_))
         ));
         assert!(matches!(
-            Value::Bool(true).coerce_to(DataType::Int),
-            Err(Error::TypeMismatch(_))
+            coerce_column(&c, &text(&[None])),
+            Err(Error::NullViolation(_))
         ));
-        assert_eq!(
-            Value::Text("yes".into())
-                .coerce_to(DataType::Boolean)
-                .unwrap(),
-            Value::Bool(true)
-        );
+        let v = ColumnDef::new("v", SqlType::Varchar(Some(2)), true);
+        let got = coerce_column(&v, &text(&[Some("é "), Some("xy  ")])).unwrap();
+        assert_eq!(got.as_string::<i32>().value(1), "xy");
+        assert!(coerce_column(&v, &text(&[Some("éèà")])).is_err());
+    }
+
+    #[test]
+    fn booleans_parse_like_postgres() {
+        for s in ["t", "tr", "TRUE", "y", "yes", "on", "1"] {
+            assert_eq!(parse_bool(s), Some(true), "{s}");
+        }
+        for s in ["f", "fal", "no", "n", "off", "0"] {
+            assert_eq!(parse_bool(s), Some(false), "{s}");
+        }
+        for s in ["", "o", "2", "nope"] {
+            assert_eq!(parse_bool(s), None, "{s}");
+        }
     }
 }

@@ -1,0 +1,174 @@
+//! [`ExchangeExec`]: the consumer's end of an exchange.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use datafusion_common::tree_node::TreeNodeRecursion;
+use datafusion_common::{Result, Statistics};
+use datafusion_execution::{RecordBatchStream, TaskContext};
+use datafusion_physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion_physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion_physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion_physical_plan::statistics::StatisticsArgs;
+use datafusion_physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::Stream;
+
+use super::{ExchangeQueue, TaskInputs};
+
+/// The batches of exchange `id` as they arrive from its producers. With
+/// `partitions` > 1 (a gather whose producers each send a sorted stream), partition
+/// `i` is producer `i`'s stream; otherwise one partition interleaves every producer
+/// in arrival order.
+#[derive(Debug, Clone)]
+pub struct ExchangeExec {
+    id: u16,
+    /// `broadcast` or `gather` (EXPLAIN).
+    kind: String,
+    partitions: usize,
+    /// The planner's estimate of what the exchange carries in all.
+    stats: Option<Arc<Statistics>>,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl ExchangeExec {
+    /// The consumer end of exchange `id` with `schema`.
+    pub fn new(
+        id: u16,
+        kind: impl Into<String>,
+        schema: SchemaRef,
+        partitions: usize,
+        stats: Option<Arc<Statistics>>,
+    ) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(partitions.max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        ExchangeExec {
+            id,
+            kind: kind.into(),
+            partitions: partitions.max(1),
+            stats,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// The exchange id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// `broadcast` or `gather`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// Output partitions.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+}
+
+impl DisplayAs for ExchangeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExchangeExec: {} #{}", self.kind, self.id)?;
+        if self.partitions > 1 {
+            write!(f, " ({} sorted streams)", self.partitions)?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ExchangeExec {
+    fn name(&self) -> &str {
+        "ExchangeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let queue = TaskInputs::of(&context)?.exchange(self.id, partition)?;
+        Ok(Box::pin(QueueStream {
+            schema: self.schema(),
+            queue,
+            metrics: BaselineMetrics::new(&self.metrics, partition),
+        }))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        Ok(match &self.stats {
+            Some(s) => s.clone(),
+            None => Arc::new(Statistics::new_unknown(&self.schema())),
+        })
+    }
+}
+
+struct QueueStream {
+    schema: SchemaRef,
+    queue: Arc<ExchangeQueue>,
+    metrics: BaselineMetrics,
+}
+
+impl Stream for QueueStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let p = self.queue.poll_next(cx);
+        if let Poll::Ready(Some(Ok(b))) = &p {
+            self.metrics.record_output(b.num_rows());
+        }
+        if let Poll::Ready(None) = &p {
+            self.metrics.done();
+        }
+        p
+    }
+}
+
+impl RecordBatchStream for QueueStream {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
