@@ -1077,6 +1077,30 @@ pub fn tpch(sf: f64, dir: &Path) -> Result<Workload> {
 // ---------------------------------------------------------------------------------
 // Loading into smrdb
 
+/// `COPY`s the CSV of `t` into the smrdb table `t.name` (`WITH (FORMAT csv)`, a file
+/// the server reads), checking that it loaded the rows the file holds; the seconds it
+/// took.
+fn copy_into(c: &mut postgres::Client, t: &Table) -> Result<f64> {
+    let sql = format!(
+        "COPY {} FROM '{}' WITH (FORMAT csv)",
+        t.name,
+        t.csv.display().to_string().replace('\'', "''")
+    );
+    let start = Instant::now();
+    let n = c
+        .execute(&sql, &[])
+        .map_err(|e| anyhow::anyhow!("smrdb: COPY {}: {}", t.name, pg_error(&e)))?;
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        n == t.rows,
+        "smrdb: COPY {} loaded {n} rows, the file holds {}",
+        t.name,
+        t.rows
+    );
+    eprintln!("smrdb: loaded {n} {} in {secs:.2} s", t.name);
+    Ok(secs)
+}
+
 /// Loads `w` into the smrdb behind `c`: drops the workload's tables (in reverse order)
 /// when they exist, creates them, and `COPY`s every CSV (`WITH (FORMAT csv)`, a file
 /// the server reads), checking that each `COPY` loaded the rows the file holds.
@@ -1095,26 +1119,37 @@ pub fn load_smrdb(c: &mut postgres::Client, w: &Workload) -> Result<Vec<(String,
     }
     let mut out = Vec::with_capacity(w.tables.len());
     for t in &w.tables {
-        let sql = format!(
-            "COPY {} FROM '{}' WITH (FORMAT csv)",
-            t.name,
-            t.csv.display().to_string().replace('\'', "''")
-        );
-        let start = Instant::now();
-        let n = c
-            .execute(&sql, &[])
-            .map_err(|e| anyhow::anyhow!("smrdb: COPY {}: {}", t.name, pg_error(&e)))?;
-        let secs = start.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            n == t.rows,
-            "smrdb: COPY {} loaded {n} rows, the file holds {}",
-            t.name,
-            t.rows
-        );
-        eprintln!("smrdb: loaded {n} {} in {secs:.2} s", t.name);
-        out.push((t.name.clone(), secs));
+        out.push((t.name.clone(), copy_into(c, t)?));
     }
     Ok(out)
+}
+
+/// [`load_smrdb`] that goes on past a table that fails: every table is dropped,
+/// created and filled as far as it goes. Returns the seconds of each `COPY` that
+/// loaded its file, and the error of every table that failed (drop, create, `COPY`
+/// or row count), in load order.
+pub fn load_smrdb_each(
+    c: &mut postgres::Client,
+    w: &Workload,
+) -> (Vec<(String, f64)>, Vec<String>) {
+    let mut errors = Vec::new();
+    for t in w.tables.iter().rev() {
+        if let Err(e) = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", t.name)) {
+            errors.push(format!("smrdb: drop {}: {}", t.name, pg_error(&e)));
+        }
+    }
+    let mut out = Vec::with_capacity(w.tables.len());
+    for t in &w.tables {
+        if let Err(e) = c.batch_execute(&t.ddl) {
+            errors.push(format!("smrdb: create {}: {}", t.name, pg_error(&e)));
+            continue;
+        }
+        match copy_into(c, t) {
+            Ok(secs) => out.push((t.name.clone(), secs)),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    (out, errors)
 }
 
 #[cfg(test)]
