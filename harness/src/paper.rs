@@ -1204,17 +1204,8 @@ fn tpch(cx: &Ctx) -> Result<Section> {
     );
     s.plots = vec![svg];
     s.status = cx.status();
-    let failures = r.failures();
-    if !failures.is_empty() {
-        s.status = SectionStatus::Failed(format!(
-            "{} TPC-H failure(s): {}",
-            failures.len(),
-            failures
-                .iter()
-                .map(|f| tpch_bench::clip(f, 200))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
+    if !r.failures().is_empty() {
+        s.status = SectionStatus::Failed(r.failure_summary());
     }
     Ok(s)
 }

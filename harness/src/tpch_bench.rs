@@ -188,6 +188,36 @@ impl Report {
     }
 }
 
+impl Report {
+    /// [`Report::failures`] in one line: which queries' answers differ, which failed,
+    /// and whether the load or the cluster failed; empty when the run is sound.
+    pub fn failure_summary(&self) -> String {
+        let names = |o: Outcome| {
+            self.queries
+                .iter()
+                .filter(|q| q.check.outcome == o)
+                .map(|q| q.query.as_str())
+                .collect::<Vec<_>>()
+        };
+        let mut parts = Vec::new();
+        let differ = names(Outcome::Differs);
+        if !differ.is_empty() {
+            parts.push(format!("answers differ: {}", differ.join(",")));
+        }
+        let failed = names(Outcome::Error);
+        if !failed.is_empty() {
+            parts.push(format!("queries failed: {}", failed.join(",")));
+        }
+        if let Some(e) = &self.smrdb_load_error {
+            parts.push(format!("smrdb load failed: {}", clip(e, 120)));
+        }
+        if let Some(e) = &self.cluster_error {
+            parts.push(format!("cluster failed: {}", clip(e, 120)));
+        }
+        parts.join("; ")
+    }
+}
+
 /// The queries `numbers` (1..=22; empty: all) of the TPC-H workload `w`, in that
 /// order.
 ///
@@ -632,10 +662,20 @@ pub fn markdown(r: &Report) -> String {
             .iter()
             .filter(|q| q.check.outcome == Outcome::Equal)
             .count();
-        s += &format!(
-            "Answers: {equal} of {} equal, no errors.\n\n",
-            r.queries.len()
-        );
+        let compared = r
+            .queries
+            .iter()
+            .filter(|q| q.check.outcome != Outcome::NotCompared)
+            .count();
+        s += &if compared == r.queries.len() {
+            format!("Answers: all {equal} equal, no errors.\n\n")
+        } else {
+            format!(
+                "Answers: {equal} equal, {} not compared (an engine did not run them), no \
+                 errors.\n\n",
+                r.queries.len() - compared
+            )
+        };
     } else {
         s += &format!(
             "**{} failure(s)** (answers that differ, queries that failed):\n\n",
@@ -833,5 +873,10 @@ mod tests {
         r.smrdb_load_error = Some("create part: ERROR".into());
         assert_eq!(r.failures().len(), 3);
         assert!(r.failures()[1].starts_with("smrdb load: create part"));
+        assert_eq!(
+            r.failure_summary(),
+            "queries failed: Q2; smrdb load failed: create part: ERROR; cluster failed: node 1 \
+             exited"
+        );
     }
 }
