@@ -440,6 +440,14 @@ pub fn run(
     status: &dyn Fn(&str),
 ) -> Result<Report> {
     anyhow::ensure!(!o.engines.is_empty(), "no engine to run");
+    let total = workload::TPCH_QUERIES.len();
+    for (i, &n) in o.queries.iter().enumerate() {
+        anyhow::ensure!(
+            (1..=total).contains(&n),
+            "TPC-H has queries 1 to {total}, not {n}"
+        );
+        anyhow::ensure!(!o.queries[..i].contains(&n), "query {n} is named twice");
+    }
     status(&format!("generating TPC-H SF {} with tpchgen", o.sf));
     let mut w = workload::tpch(o.sf, &o.data_dir)?;
     select_queries(&mut w, &o.queries)?;
