@@ -14,5 +14,6 @@ pub mod plot;
 pub mod progress;
 pub mod query_bench;
 pub mod report;
+pub mod tpch_bench;
 pub mod transport_bench;
 pub mod workload;

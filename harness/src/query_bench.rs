@@ -103,6 +103,21 @@ impl QueryRun {
     }
 }
 
+impl From<&crate::measure::QueryTiming> for QueryRun {
+    /// The answer and times of a [`crate::measure::time_query`] measurement (its
+    /// settings and router counters dropped), to compare with [`compare`].
+    fn from(t: &crate::measure::QueryTiming) -> QueryRun {
+        QueryRun {
+            name: t.name.clone(),
+            sql: t.sql.clone(),
+            warmup_s: t.warmup_s,
+            times_s: t.times_s.clone(),
+            rows: t.rows.clone(),
+            error: t.error.clone(),
+        }
+    }
+}
+
 /// What one engine did.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineRun {
@@ -495,7 +510,8 @@ pub fn run_duckdb(
 // ---------------------------------------------------------------------------------
 // smrdb
 
-fn smrdb_version() -> String {
+/// smrdb's git revision (`smrdb 1a2b3c4`, `-dirty` when the work tree has changes).
+pub fn smrdb_version() -> String {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -606,8 +622,17 @@ fn number(s: &str) -> Option<f64> {
     s.parse::<f64>().ok()
 }
 
-/// Same value: equal text, equal booleans, or numbers within a relative [`REL_TOL`].
+/// A cell without trailing blanks: a CHAR(n) value comes back blank-padded from one
+/// engine (PostgreSQL's semantics) and unpadded from another (DuckDB has no padded
+/// CHAR), and SQL compares CHAR(n) values ignoring trailing blanks anyway.
+fn unpad(s: &str) -> &str {
+    s.trim_end_matches(' ')
+}
+
+/// Same value: equal text (trailing blanks ignored, see [`unpad`]), equal booleans, or
+/// numbers within a relative [`REL_TOL`].
 fn cells_agree(a: &str, b: &str) -> bool {
+    let (a, b) = (unpad(a), unpad(b));
     if a == b {
         return true;
     }
@@ -623,8 +648,10 @@ fn rows_agree(a: &[String], b: &[String]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| cells_agree(x, y))
 }
 
-/// A total order on cells: numbers (numerically) before booleans before text.
+/// A total order on cells: numbers (numerically) before booleans before text
+/// (trailing blanks ignored).
 fn cell_cmp(a: &str, b: &str) -> Ordering {
+    let (a, b) = (unpad(a), unpad(b));
     let rank = |s: &str| match (number(s), parse_bool(s)) {
         (Some(x), _) => (0, Some(x), None),
         (None, Some(v)) => (1, None, Some(v)),
@@ -647,13 +674,60 @@ fn row_cmp(a: &[String], b: &[String]) -> Ordering {
         .unwrap_or_else(|| a.len().cmp(&b.len()))
 }
 
-/// `sql` with everything inside quotes or parentheses blanked out and letters lower
-/// case, byte for byte the same length: top-level keywords and commas are found in it
-/// at the positions they have in `sql`.
+/// `sql` with everything inside quotes, parentheses or comments (`--` to the end of
+/// the line, `/* */`) blanked out and letters lower case, byte for byte the same
+/// length: top-level keywords and commas are found in it at the positions they have
+/// in `sql`.
 fn top_level(sql: &str) -> Vec<u8> {
+    #[derive(PartialEq)]
+    enum Comment {
+        No,
+        Line,
+        Block,
+    }
+    let bytes = sql.as_bytes();
     let mut out = Vec::with_capacity(sql.len());
     let (mut depth, mut quote) = (0usize, None::<u8>);
-    for &b in sql.as_bytes() {
+    let mut comment = Comment::No;
+    // The '/' of a closing "*/".
+    let mut skip = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        let next = bytes.get(i + 1).copied();
+        if skip {
+            skip = false;
+            out.push(b' ');
+            continue;
+        }
+        match comment {
+            Comment::Line => {
+                if b == b'\n' {
+                    comment = Comment::No;
+                    out.push(b'\n');
+                } else {
+                    out.push(b' ');
+                }
+                continue;
+            }
+            Comment::Block => {
+                if b == b'*' && next == Some(b'/') {
+                    comment = Comment::No;
+                    skip = true;
+                }
+                out.push(b' ');
+                continue;
+            }
+            Comment::No => {}
+        }
+        if quote.is_none() && b == b'-' && next == Some(b'-') {
+            comment = Comment::Line;
+            out.push(b' ');
+            continue;
+        }
+        if quote.is_none() && b == b'/' && next == Some(b'*') {
+            comment = Comment::Block;
+            out.push(b' ');
+            continue;
+        }
         let keep = match quote {
             Some(q) => {
                 if b == q {
@@ -834,8 +908,9 @@ fn order_by(sql: &str) -> Option<OrderBy> {
     })
 }
 
-/// Compares one query's answers (see [`compare_answers`]).
-fn compare(s: &QueryRun, d: &QueryRun) -> Check {
+/// Compares one query's answers, smrdb's `s` with DuckDB's `d`, by the rules of
+/// [`compare_answers`]; the check is named after `s`.
+pub fn compare(s: &QueryRun, d: &QueryRun) -> Check {
     let check = |outcome: &str, detail: String| Check {
         query: s.name.clone(),
         outcome: outcome.into(),
@@ -1333,6 +1408,207 @@ mod tests {
             keys("SELECT a FROM t WHERE s = 'order by b' ORDER BY a"),
             Some(vec![0])
         );
+    }
+
+    /// A run of `sql` with `rows` named Q (what [`compare`] sees of one engine).
+    fn tpch_run(sql: &str, rows: &[&[&str]]) -> QueryRun {
+        run(sql, rows)
+    }
+
+    #[test]
+    fn tpch_answers_equal_up_to_decimal_text_and_float_noise() {
+        // Q1's shape: DECIMAL sums as exact text on one side, DOUBLE averages on the
+        // other; CHAR(1) flags padded or not.
+        let sql = "-- TPC-H Q1: the order by in this comment is not the query's
+                   select l_returnflag, l_linestatus, sum(l_quantity) as sum_qty,                    avg(l_discount) as avg_disc, count(*) as count_order from lineitem                    group by l_returnflag, l_linestatus order by l_returnflag, l_linestatus;";
+        let a = tpch_run(
+            sql,
+            &[
+                &["A", "F", "380456.00", "0.050093", "14876"],
+                &["N", "O", "1500.00", "0.04997714285714285", "7"],
+            ],
+        );
+        let b = tpch_run(
+            sql,
+            &[
+                &["A", "F", "380456", "0.05009300000000001", "14876"],
+                &["N", "O", "1500.0", "0.049977142857142857142857", "7"],
+            ],
+        );
+        assert_eq!(compare(&a, &b).outcome, "agree");
+        assert_eq!(order_by(sql).unwrap().keys, Some(vec![0, 1]));
+    }
+
+    #[test]
+    fn tpch_answers_that_differ() {
+        let sql = "select n_name, sum(x) as revenue from t group by n_name order by revenue desc";
+        let a = tpch_run(sql, &[&["JAPAN", "100.00"], &["CHINA", "50.00"]]);
+        // A value off by more than the tolerance.
+        let b = tpch_run(sql, &[&["JAPAN", "100.00"], &["CHINA", "50.01"]]);
+        let c = compare(&a, &b);
+        assert_eq!(c.outcome, "DIFFER");
+        assert!(c.detail.contains("50.01"), "{}", c.detail);
+        // A row missing.
+        let b = tpch_run(sql, &[&["JAPAN", "100.00"]]);
+        let c = compare(&a, &b);
+        assert_eq!(c.outcome, "DIFFER");
+        assert_eq!(c.detail, "smrdb returned 2 rows, DuckDB 1");
+        // Another text.
+        let b = tpch_run(sql, &[&["JAPAN", "100.00"], &["INDIA", "50.00"]]);
+        assert_eq!(compare(&a, &b).outcome, "DIFFER");
+        // The same rows in the wrong order.
+        let b = tpch_run(sql, &[&["CHINA", "50.00"], &["JAPAN", "100.00"]]);
+        assert_eq!(compare(&a, &b).outcome, "DIFFER");
+        // An empty answer against a non-empty one.
+        let b = tpch_run(sql, &[]);
+        assert_eq!(compare(&a, &b).outcome, "DIFFER");
+        // Empty on both sides agrees.
+        let e = tpch_run(sql, &[]);
+        assert_eq!(compare(&e, &b).outcome, "agree");
+    }
+
+    #[test]
+    fn tpch_padded_char_values_agree_with_unpadded_ones() {
+        // Q7's shape: CHAR(25) nation names, blank-padded by a PostgreSQL-like engine.
+        let sql = "select supp_nation, cust_nation, l_year, sum(volume) as revenue                    from shipping group by supp_nation, cust_nation, l_year                    order by supp_nation, cust_nation, l_year";
+        let pad = |s: &str| format!("{s:<25}");
+        let (fr, de) = (pad("FRANCE"), pad("GERMANY"));
+        let a = tpch_run(
+            sql,
+            &[
+                &[&fr, &de, "1995", "4637235.15"],
+                &[&fr, &de, "1996", "5224779.57"],
+                &[&de, &fr, "1995", "6232818.70"],
+            ],
+        );
+        let b = tpch_run(
+            sql,
+            &[
+                &["FRANCE", "GERMANY", "1995", "4637235.15"],
+                &["FRANCE", "GERMANY", "1996", "5224779.57"],
+                &["GERMANY", "FRANCE", "1995", "6232818.70"],
+            ],
+        );
+        assert_eq!(compare(&a, &b).outcome, "agree");
+        // Unordered too (multiset comparison sorts the padded and unpadded alike).
+        let mut u = a.clone();
+        u.sql = "select supp_nation, cust_nation, l_year, revenue from shipping".into();
+        let mut v = b.clone();
+        v.sql = u.sql.clone();
+        v.rows.reverse();
+        assert_eq!(compare(&u, &v).outcome, "agree");
+        // Padding is not a licence for other differences: leading blanks count.
+        let c = tpch_run(
+            sql,
+            &[
+                &[" FRANCE", "GERMANY", "1995", "4637235.15"],
+                &["FRANCE", "GERMANY", "1996", "5224779.57"],
+                &["GERMANY", "FRANCE", "1995", "6232818.70"],
+            ],
+        );
+        assert_eq!(compare(&a, &c).outcome, "DIFFER");
+        assert!(cells_agree("A         ", "A"));
+        assert!(!cells_agree("A B", "AB"));
+    }
+
+    #[test]
+    fn tpch_ties_may_come_in_any_order_and_a_limit_may_cut_them() {
+        // Q18's shape: ORDER BY o_totalprice desc, o_orderdate LIMIT 100; two orders
+        // with the same price and date are a tie.
+        let sql = "-- TPC-H Q18
+select
+	c_name,
+	c_custkey,
+	o_orderkey,
+	                   o_orderdate,
+	o_totalprice,
+	sum(l_quantity)
+from
+	customer
+                   group by
+	c_name,
+	c_custkey,
+	o_orderkey,
+	o_orderdate,
+	                   o_totalprice
+order by
+	o_totalprice desc,
+	o_orderdate
+limit
+	3;";
+        let o = order_by(sql).unwrap();
+        assert_eq!(o.keys, Some(vec![4, 3]));
+        assert!(o.limit);
+        let r1 = ["Customer#1", "1", "10", "1995-01-01", "500000.00", "301.00"];
+        let r2 = ["Customer#2", "2", "20", "1996-01-01", "400000.00", "302.00"];
+        let r3 = ["Customer#3", "3", "30", "1996-01-01", "400000.00", "303.00"];
+        let r4 = ["Customer#4", "4", "40", "1996-01-01", "400000.00", "304.00"];
+        let a = tpch_run(sql, &[&r1, &r2, &r3]);
+        // The tie (r2, r3) in the other order.
+        let b = tpch_run(sql, &[&r1, &r3, &r2]);
+        let c = compare(&a, &b);
+        assert_eq!(c.outcome, "agree");
+        assert!(c.detail.contains("ties in another order"), "{}", c.detail);
+        // The LIMIT cut the tie (r2, r3, r4) elsewhere: other members, still agree.
+        let b = tpch_run(sql, &[&r1, &r4, &r2]);
+        assert_eq!(compare(&a, &b).outcome, "agree");
+        // A tie that is not at the cut must hold the same members.
+        let mid = sql.replace(
+            "limit
+	3;",
+            "limit
+	4;",
+        );
+        let r5 = ["Customer#5", "5", "50", "1997-01-01", "1.00", "305.00"];
+        let a = tpch_run(&mid, &[&r1, &r2, &r3, &r5]);
+        let b = tpch_run(&mid, &[&r1, &r2, &r4, &r5]);
+        assert_eq!(compare(&a, &b).outcome, "DIFFER");
+        // Rows out of key order are never a tie.
+        let b = tpch_run(&mid, &[&r2, &r1, &r3, &r5]);
+        assert_eq!(compare(&a, &b).outcome, "DIFFER");
+    }
+
+    #[test]
+    fn comments_and_with_clauses_do_not_confuse_the_order_by() {
+        // Q15's shape: the CTE's select and group by are inside parentheses.
+        let q15 = "-- TPC-H Q15: Top Supplier Query
+-- select x from y order by z
+                   with revenue0 (supplier_no, total_revenue) as (
+	select l_suppkey,                    sum(l_extendedprice) from lineitem group by l_suppkey order by 1
+)
+                   select
+	s_suppkey,
+	s_name,
+	total_revenue
+from
+	supplier,                    revenue0
+where
+	s_suppkey = supplier_no /* order by nothing */
+                   order by
+	s_suppkey;";
+        let o = order_by(q15).unwrap();
+        assert_eq!(o.keys, Some(vec![0]));
+        assert!(!o.limit);
+        // A comment with an ORDER BY and no ORDER BY in the query: unordered.
+        assert_eq!(
+            order_by(
+                "-- order by a
+select a from t /* order by a */"
+            ),
+            None
+        );
+        // Comment markers inside strings are text.
+        assert_eq!(
+            order_by("select a from t where s = '--' order by a")
+                .unwrap()
+                .keys,
+            Some(vec![0])
+        );
+        let m = top_level(
+            "a -- b
+c /* d */ e",
+        );
+        assert_eq!(String::from_utf8(m).unwrap(), "a     \nc         e");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use smrdb_harness::cluster::Launch;
-use smrdb_harness::{broadcast_bench, load_bench, paper, query_bench, transport_bench};
+use smrdb_harness::{broadcast_bench, load_bench, paper, query_bench, tpch_bench, transport_bench};
 use smrdb_router::Mode;
 use smrdb_transport::FabricKind;
 
@@ -45,8 +45,11 @@ enum Cmd {
     Pivot(PaperArgs),
     /// The overlap experiment alone: compare-while-receiving on vs off.
     Overlap(PaperArgs),
-    /// The TPC-H experiment alone: Q3/Q5/Q10-shaped queries vs DuckDB, same data.
-    Tpch(PaperArgs),
+    /// The 22 TPC-H queries in their standard form on a smrdb cluster and on DuckDB over
+    /// the same data, every answer compared: a Markdown table on stdout (medians,
+    /// smrdb/DuckDB, answer check, rows, router bytes; the geometric mean of the
+    /// ratios); fails when an answer differs or a query errors.
+    Tpch(TpchArgs),
 }
 
 /// Options shared by `paper` and the experiment subcommands.
@@ -166,6 +169,151 @@ fn run_paper(a: &PaperArgs, only: Option<paper::Experiment>) -> Result<()> {
     let o = a.options(only)?;
     let report = paper::run(&o)?;
     println!("report: {}", report.display());
+    Ok(())
+}
+
+/// `smrdb-bench tpch`.
+#[derive(Args)]
+struct TpchArgs {
+    /// TPC-H scale factor.
+    #[arg(long, default_value_t = 0.1)]
+    scale: f64,
+    /// SF 0.01 and 3 repeats (the paper's --quick shape).
+    #[arg(long, conflicts_with = "scale")]
+    quick: bool,
+    /// Queries to run, comma-separated numbers 1..22, in this order [default: all].
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<usize>,
+    /// shm, tcp or verbs.
+    #[arg(long, default_value = "shm")]
+    fabric: String,
+    /// verbs device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Nodes.
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    /// Tstores per node.
+    #[arg(long, default_value_t = 2)]
+    tstores: u32,
+    /// Timed repeats per query and engine (after one warm-up); the median is reported
+    /// [default: 5, --quick 3].
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// DuckDB's threads.
+    #[arg(long, default_value_t = 2)]
+    duckdb_threads: u32,
+    /// Engines to run, comma-separated: smrdb, duckdb (answers are compared when both
+    /// run).
+    #[arg(long, value_delimiter = ',', default_value = "smrdb,duckdb")]
+    engines: Vec<String>,
+    /// smrdb's statement_timeout per query run, seconds (0: none).
+    #[arg(long, default_value_t = tpch_bench::DEFAULT_TIMEOUT_S)]
+    timeout: u64,
+    /// Write the report (every repeat and answer of both engines) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Generated data is kept (and reused) here [default: $TMPDIR/smrdb-paper-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run on the cluster of this file instead of a local one.
+    #[arg(long)]
+    cluster_file: Option<PathBuf>,
+    /// With --cluster-file: print, ssh or running (see `paper`).
+    #[arg(long, default_value = "print")]
+    launch: String,
+    /// Logs of the local cluster [default: DATA_DIR/tpch-logs].
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// The venv with DuckDB, created and filled when needed
+    /// [default: ~/.cache/smrdb-bench/venv].
+    #[arg(long)]
+    venv: Option<PathBuf>,
+    /// The interpreter that creates the venv.
+    #[arg(long, default_value = "python3")]
+    python: String,
+}
+
+fn parse_engines(names: &[String]) -> Result<Vec<query_bench::Engine>> {
+    names
+        .iter()
+        .map(|e| match e.as_str() {
+            "smrdb" => Ok(query_bench::Engine::Smrdb),
+            "duckdb" => Ok(query_bench::Engine::Duckdb),
+            other => Err(anyhow::anyhow!("unknown engine {other:?} (smrdb, duckdb)")),
+        })
+        .collect()
+}
+
+/// Runs `smrdb-bench tpch` (see [`TpchArgs`]).
+fn run_tpch(a: &TpchArgs) -> Result<()> {
+    use smrdb_harness::cluster::{Cluster, ClusterSpec};
+    use smrdb_harness::progress;
+
+    let sf = if a.quick { 0.01 } else { a.scale };
+    anyhow::ensure!(
+        sf.is_finite() && sf > 0.0,
+        "--scale must be a positive number"
+    );
+    anyhow::ensure!(
+        a.nodes >= 1 && a.tstores >= 1,
+        "--nodes and --tstores must be at least 1"
+    );
+    let launch = match a.launch.as_str() {
+        "print" => Launch::Print,
+        "ssh" => Launch::Ssh,
+        "running" => Launch::Running,
+        o => anyhow::bail!("--launch {o:?}: print, ssh or running"),
+    };
+    progress::install_ctrlc()?;
+    let data_dir = a.data_dir.clone().unwrap_or_else(paper::default_data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let log_dir = a
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("tpch-logs"));
+    let o = tpch_bench::Options {
+        sf,
+        queries: a.queries.clone(),
+        repeats: a.repeats.unwrap_or(if a.quick { 3 } else { 5 }).max(1),
+        duckdb_threads: a.duckdb_threads.max(1),
+        venv: a
+            .venv
+            .clone()
+            .unwrap_or_else(|| query_bench::default_venv(&data_dir)),
+        python: a.python.clone(),
+        engines: parse_engines(&a.engines)?,
+        data_dir,
+        timeout_s: a.timeout,
+    };
+    let mut spec = ClusterSpec::new(&a.fabric, a.nodes, a.tstores);
+    spec.device = a.device.clone();
+    let start = || match &a.cluster_file {
+        Some(f) => Cluster::from_file_until(f, launch, &log_dir, &progress::stop_requested),
+        None => Cluster::start_local_until(&spec, &log_dir, &progress::stop_requested),
+    };
+    let r = tpch_bench::run(&o, &start, &|m| eprintln!("tpch: {m}"))
+        .with_context(|| format!("TPC-H SF {sf} ({})", tpch_bench::queries_label(&a.queries)))?;
+    println!(
+        "### TPC-H SF {sf}: smrdb {} vs {}\n",
+        r.cluster.as_deref().unwrap_or("(not run)"),
+        r.duckdb_version.as_deref().unwrap_or("DuckDB (not run)")
+    );
+    println!("{}", tpch_bench::markdown(&r));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("write {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    if !r.failures().is_empty() {
+        anyhow::bail!(
+            "TPC-H SF {sf}: {} (the table above has every message)",
+            r.failure_summary()
+        );
+    }
+    if r.interrupted {
+        anyhow::bail!("interrupted");
+    }
     Ok(())
 }
 
@@ -508,15 +656,7 @@ fn run_query(a: &QueryArgs) -> Result<()> {
         .work_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("smrdb-query-bench"));
-    let engines = a
-        .engines
-        .iter()
-        .map(|e| match e.as_str() {
-            "smrdb" => Ok(query_bench::Engine::Smrdb),
-            "duckdb" => Ok(query_bench::Engine::Duckdb),
-            other => Err(anyhow::anyhow!("unknown engine {other:?} (smrdb, duckdb)")),
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let engines = parse_engines(&a.engines)?;
     let o = query_bench::Options {
         fabric: a.fabric.clone(),
         nodes: a.nodes,
@@ -657,7 +797,7 @@ fn main() -> Result<()> {
         Cmd::Scaling(a) => run_paper(&a, Some(paper::Experiment::Scaling))?,
         Cmd::Pivot(a) => run_paper(&a, Some(paper::Experiment::Pivot))?,
         Cmd::Overlap(a) => run_paper(&a, Some(paper::Experiment::Overlap))?,
-        Cmd::Tpch(a) => run_paper(&a, Some(paper::Experiment::Tpch))?,
+        Cmd::Tpch(a) => run_tpch(&a)?,
         Cmd::BroadcastNode(a) => {
             let modes = a.modes()?;
             let id = a.id.context("--id is required")?;

@@ -1,0 +1,32 @@
+-- TPC-H Q11: Important Stock Identification Query
+-- The TPC-H specification's query text with the validation substitution parameters:
+-- NATION = GERMANY, FRACTION = 0.0001.
+-- FRACTION is the validation value 0.0001 at every scale factor (the spec
+-- uses 0.0001 / SF outside validation runs).
+select
+	ps_partkey,
+	sum(ps_supplycost * ps_availqty) as value
+from
+	partsupp,
+	supplier,
+	nation
+where
+	ps_suppkey = s_suppkey
+	and s_nationkey = n_nationkey
+	and n_name = 'GERMANY'
+group by
+	ps_partkey having
+		sum(ps_supplycost * ps_availqty) > (
+			select
+				sum(ps_supplycost * ps_availqty) * 0.0001
+			from
+				partsupp,
+				supplier,
+				nation
+			where
+				ps_suppkey = s_suppkey
+				and s_nationkey = n_nationkey
+				and n_name = 'GERMANY'
+		)
+order by
+	value desc;
