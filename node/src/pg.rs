@@ -1,6 +1,7 @@
 //! The Postgres wire-protocol front end (pgwire): simple and extended query
-//! protocols, `COPY ... FROM STDIN`, typed results (INT4, INT8, FLOAT8, TEXT, DATE,
-//! BOOL; text and binary formats), errors with SQLSTATEs.
+//! protocols, `COPY ... FROM STDIN`, typed results (each Arrow result column as its
+//! PostgreSQL type, in text and binary format: [`crate::values`]), errors with
+//! SQLSTATEs.
 //!
 //! Authentication ([`crate::auth`]): `trust` accepts any user and database name (the
 //! documented ones are `smrdb` / `smrdb`); `md5` and `scram-sha-256` check the user's
@@ -21,6 +22,7 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use arrow_schema::{Field, FieldRef};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{stream, Sink, SinkExt};
@@ -50,7 +52,7 @@ use crate::copy::CopyFormat;
 use crate::engine::{CommandTag, Engine, Output, Session};
 use crate::error::Error;
 use crate::sqltext::{bind_params, count_params, quote_literal, split_statements};
-use crate::values::{civil_from_days, encode_rows, pg_oid, PG_EPOCH_DAYS};
+use crate::values::{civil_from_days, encode_rows, pg_type, PG_EPOCH_DAYS};
 
 fn user_error(e: &Error) -> ErrorInfo {
     ErrorInfo::new("ERROR".into(), e.sqlstate().to_string(), e.client_message())
@@ -58,10 +60,6 @@ fn user_error(e: &Error) -> ErrorInfo {
 
 fn pg_error(e: &Error) -> PgWireError {
     PgWireError::UserError(Box::new(user_error(e)))
-}
-
-fn pg_type(t: DataType) -> Type {
-    Type::from_oid(pg_oid(t)).unwrap_or(Type::TEXT)
 }
 
 fn tag(t: &CommandTag) -> Tag {
@@ -75,14 +73,28 @@ fn tag(t: &CommandTag) -> Tag {
     g
 }
 
-fn fields(columns: &[(String, DataType)], format: Option<&Format>) -> Vec<FieldInfo> {
+/// RowDescription fields of result columns: each Arrow field's PostgreSQL type
+/// ([`pg_type`]: OID, type modifier, width) in the format the client asked for.
+fn fields(columns: &[FieldRef], format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
     columns
         .iter()
         .enumerate()
-        .map(|(i, (n, t))| {
+        .map(|(i, field)| {
             let f = format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text);
-            FieldInfo::new(n.clone(), None, None, pg_type(*t), f)
+            let t = pg_type(field).map_err(|e| pg_error(&e))?;
+            Ok(FieldInfo::new(field.name().clone(), None, None, t.ty, f)
+                .with_type_modifier(t.typmod)
+                .with_type_size(t.typlen))
         })
+        .collect()
+}
+
+/// Arrow fields of columns described by name and smrdb type (until the engine
+/// describes its results in Arrow).
+fn arrow_fields(columns: &[(String, DataType)]) -> Vec<FieldRef> {
+    columns
+        .iter()
+        .map(|(n, t)| Arc::new(Field::new(n, t.to_arrow(), true)))
         .collect()
 }
 
@@ -362,7 +374,16 @@ impl Conn {
                 batch,
                 command,
             } => {
-                let schema = Arc::new(fields(&columns, format));
+                // The batch's fields (types and metadata) under the statement's
+                // column names.
+                let arrow: Vec<FieldRef> = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .zip(&columns)
+                    .map(|(f, (n, _))| Arc::new(f.as_ref().clone().with_name(n)))
+                    .collect();
+                let schema = Arc::new(fields(&arrow, format)?);
                 let binary: Vec<bool> = schema
                     .iter()
                     .map(|f| f.format() == FieldFormat::Binary)
@@ -585,11 +606,10 @@ impl QueryParser for Parser {
         stmt: &Prepared,
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        Ok(stmt
-            .columns
-            .as_deref()
-            .map(|c| fields(c, format))
-            .unwrap_or_default())
+        match stmt.columns.as_deref() {
+            Some(c) => fields(&arrow_fields(c), format),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
