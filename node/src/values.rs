@@ -24,6 +24,11 @@
 //! | Null | text (25), every value NULL |
 //!
 //! Any other Arrow type is an error 0A000 naming it.
+//!
+//! Parameters: [`param_literal`] turns a parameter of the extended protocol, in text or
+//! binary format, into a typed SQL literal, with the parsers it uses ([`parse_int`],
+//! [`parse_float`], [`parse_numeric`], [`numeric_from_binary`], [`parse_bool`],
+//! [`parse_date`], [`parse_timestamp`], [`parse_interval`]).
 
 use std::io::Write as _;
 
@@ -40,6 +45,7 @@ use arrow_schema::{DataType as ArrowType, Field, IntervalUnit, TimeUnit};
 use pgwire::api::Type;
 
 use crate::error::{Error, Result};
+use crate::sqltext::quote_literal as quote;
 
 /// Days from 1970-01-01 to 2000-01-01 (the Postgres binary date epoch).
 pub const PG_EPOCH_DAYS: i32 = 10_957;
@@ -857,4 +863,1117 @@ fn numeric_send(neg: bool, digits: &str, scale: i8, out: &mut Vec<u8>) {
     for g in groups {
         out.extend(g.to_be_bytes());
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------
+
+fn invalid(ty: &str, s: &str) -> Error {
+    Error::sql(
+        "22P02",
+        format!("invalid input syntax for type {ty}: \"{s}\""),
+    )
+}
+
+/// PostgreSQL's error for malformed date, timestamp and interval input (22007).
+fn invalid_datetime(ty: &str, s: &str) -> Error {
+    Error::sql(
+        "22007",
+        format!("invalid input syntax for type {ty}: \"{s}\""),
+    )
+}
+
+fn bad_binary(what: &str) -> Error {
+    Error::sql(
+        "22P03",
+        format!("incorrect binary data format for type {what}"),
+    )
+}
+
+/// Parses PostgreSQL integer input (surrounding whitespace, an optional sign, decimal
+/// digits) for a `bits`-bit integer (16, 32 or 64).
+///
+/// # Errors
+/// 22P02 for malformed input, 22003 for a value out of range.
+pub fn parse_int(s: &str, bits: u32) -> Result<i64> {
+    let name = match bits {
+        16 => "smallint",
+        32 => "integer",
+        _ => "bigint",
+    };
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(name, s));
+    }
+    let out_of_range = || {
+        Error::sql(
+            "22003",
+            format!("value \"{s}\" is out of range for type {name}"),
+        )
+    };
+    let v: i64 = t.parse().map_err(|_| out_of_range())?;
+    let fits = match bits {
+        16 => i16::try_from(v).is_ok(),
+        32 => i32::try_from(v).is_ok(),
+        _ => true,
+    };
+    if fits {
+        Ok(v)
+    } else {
+        Err(out_of_range())
+    }
+}
+
+/// Parses PostgreSQL float input (`1.5`, ` -2e-3 `, `NaN`, `Infinity`, `-inf`, ...) as
+/// a float4 (`single`, rounded to f32) or float8.
+///
+/// # Errors
+/// 22P02 for malformed input, 22003 for a value out of the type's range (overflow, or
+/// a non-zero value that underflows to zero).
+pub fn parse_float(s: &str, single: bool) -> Result<f64> {
+    let name = if single { "real" } else { "double precision" };
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    let body = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let lower = body.to_ascii_lowercase();
+    let special = matches!(lower.as_str(), "nan" | "inf" | "infinity");
+    if !special {
+        // strtod's decimal syntax (Rust's parser also takes these, and more words).
+        let (mant, exp) = match lower.split_once('e') {
+            Some((m, e)) => (m, Some(e)),
+            None => (lower.as_str(), None),
+        };
+        let (i, f) = mant.split_once('.').unwrap_or((mant, ""));
+        let ok_mant = !(i.is_empty() && f.is_empty())
+            && i.bytes().all(|b| b.is_ascii_digit())
+            && f.bytes().all(|b| b.is_ascii_digit());
+        let ok_exp = exp.is_none_or(|e| {
+            let d = e.strip_prefix(['+', '-']).unwrap_or(e);
+            !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+        });
+        if !ok_mant || !ok_exp {
+            return Err(invalid(name, s));
+        }
+    }
+    let out_of_range = || Error::sql("22003", format!("\"{s}\" is out of range for type {name}"));
+    let nonzero = !special
+        && lower
+            .split('e')
+            .next()
+            .is_some_and(|m| m.bytes().any(|b| (b'1'..=b'9').contains(&b)));
+    let v: f64 = if single {
+        f64::from(t.parse::<f32>().map_err(|_| invalid(name, s))?)
+    } else {
+        t.parse::<f64>().map_err(|_| invalid(name, s))?
+    };
+    if !special && (v.is_infinite() || (v == 0.0 && nonzero)) {
+        return Err(out_of_range());
+    }
+    Ok(v)
+}
+
+/// Parses PostgreSQL numeric input (` -12.50 `, `1.5e3`, `.5`, `NaN`, `Infinity`) into
+/// its canonical text: plain decimal notation with PostgreSQL's display scale
+/// (`1.5e3` is `1500`, `1e-3` is `0.001`, `-0.00` is `0.00`), or `NaN`, `Infinity`,
+/// `-Infinity`.
+///
+/// # Errors
+/// 22P02 for malformed input; 22003 for a value beyond numeric's limits (131072
+/// digits before the point, 16383 after it), as PostgreSQL.
+pub fn parse_numeric(s: &str) -> Result<String> {
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    let (neg, body) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let lower = body.to_ascii_lowercase();
+    match lower.as_str() {
+        "nan" if body.len() == t.len() => return Ok("NaN".into()),
+        "inf" | "infinity" => return Ok(if neg { "-Infinity" } else { "Infinity" }.into()),
+        _ => {}
+    }
+    let overflow = || Error::sql("22003", "value overflows numeric format");
+    let (mant, exp) = match lower.split_once('e') {
+        Some((m, e)) => {
+            let d = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if d.is_empty() || !d.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid("numeric", s));
+            }
+            (m, e.parse::<i64>().map_err(|_| overflow())?)
+        }
+        None => (lower.as_str(), 0),
+    };
+    let (i, f) = mant.split_once('.').unwrap_or((mant, ""));
+    if (i.is_empty() && f.is_empty())
+        || !i.bytes().all(|b| b.is_ascii_digit())
+        || !f.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid("numeric", s));
+    }
+    // value = 0.(i f) x 10^(len(i) + exp); display scale = max(len(f) - exp, 0).
+    let digits = format!("{i}{f}");
+    let point = (i.len() as i64).saturating_add(exp); // digits before the point
+    let dscale = (f.len() as i64).saturating_sub(exp).max(0);
+    if dscale > 16_383 {
+        return Err(overflow());
+    }
+    let first = digits.bytes().position(|b| b != b'0');
+    if let Some(k) = first {
+        if point - k as i64 > 131_072 {
+            return Err(overflow());
+        }
+    }
+    let digit = |k: i64| -> char {
+        if k < 0 {
+            '0'
+        } else {
+            digits
+                .as_bytes()
+                .get(k as usize)
+                .map_or('0', |b| char::from(*b))
+        }
+    };
+    let int: String = match first {
+        Some(k) if (k as i64) < point => (k as i64..point).map(digit).collect(),
+        _ => String::new(),
+    };
+    let frac: String = (point..point + dscale).map(digit).collect();
+    // Every digit is shown (the display scale covers the fraction digits given).
+    let zero = first.is_none();
+    let mut out = String::new();
+    if neg && !zero {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { &int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(&frac);
+    }
+    Ok(out)
+}
+
+/// Decodes PostgreSQL's binary numeric (numeric_recv) into its canonical text (see
+/// [`parse_numeric`]; digits beyond the display scale are truncated away, as
+/// PostgreSQL does).
+///
+/// # Errors
+/// 22P03 for a malformed value.
+pub fn numeric_from_binary(b: &[u8]) -> Result<String> {
+    let bad = || bad_binary("numeric");
+    let word = |k: usize| -> Result<u16> {
+        b.get(2 * k..2 * k + 2)
+            .map(|w| u16::from_be_bytes([w[0], w[1]]))
+            .ok_or_else(bad)
+    };
+    let ndigits = word(0)? as i16;
+    let weight = i64::from(word(1)? as i16);
+    let sign = word(2)?;
+    let dscale = word(3)?;
+    if ndigits < 0 || b.len() != 8 + 2 * ndigits as usize {
+        return Err(bad());
+    }
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        _ => return Err(bad()),
+    }
+    if dscale > 0x3FFF {
+        return Err(bad());
+    }
+    let mut groups = Vec::with_capacity(ndigits as usize);
+    for k in 0..ndigits as usize {
+        let g = word(4 + k)?;
+        if g > 9999 {
+            return Err(bad());
+        }
+        groups.push(g);
+    }
+    // Digit group k has base-10000 exponent weight - k.
+    let group_at = |e: i64| -> u16 {
+        let k = weight - e;
+        if k < 0 || k >= groups.len() as i64 {
+            0
+        } else {
+            groups[k as usize]
+        }
+    };
+    let mut int = String::new();
+    for e in (0..=weight.max(0)).rev() {
+        let g = group_at(e);
+        if int.is_empty() {
+            if g != 0 || e == 0 {
+                int.push_str(&g.to_string());
+            }
+        } else {
+            int.push_str(&format!("{g:04}"));
+        }
+    }
+    let mut frac = String::new();
+    let mut e = -1;
+    while frac.len() < usize::from(dscale) {
+        frac.push_str(&format!("{:04}", group_at(e)));
+        e -= 1;
+    }
+    frac.truncate(usize::from(dscale));
+    let zero = int == "0" && frac.bytes().all(|b| b == b'0');
+    let mut out = String::new();
+    if sign == 0x4000 && !zero {
+        out.push('-');
+    }
+    out.push_str(&int);
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(&frac);
+    }
+    Ok(out)
+}
+
+/// Parses PostgreSQL boolean input: `t`, `true`, `yes`, `on`, `1` and `f`, `false`,
+/// `no`, `off`, `0`, any case, any unambiguous prefix of the words, surrounding
+/// whitespace allowed.
+///
+/// # Errors
+/// 22P02 for anything else.
+pub fn parse_bool(s: &str) -> Result<bool> {
+    let t = s
+        .trim_matches(|c: char| c.is_ascii_whitespace())
+        .to_ascii_lowercase();
+    let prefix = |word: &str, min: usize| t.len() >= min && word.starts_with(t.as_str());
+    if prefix("true", 1) || prefix("yes", 1) || prefix("on", 2) || t == "1" {
+        Ok(true)
+    } else if prefix("false", 1) || prefix("no", 1) || prefix("off", 2) || t == "0" {
+        Ok(false)
+    } else {
+        Err(invalid("boolean", s))
+    }
+}
+
+/// A parsed date: days since 1970-01-01, or one of PostgreSQL's infinities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgDate {
+    /// `-infinity`.
+    NegInfinity,
+    /// Days since 1970-01-01.
+    Days(i32),
+    /// `infinity`.
+    Infinity,
+}
+
+/// Splits a trailing era word (`BC` / `AD`) off `s`.
+fn strip_era(s: &str) -> (&str, bool) {
+    let t = s.trim_end();
+    let lower = t.to_ascii_lowercase();
+    for (era, bc) in [("bc", true), ("ad", false)] {
+        if lower.ends_with(era) && t.len() > 2 {
+            let head = &t[..t.len() - 2];
+            if head.ends_with(|c: char| c.is_ascii_whitespace() || c.is_ascii_digit()) {
+                return (head.trim_end(), bc);
+            }
+        }
+    }
+    (t, false)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// `YYYY-MM-DD` (year of one or more digits) or `YYYYMMDD` into days since 1970, or
+/// `None` if malformed; `Err` if a field is out of range.
+fn iso_date(s: &str, bc: bool, input: &str) -> Result<Option<i64>> {
+    let (y, m, d) = if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) {
+        (&s[..4], &s[4..6], &s[6..]) // YYYYMMDD
+    } else {
+        let mut it = s.splitn(3, '-');
+        let (Some(y), Some(m), Some(d)) = (it.next(), it.next(), it.next()) else {
+            return Ok(None);
+        };
+        (y, m, d)
+    };
+    let num = |p: &str, max: usize| -> Option<i64> {
+        (!p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse().ok())
+            .flatten()
+    };
+    let (Some(y), Some(m), Some(d)) = (num(y, 9), num(m, 2), num(d, 2)) else {
+        return Ok(None);
+    };
+    let field_range = || {
+        Error::sql(
+            "22008",
+            format!("date/time field value out of range: \"{input}\""),
+        )
+    };
+    if y == 0 || !(1..=12).contains(&m) {
+        return Err(field_range());
+    }
+    let y = if bc { 1 - y } else { y };
+    if d < 1 || d > i64::from(days_in_month(y, m as u32)) {
+        return Err(field_range());
+    }
+    Ok(Some(days_from_civil(y, m as u32, d as u32)))
+}
+
+/// Parses PostgreSQL date input in ISO form: `YYYY-MM-DD` or `YYYYMMDD`, optionally
+/// followed by a time of day (ignored) and `BC` / `AD`; also `epoch`, `infinity`,
+/// `-infinity`. (PostgreSQL reads more forms, such as `Jan 8 1999` or `1/8/1999`;
+/// those are 22007 here.)
+///
+/// # Errors
+/// 22P02 for another form, 22008 for a field or the date out of range.
+pub fn parse_date(s: &str) -> Result<PgDate> {
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    match t.to_ascii_lowercase().as_str() {
+        "epoch" => return Ok(PgDate::Days(0)),
+        "infinity" | "+infinity" => return Ok(PgDate::Infinity),
+        "-infinity" => return Ok(PgDate::NegInfinity),
+        _ => {}
+    }
+    let (body, bc) = strip_era(t);
+    let date = body
+        .split(|c: char| c.is_ascii_whitespace() || c == 'T' || c == 't')
+        .next()
+        .unwrap_or("");
+    let days = iso_date(date, bc, s)?.ok_or_else(|| invalid_datetime("date", s))?;
+    if !(PG_MIN_DATE..PG_END_DATE).contains(&(days - i64::from(PG_EPOCH_DAYS))) {
+        return Err(date_out_of_range());
+    }
+    Ok(PgDate::Days(days as i32))
+}
+
+/// Parses a fraction of a second (the digits after the point) into microseconds, as
+/// PostgreSQL does (`rint(strtod("0.digits") * 1e6)`).
+fn fraction_micros(digits: &str) -> Option<i64> {
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let f: f64 = format!("0.{digits}").parse().ok()?;
+    Some((f * 1e6).round_ties_even() as i64)
+}
+
+/// `HH:MM[:SS[.ffffff]]` into microseconds; `None` if malformed, `Err` if a field is
+/// out of range (hour 24 only as `24:00:00`, second 60 allowed, as PostgreSQL).
+fn time_of_day(s: &str, input: &str) -> Result<Option<i64>> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if !(2..=3).contains(&parts.len()) {
+        return Ok(None);
+    }
+    let num = |p: &str| -> Option<i64> {
+        (!p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse().ok())
+            .flatten()
+    };
+    let (Some(h), Some(m)) = (num(parts[0]), num(parts[1])) else {
+        return Ok(None);
+    };
+    let (sec, frac) = match parts.get(2) {
+        None => (0, 0),
+        Some(p) => {
+            let (sec, f) = p.split_once('.').unwrap_or((p, ""));
+            let (Some(sec), Some(f)) = (num(sec), fraction_micros(f)) else {
+                return Ok(None);
+            };
+            (sec, f)
+        }
+    };
+    if m > 59 || sec > 60 || h > 24 || (h == 24 && (m > 0 || sec > 0 || frac > 0)) {
+        return Err(Error::sql(
+            "22008",
+            format!("date/time field value out of range: \"{input}\""),
+        ));
+    }
+    Ok(Some(
+        h * MICROS_PER_HOUR + m * MICROS_PER_MINUTE + sec * MICROS_PER_SECOND + frac,
+    ))
+}
+
+/// A time zone offset east of UTC in seconds: `Z`, `UTC`, `GMT`, `+HH`, `+HH:MM`,
+/// `+HHMM`, `+HH:MM:SS` (and `-`).
+fn tz_offset(s: &str) -> Option<i64> {
+    let l = s.to_ascii_lowercase();
+    if matches!(l.as_str(), "z" | "utc" | "gmt" | "zulu" | "ut") {
+        return Some(0);
+    }
+    let (neg, body) = match l.as_bytes().first()? {
+        b'+' => (false, &l[1..]),
+        b'-' => (true, &l[1..]),
+        _ => return None,
+    };
+    let d2 = |p: &str| -> Option<i64> {
+        (!p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse().ok())
+            .flatten()
+    };
+    let parts: Vec<&str> = body.split(':').collect();
+    let (h, m, sec) = match parts.as_slice() {
+        [hm] if hm.len() == 4 && hm.bytes().all(|b| b.is_ascii_digit()) => {
+            (d2(&hm[..2])?, d2(&hm[2..])?, 0)
+        }
+        [h] => (d2(h)?, 0, 0),
+        [h, m] => (d2(h)?, d2(m)?, 0),
+        [h, m, s] => (d2(h)?, d2(m)?, d2(s)?),
+        _ => return None,
+    };
+    if h > 15 || m > 59 || sec > 59 {
+        return None;
+    }
+    let off = h * 3600 + m * 60 + sec;
+    Some(if neg { -off } else { off })
+}
+
+/// Parses PostgreSQL timestamp input in ISO form, `YYYY-MM-DD[( |T)HH:MM[:SS[.f]]]`
+/// (or `YYYYMMDD` for the date)
+/// with an optional zone offset (`Z`, `UTC`, `+05`, `-03:30`, `+0530`) and `BC` / `AD`;
+/// also `epoch`, `infinity`, `-infinity`. Returns microseconds since 2000-01-01
+/// (`i64::MIN` / `i64::MAX` for the infinities). A timestamptz (`with_tz`) is moved to
+/// UTC by its offset (none: the session's zone, UTC); a timestamp ignores the offset,
+/// as PostgreSQL does. Fractions beyond microseconds are rounded.
+///
+/// # Errors
+/// 22P02 for another form, 22008 for a field or the timestamp out of range.
+pub fn parse_timestamp(s: &str, with_tz: bool) -> Result<i64> {
+    let name = if with_tz {
+        "timestamp with time zone"
+    } else {
+        "timestamp without time zone"
+    };
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    match t.to_ascii_lowercase().as_str() {
+        "epoch" => return Ok(-PG_EPOCH_MICROS),
+        "infinity" | "+infinity" => return Ok(i64::MAX),
+        "-infinity" => return Ok(i64::MIN),
+        _ => {}
+    }
+    let (body, bc) = strip_era(t);
+    // Date, then the time (after a space or T), then an optional zone.
+    let split = body
+        .find(|c: char| c.is_ascii_whitespace() || c == 'T' || c == 't')
+        .unwrap_or(body.len());
+    let (date, rest) = body.split_at(split);
+    let rest = match rest.strip_prefix(['T', 't']) {
+        Some("") => return Err(invalid_datetime(name, s)),
+        Some(r) => r,
+        None => rest.trim_start_matches(|c: char| c.is_ascii_whitespace()),
+    };
+    let days = iso_date(date, bc, s)?.ok_or_else(|| invalid_datetime(name, s))?;
+    let (time, zone) = if rest.is_empty() {
+        (0, 0)
+    } else {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == ':' || c == '.'))
+            .unwrap_or(rest.len());
+        let (tm, zone) = rest.split_at(end);
+        let time = time_of_day(tm, s)?.ok_or_else(|| invalid_datetime(name, s))?;
+        let zone = zone.trim();
+        let off = if zone.is_empty() {
+            0
+        } else {
+            tz_offset(zone).ok_or_else(|| invalid_datetime(name, s))?
+        };
+        (time, off)
+    };
+    let mut us = i128::from(days) * i128::from(MICROS_PER_DAY) + i128::from(time)
+        - i128::from(PG_EPOCH_MICROS);
+    if with_tz {
+        us -= i128::from(zone) * i128::from(MICROS_PER_SECOND);
+    }
+    i64::try_from(us)
+        .ok()
+        .filter(|v| (PG_MIN_TIMESTAMP..PG_END_TIMESTAMP).contains(v))
+        .ok_or_else(timestamp_out_of_range)
+}
+
+/// Interval fields, as PostgreSQL's `pg_itm_in` while it reads interval input.
+#[derive(Default)]
+struct Itm {
+    years: i32,
+    months: i32,
+    days: i32,
+    micros: i64,
+}
+
+/// A unit of interval input (PostgreSQL's DecodeUnits table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IvUnit {
+    Micro,
+    Milli,
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+    Year,
+    Decade,
+    Century,
+    Millennium,
+}
+
+impl IvUnit {
+    /// The unit named `word` (compared on its first 10 letters, as PostgreSQL).
+    fn named(word: &str) -> Option<IvUnit> {
+        let w = &word[..word.len().min(10)];
+        Some(match w {
+            "us" | "usec" | "usecs" | "usecond" | "useconds" | "microsecon" => IvUnit::Micro,
+            "ms" | "msec" | "msecs" | "msecond" | "mseconds" | "millisecon" => IvUnit::Milli,
+            "s" | "sec" | "secs" | "second" | "seconds" => IvUnit::Second,
+            "m" | "min" | "mins" | "minute" | "minutes" => IvUnit::Minute,
+            "h" | "hr" | "hrs" | "hour" | "hours" => IvUnit::Hour,
+            "d" | "day" | "days" => IvUnit::Day,
+            "w" | "week" | "weeks" => IvUnit::Week,
+            "mon" | "mons" | "month" | "months" => IvUnit::Month,
+            "y" | "yr" | "yrs" | "year" | "years" => IvUnit::Year,
+            "dec" | "decs" | "decade" | "decades" => IvUnit::Decade,
+            "c" | "cent" | "century" | "centuries" => IvUnit::Century,
+            "mil" | "mils" | "millennia" | "millennium" => IvUnit::Millennium,
+            _ => return None,
+        })
+    }
+
+    /// The field bit a unit sets (a field given twice is an error).
+    fn mask(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+/// The bits of the seconds fields (a time `HH:MM:SS` sets these and hours, minutes).
+const SECS_MASK: u32 =
+    (1 << IvUnit::Second as u32) | (1 << IvUnit::Milli as u32) | (1 << IvUnit::Micro as u32);
+const TIME_MASK: u32 = SECS_MASK | (1 << IvUnit::Minute as u32) | (1 << IvUnit::Hour as u32);
+
+/// An interval input error: malformed (22007) or a field out of range (22015).
+enum IvErr {
+    Format,
+    Overflow,
+}
+
+type IvResult<T = ()> = std::result::Result<T, IvErr>;
+
+fn i32_of(v: i64) -> IvResult<i32> {
+    i32::try_from(v).map_err(|_| IvErr::Overflow)
+}
+
+impl Itm {
+    /// AdjustFractMicroseconds: `frac` of `scale` microseconds, rounded.
+    fn fract_micros(&mut self, frac: f64, scale: i64) -> IvResult {
+        if frac == 0.0 {
+            return Ok(());
+        }
+        let f = frac * scale as f64;
+        let whole = f as i64;
+        let us = whole + (f - whole as f64).round_ties_even() as i64;
+        self.micros = self.micros.checked_add(us).ok_or(IvErr::Overflow)?;
+        Ok(())
+    }
+    /// AdjustMicroseconds: `val` + `frac` units of `scale` microseconds.
+    fn micros(&mut self, val: i64, frac: f64, scale: i64) -> IvResult {
+        let us = val.checked_mul(scale).ok_or(IvErr::Overflow)?;
+        self.micros = self.micros.checked_add(us).ok_or(IvErr::Overflow)?;
+        self.fract_micros(frac, scale)
+    }
+    /// AdjustFractDays: `frac` × `scale` days, whole days then microseconds.
+    fn fract_days(&mut self, frac: f64, scale: i32) -> IvResult {
+        if frac == 0.0 {
+            return Ok(());
+        }
+        let f = frac * f64::from(scale);
+        let extra = f as i32;
+        self.days = self.days.checked_add(extra).ok_or(IvErr::Overflow)?;
+        self.fract_micros(f - f64::from(extra), MICROS_PER_DAY)
+    }
+    /// AdjustDays.
+    fn days(&mut self, val: i64, scale: i32) -> IvResult {
+        let d = i32_of(val)?.checked_mul(scale).ok_or(IvErr::Overflow)?;
+        self.days = self.days.checked_add(d).ok_or(IvErr::Overflow)?;
+        Ok(())
+    }
+    /// AdjustYears and AdjustFractYears.
+    fn years(&mut self, val: i64, frac: f64, scale: i32) -> IvResult {
+        let y = i32_of(val)?.checked_mul(scale).ok_or(IvErr::Overflow)?;
+        self.years = self.years.checked_add(y).ok_or(IvErr::Overflow)?;
+        let extra = (frac * f64::from(scale) * 12.0).round_ties_even() as i32;
+        self.months = self.months.checked_add(extra).ok_or(IvErr::Overflow)?;
+        Ok(())
+    }
+    /// `val.frac` of `unit`.
+    fn add(&mut self, unit: IvUnit, val: i64, frac: f64) -> IvResult {
+        match unit {
+            IvUnit::Micro => self.micros(val, frac, 1),
+            IvUnit::Milli => self.micros(val, frac, 1000),
+            IvUnit::Second => self.micros(val, frac, MICROS_PER_SECOND),
+            IvUnit::Minute => self.micros(val, frac, MICROS_PER_MINUTE),
+            IvUnit::Hour => self.micros(val, frac, MICROS_PER_HOUR),
+            IvUnit::Day => {
+                self.days(val, 1)?;
+                self.fract_micros(frac, MICROS_PER_DAY)
+            }
+            IvUnit::Week => {
+                self.days(val, 7)?;
+                self.fract_days(frac, 7)
+            }
+            IvUnit::Month => {
+                self.months = self
+                    .months
+                    .checked_add(i32_of(val)?)
+                    .ok_or(IvErr::Overflow)?;
+                self.fract_days(frac, 30)
+            }
+            IvUnit::Year => self.years(val, frac, 1),
+            IvUnit::Decade => self.years(val, frac, 10),
+            IvUnit::Century => self.years(val, frac, 100),
+            IvUnit::Millennium => self.years(val, frac, 1000),
+        }
+    }
+    /// `ago`: every field negated.
+    fn negate(&mut self) -> IvResult {
+        self.micros = self.micros.checked_neg().ok_or(IvErr::Overflow)?;
+        self.days = self.days.checked_neg().ok_or(IvErr::Overflow)?;
+        self.months = self.months.checked_neg().ok_or(IvErr::Overflow)?;
+        self.years = self.years.checked_neg().ok_or(IvErr::Overflow)?;
+        Ok(())
+    }
+}
+
+/// A number of interval input: `[+-]digits[.digits]`, as PostgreSQL's strtoi64 then
+/// ParseFraction (the fraction takes the number's sign).
+fn iv_number(s: &str) -> IvResult<(i64, f64)> {
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (i, f) = body.split_once('.').unwrap_or((body, ""));
+    if (i.is_empty() && !body.starts_with('.'))
+        || !i.bytes().all(|b| b.is_ascii_digit())
+        || !f.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(IvErr::Format);
+    }
+    let iv: i64 = if i.is_empty() {
+        0
+    } else {
+        i.parse().map_err(|_| IvErr::Overflow)?
+    };
+    let fv: f64 = if f.is_empty() {
+        0.0
+    } else {
+        format!("0.{f}").parse().map_err(|_| IvErr::Format)?
+    };
+    Ok(if neg { (-iv, -fv) } else { (iv, fv) })
+}
+
+/// A time field of interval input, `H:M[:S[.f]]` or `M:S.f` (unsigned), in
+/// microseconds (PostgreSQL's DecodeTime).
+fn iv_time(s: &str) -> IvResult<i64> {
+    let int = |p: &str| -> IvResult<i64> {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(IvErr::Format);
+        }
+        p.parse().map_err(|_| IvErr::Overflow)
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let (h, m, sec, frac) = match parts.as_slice() {
+        [h, m] => match m.split_once('.') {
+            // mm:ss.fff
+            Some((sec, f)) => (0, int(h)?, int(sec)?, f),
+            None => (int(h)?, int(m)?, 0, ""),
+        },
+        [h, m, s] => {
+            let (sec, f) = s.split_once('.').unwrap_or((s, ""));
+            (int(h)?, int(m)?, int(sec)?, f)
+        }
+        _ => return Err(IvErr::Format),
+    };
+    let frac = fraction_micros(frac).ok_or(IvErr::Format)?;
+    if m > 59 || sec > 60 || frac > MICROS_PER_SECOND {
+        return Err(IvErr::Overflow);
+    }
+    h.checked_mul(MICROS_PER_HOUR)
+        .and_then(|v| v.checked_add(m * MICROS_PER_MINUTE + sec * MICROS_PER_SECOND + frac))
+        .ok_or(IvErr::Overflow)
+}
+
+/// The fields of interval input in PostgreSQL's words (ParseDateTime): numbers
+/// (signed, with a fraction, or `Y-M`), times (with `:`), words; other punctuation
+/// separates.
+fn iv_fields(s: &str) -> IvResult<Vec<String>> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut k = 0;
+    let take = |k: &mut usize, ok: &dyn Fn(u8) -> bool| {
+        while *k < b.len() && ok(b[*k]) {
+            *k += 1;
+        }
+    };
+    while k < b.len() {
+        let c = b[k];
+        let start = k;
+        if c.is_ascii_whitespace() {
+            k += 1;
+            continue;
+        } else if c.is_ascii_digit() || c == b'.' {
+            take(&mut k, &|c| {
+                c.is_ascii_digit() || c == b'.' || c == b':' || c == b'-'
+            });
+            out.push(s[start..k].to_string());
+        } else if c == b'+' || c == b'-' {
+            k += 1;
+            take(&mut k, &|c| c.is_ascii_whitespace());
+            if k >= b.len() || !(b[k].is_ascii_digit() || b[k] == b'.') {
+                return Err(IvErr::Format);
+            }
+            let digits = k;
+            take(&mut k, &|c| {
+                c.is_ascii_digit() || c == b'.' || c == b':' || c == b'-'
+            });
+            out.push(format!("{}{}", char::from(c), &s[digits..k]));
+        } else if c.is_ascii_alphabetic() {
+            take(&mut k, &|c| c.is_ascii_alphabetic());
+            out.push(s[start..k].to_string());
+        } else if c.is_ascii_punctuation() {
+            k += 1;
+        } else {
+            return Err(IvErr::Format);
+        }
+    }
+    Ok(out)
+}
+
+/// PostgreSQL's DecodeInterval over `fields`, read right to left so units come before
+/// their numbers.
+fn decode_interval(fields: &[String]) -> IvResult<Itm> {
+    /// What the next number (to the left) counts.
+    #[derive(Clone, Copy)]
+    enum Next {
+        Default,
+        Unit(IvUnit),
+        Nothing,
+    }
+    let mut itm = Itm::default();
+    let mut fmask = 0u32;
+    let mut next = Next::Default;
+    let mut ago = false;
+    for f in fields.iter().rev() {
+        let first = f.as_bytes()[0];
+        let tmask;
+        if first.is_ascii_alphabetic() {
+            if f == "ago" {
+                ago = true;
+                next = Next::Nothing;
+            } else {
+                next = Next::Unit(IvUnit::named(f).ok_or(IvErr::Format)?);
+            }
+            continue;
+        } else if f.contains(':') {
+            let (neg, body) = match first {
+                b'-' => (true, &f[1..]),
+                b'+' => (false, &f[1..]),
+                _ => (false, f.as_str()),
+            };
+            let us = iv_time(body)?;
+            // As PostgreSQL: the time replaces the microseconds read so far.
+            itm.micros = if neg { -us } else { us };
+            tmask = TIME_MASK;
+            next = Next::Unit(IvUnit::Day);
+        } else {
+            let unit = match next {
+                Next::Default => IvUnit::Second,
+                Next::Unit(u) => u,
+                Next::Nothing => return Err(IvErr::Format),
+            };
+            let body = f.strip_prefix(['+', '-']).unwrap_or(f);
+            if let Some((y, m)) = body.split_once('-') {
+                // SQL "years-months".
+                let y: i64 = iv_number(y).map(|(v, _)| v)?;
+                let m: i64 = iv_number(m).map(|(v, _)| v)?;
+                if !(0..12).contains(&m) || y < 0 {
+                    return Err(IvErr::Overflow);
+                }
+                let v = y
+                    .checked_mul(12)
+                    .and_then(|v| v.checked_add(m))
+                    .ok_or(IvErr::Overflow)?;
+                itm.add(IvUnit::Month, if first == b'-' { -v } else { v }, 0.0)?;
+                tmask = IvUnit::Month.mask();
+            } else {
+                let (val, frac) = iv_number(f)?;
+                itm.add(unit, val, frac)?;
+                tmask = if unit == IvUnit::Second && frac != 0.0 {
+                    SECS_MASK
+                } else {
+                    unit.mask()
+                };
+                if unit == IvUnit::Hour {
+                    next = Next::Unit(IvUnit::Day);
+                }
+            }
+        }
+        if tmask & fmask != 0 {
+            return Err(IvErr::Format);
+        }
+        fmask |= tmask;
+    }
+    if fmask == 0 {
+        return Err(IvErr::Format);
+    }
+    if ago {
+        itm.negate()?;
+    }
+    Ok(itm)
+}
+
+/// ISO 8601 interval with designators: `P1Y2M3W4DT5H6M7.5S`.
+fn decode_iso_interval(s: &str) -> IvResult<Itm> {
+    let mut itm = Itm::default();
+    let mut in_time = false;
+    let mut rest = s.strip_prefix('p').ok_or(IvErr::Format)?;
+    if rest.is_empty() {
+        return Err(IvErr::Format);
+    }
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('t') {
+            if in_time {
+                return Err(IvErr::Format);
+            }
+            in_time = true;
+            rest = r;
+            continue;
+        }
+        let end = rest
+            .find(|c: char| c.is_ascii_alphabetic())
+            .ok_or(IvErr::Format)?;
+        let (val, frac) = iv_number(&rest[..end])?;
+        let unit = match (in_time, &rest[end..end + 1]) {
+            (false, "y") => IvUnit::Year,
+            (false, "m") => IvUnit::Month,
+            (false, "w") => IvUnit::Week,
+            (false, "d") => IvUnit::Day,
+            (true, "h") => IvUnit::Hour,
+            (true, "m") => IvUnit::Minute,
+            (true, "s") => IvUnit::Second,
+            _ => return Err(IvErr::Format),
+        };
+        itm.add(unit, val, frac)?;
+        rest = &rest[end + 1..];
+    }
+    Ok(itm)
+}
+
+/// Parses PostgreSQL interval input as PostgreSQL 15 reads it (DecodeInterval, with
+/// IntervalStyle `postgres`): unit words (`1 year 2 mons 3 days`, `-1.5 hours`,
+/// `3 weeks ago`, `@ 1 minute`, `1d 2h`), times (`04:05:06.5`, `-01:02`, `1:30.5` as
+/// minutes and seconds), `Y-M` years and months, bare numbers (seconds; a number left
+/// of a time or of hours is days), and ISO 8601 designators (`P1Y2M3DT4H5M6S`).
+/// Fractional units spill into smaller ones (`1.5 years` is 1 year 6 mons,
+/// `1.5 days` is 1 day 12:00:00); a field given twice is an error.
+///
+/// # Errors
+/// 22007 for malformed input, 22015 for a field out of range, 22008 for an interval
+/// out of range.
+pub fn parse_interval(s: &str) -> Result<PgInterval> {
+    let lower = s
+        .trim_matches(|c: char| c.is_ascii_whitespace())
+        .to_ascii_lowercase();
+    let itm = match iv_fields(&lower).and_then(|f| decode_interval(&f)) {
+        Err(IvErr::Format) if lower.starts_with('p') => decode_iso_interval(&lower),
+        r => r,
+    };
+    let itm = itm.map_err(|e| match e {
+        IvErr::Format => invalid_datetime("interval", s),
+        IvErr::Overflow => Error::sql(
+            "22015",
+            format!("interval field value out of range: \"{s}\""),
+        ),
+    })?;
+    let months = i64::from(itm.years) * 12 + i64::from(itm.months);
+    Ok(PgInterval {
+        months: i32::try_from(months).map_err(|_| Error::sql("22008", "interval out of range"))?,
+        days: itm.days,
+        micros: itm.micros,
+    })
+}
+
+/// A bound parameter of the extended protocol (never NULL) as a typed SQL literal:
+/// int2/int4/int8 `CAST('5' AS SMALLINT|INTEGER|BIGINT)`, float4/float8
+/// `CAST('0.1' AS REAL|DOUBLE PRECISION)`, numeric `CAST('12.50' AS NUMERIC)`, bool
+/// `TRUE` / `FALSE`, date `DATE '2024-01-01'`, timestamp `TIMESTAMP '2024-01-01
+/// 12:00:00.5'`, timestamptz `CAST('2024-01-01 12:00:00+00' AS TIMESTAMPTZ)`, interval
+/// `INTERVAL '14 months 3 days 14706.5 seconds'`, and text, varchar, bpchar and any
+/// other type a quoted string. Values are checked and rewritten in canonical form, so
+/// nothing of the client's text reaches the SQL except inside a quoted string.
+///
+/// # Errors
+/// Text format: 22P02 for malformed input, 22003 / 22008 / 22015 for values out of
+/// range, 22021 for text that is not UTF-8 or holds a NUL. Binary format: 22P03 for a
+/// value of the wrong size or shape.
+pub fn param_literal(ty: &Type, v: &[u8], binary: bool) -> Result<String> {
+    let text = || -> Result<&str> {
+        let s = std::str::from_utf8(v)
+            .map_err(|_| Error::sql("22021", "invalid byte sequence for encoding \"UTF8\""))?;
+        if s.contains('\0') {
+            return Err(Error::sql(
+                "22021",
+                "invalid byte sequence for encoding \"UTF8\": 0x00",
+            ));
+        }
+        Ok(s)
+    };
+    let fixed = |n: usize, name: &str| -> Result<&[u8]> {
+        if v.len() == n {
+            Ok(v)
+        } else {
+            Err(bad_binary(name))
+        }
+    };
+    let cast = |s: &str, to: &str| format!("CAST({} AS {to})", quote(s));
+    Ok(match *ty {
+        Type::INT2 | Type::INT4 | Type::INT8 => {
+            let (bits, name) = match *ty {
+                Type::INT2 => (16, "SMALLINT"),
+                Type::INT4 => (32, "INTEGER"),
+                _ => (64, "BIGINT"),
+            };
+            let n = if binary {
+                let b = fixed(bits / 8, &name.to_ascii_lowercase())?;
+                match bits {
+                    16 => i64::from(i16::from_be_bytes([b[0], b[1]])),
+                    32 => i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+                    _ => i64::from_be_bytes(b.try_into().map_err(|_| bad_binary("bigint"))?),
+                }
+            } else {
+                parse_int(text()?, bits as u32)?
+            };
+            cast(&n.to_string(), name)
+        }
+        Type::FLOAT4 => {
+            let f = if binary {
+                let b = fixed(4, "real")?;
+                f32::from_be_bytes([b[0], b[1], b[2], b[3]])
+            } else {
+                parse_float(text()?, true)? as f32
+            };
+            cast(&format_f32(f), "REAL")
+        }
+        Type::FLOAT8 => {
+            let f = if binary {
+                let b = fixed(8, "double precision")?;
+                f64::from_be_bytes(b.try_into().map_err(|_| bad_binary("double precision"))?)
+            } else {
+                parse_float(text()?, false)?
+            };
+            cast(&format_f64(f), "DOUBLE PRECISION")
+        }
+        Type::NUMERIC => {
+            let n = if binary {
+                numeric_from_binary(v)?
+            } else {
+                parse_numeric(text()?)?
+            };
+            cast(&n, "NUMERIC")
+        }
+        Type::BOOL => {
+            let b = if binary {
+                fixed(1, "boolean")?[0] != 0
+            } else {
+                parse_bool(text()?)?
+            };
+            if b { "TRUE" } else { "FALSE" }.into()
+        }
+        Type::DATE => {
+            let d = if binary {
+                let b = fixed(4, "date")?;
+                match i32::from_be_bytes([b[0], b[1], b[2], b[3]]) {
+                    i32::MIN => PgDate::NegInfinity,
+                    i32::MAX => PgDate::Infinity,
+                    d if (PG_MIN_DATE..PG_END_DATE).contains(&i64::from(d)) => {
+                        PgDate::Days(d + PG_EPOCH_DAYS)
+                    }
+                    _ => return Err(date_out_of_range()),
+                }
+            } else {
+                parse_date(text()?)?
+            };
+            let s = match d {
+                PgDate::NegInfinity => "-infinity".to_string(),
+                PgDate::Infinity => "infinity".to_string(),
+                PgDate::Days(d) => format_date(d),
+            };
+            format!("DATE {}", quote(&s))
+        }
+        Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+            let tz = *ty == Type::TIMESTAMPTZ;
+            let us = if binary {
+                let b = fixed(8, "timestamp")?;
+                let us = i64::from_be_bytes(b.try_into().map_err(|_| bad_binary("timestamp"))?);
+                if us != i64::MIN
+                    && us != i64::MAX
+                    && !(PG_MIN_TIMESTAMP..PG_END_TIMESTAMP).contains(&us)
+                {
+                    return Err(timestamp_out_of_range());
+                }
+                us
+            } else {
+                parse_timestamp(text()?, tz)?
+            };
+            let s = format_timestamp(us, tz);
+            if tz {
+                cast(&s, "TIMESTAMPTZ")
+            } else {
+                format!("TIMESTAMP {}", quote(&s))
+            }
+        }
+        Type::INTERVAL => {
+            let iv = if binary {
+                let b = fixed(16, "interval")?;
+                PgInterval {
+                    micros: i64::from_be_bytes(
+                        b[..8].try_into().map_err(|_| bad_binary("interval"))?,
+                    ),
+                    days: i32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+                    months: i32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+                }
+            } else {
+                parse_interval(text()?)?
+            };
+            format!("INTERVAL {}", quote(&interval_literal(iv)))
+        }
+        _ => quote(text()?),
+    })
+}
+
+/// An interval as unit words both PostgreSQL and Arrow's interval parser read:
+/// `14 months 3 days 14706.5 seconds` (zero parts left out; `0 seconds` for zero).
+pub fn interval_literal(v: PgInterval) -> String {
+    let mut parts = Vec::new();
+    if v.months != 0 {
+        parts.push(format!("{} months", v.months));
+    }
+    if v.days != 0 {
+        parts.push(format!("{} days", v.days));
+    }
+    if v.micros != 0 || parts.is_empty() {
+        let sign = if v.micros < 0 { "-" } else { "" };
+        let a = v.micros.unsigned_abs();
+        let whole = a / 1_000_000;
+        let frac = a % 1_000_000;
+        let mut s = format!("{sign}{whole}");
+        if frac != 0 {
+            s.push('.');
+            s.push_str(format!("{frac:06}").trim_end_matches('0'));
+        }
+        parts.push(format!("{s} seconds"));
+    }
+    parts.join(" ")
 }
