@@ -1977,3 +1977,849 @@ pub fn interval_literal(v: PgInterval) -> String {
     }
     parts.join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use arrow_array::types::*;
+    use arrow_array::*;
+    use arrow_buffer::{i256, IntervalDayTime, IntervalMonthDayNano};
+    use arrow_schema::Schema;
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+    use postgres_types::FromSql;
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    /// PostgreSQL 15's answers for result values (node/testdata/check_pg.py checks
+    /// them against a server).
+    const PG_VALUES: &str = include_str!("../testdata/pg_values.tsv");
+    /// Parameters and the literals made of them (checked likewise).
+    const PG_PARAMS: &str = include_str!("../testdata/pg_params.tsv");
+
+    /// A small deterministic generator (splitmix64).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn range(&mut self, lo: i64, hi: i64) -> i64 {
+            lo + (self.next() % (hi - lo + 1) as u64) as i64
+        }
+        fn i128(&mut self) -> i128 {
+            ((self.next() as i128) << 64) | self.next() as i128
+        }
+    }
+
+    /// One column of `array` named `v`, with `meta` as its smrdb.pgtype.
+    fn batch(array: ArrayRef, meta: Option<&str>) -> RecordBatch {
+        let mut field = Field::new("v", array.data_type().clone(), true);
+        if let Some(m) = meta {
+            field = field.with_metadata(HashMap::from([(PGTYPE_KEY.to_string(), m.to_string())]));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![array]).unwrap()
+    }
+
+    /// The values of one-column DataRow bodies (None = NULL).
+    fn cells(rows: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
+        rows.iter()
+            .map(|r| {
+                let n = i32::from_be_bytes(r[..4].try_into().unwrap());
+                if n < 0 {
+                    assert_eq!(r.len(), 4);
+                    None
+                } else {
+                    assert_eq!(r.len(), 4 + n as usize);
+                    Some(r[4..].to_vec())
+                }
+            })
+            .collect()
+    }
+
+    /// (text, binary) of every row of a one-column batch.
+    fn both(b: &RecordBatch) -> Vec<(Option<String>, Option<Vec<u8>>)> {
+        let text = cells(&encode_rows(b, &[false]).unwrap());
+        let bin = cells(&encode_rows(b, &[true]).unwrap());
+        text.into_iter()
+            .map(|t| t.map(|t| String::from_utf8(t).unwrap()))
+            .zip(bin)
+            .collect()
+    }
+
+    fn one(b: &RecordBatch) -> (String, Vec<u8>) {
+        let (t, v) = both(b).pop().unwrap();
+        (t.unwrap(), v.unwrap())
+    }
+
+    fn sqlstate(e: &Error) -> &str {
+        e.sqlstate()
+    }
+
+    /// The Arrow array of a pg_values.tsv row.
+    fn array_of(kind: &str, v: &str) -> ArrayRef {
+        let dec = |k: &str| -> (u8, i8) {
+            let (p, s) = k
+                .split_once('(')
+                .unwrap()
+                .1
+                .trim_end_matches(')')
+                .split_once(',')
+                .unwrap();
+            (p.parse().unwrap(), s.parse().unwrap())
+        };
+        let ts_unit = |k: &str| k.rsplit('_').next().unwrap().to_string();
+        let hex = |v: &str| hex::decode(v).unwrap();
+        let nums = |v: &str| -> Vec<i64> { v.split(',').map(|x| x.parse().unwrap()).collect() };
+        match kind {
+            "bool" => Arc::new(BooleanArray::from(vec![v == "t"])),
+            "i8" => Arc::new(Int8Array::from(vec![v.parse::<i8>().unwrap()])),
+            "i16" => Arc::new(Int16Array::from(vec![v.parse::<i16>().unwrap()])),
+            "i32" => Arc::new(Int32Array::from(vec![v.parse::<i32>().unwrap()])),
+            "i64" => Arc::new(Int64Array::from(vec![v.parse::<i64>().unwrap()])),
+            "u8" => Arc::new(UInt8Array::from(vec![v.parse::<u8>().unwrap()])),
+            "u16" => Arc::new(UInt16Array::from(vec![v.parse::<u16>().unwrap()])),
+            "u32" => Arc::new(UInt32Array::from(vec![v.parse::<u32>().unwrap()])),
+            "u64" => Arc::new(UInt64Array::from(vec![v.parse::<u64>().unwrap()])),
+            "f16" => Arc::new(Float16Array::from(vec![half::f16::from_f64(
+                v.parse().unwrap(),
+            )])),
+            "f32" => Arc::new(Float32Array::from(vec![v.parse::<f32>().unwrap()])),
+            "f64" => Arc::new(Float64Array::from(vec![v.parse::<f64>().unwrap()])),
+            k if k.starts_with("dec32") => {
+                let (p, s) = dec(k);
+                Arc::new(
+                    Decimal32Array::from(vec![v.parse::<i32>().unwrap()])
+                        .with_precision_and_scale(p, s)
+                        .unwrap(),
+                )
+            }
+            k if k.starts_with("dec64") => {
+                let (p, s) = dec(k);
+                Arc::new(
+                    Decimal64Array::from(vec![v.parse::<i64>().unwrap()])
+                        .with_precision_and_scale(p, s)
+                        .unwrap(),
+                )
+            }
+            k if k.starts_with("dec128") => {
+                let (p, s) = dec(k);
+                Arc::new(
+                    Decimal128Array::from(vec![v.parse::<i128>().unwrap()])
+                        .with_precision_and_scale(p, s)
+                        .unwrap(),
+                )
+            }
+            k if k.starts_with("dec256") => {
+                let (p, s) = dec(k);
+                Arc::new(
+                    Decimal256Array::from(vec![i256::from_string(v).unwrap()])
+                        .with_precision_and_scale(p, s)
+                        .unwrap(),
+                )
+            }
+            "utf8" => Arc::new(StringArray::from(vec![v])),
+            "largeutf8" => Arc::new(LargeStringArray::from(vec![v])),
+            "utf8view" => Arc::new(StringViewArray::from(vec![v])),
+            "binary" => Arc::new(BinaryArray::from_vec(vec![&hex(v)])),
+            "largebinary" => Arc::new(LargeBinaryArray::from_vec(vec![&hex(v)])),
+            "binaryview" => Arc::new(BinaryViewArray::from_iter_values([hex(v)])),
+            "fixedbinary" => {
+                Arc::new(FixedSizeBinaryArray::try_from_iter(std::iter::once(hex(v))).unwrap())
+            }
+            "date32" => Arc::new(Date32Array::from(vec![v.parse::<i32>().unwrap()])),
+            k if k.starts_with("ts") => {
+                let n: i64 = v.parse().unwrap();
+                let tz = k.starts_with("tstz").then_some("UTC");
+                let a: ArrayRef = match ts_unit(k).as_str() {
+                    "s" => Arc::new(TimestampSecondArray::from(vec![n]).with_timezone_opt(tz)),
+                    "ms" => {
+                        Arc::new(TimestampMillisecondArray::from(vec![n]).with_timezone_opt(tz))
+                    }
+                    "us" => {
+                        Arc::new(TimestampMicrosecondArray::from(vec![n]).with_timezone_opt(tz))
+                    }
+                    _ => Arc::new(TimestampNanosecondArray::from(vec![n]).with_timezone_opt(tz)),
+                };
+                a
+            }
+            "iv_mdn" => {
+                let n = nums(v);
+                Arc::new(IntervalMonthDayNanoArray::from(vec![
+                    IntervalMonthDayNano::new(n[0] as i32, n[1] as i32, n[2]),
+                ]))
+            }
+            "iv_ym" => Arc::new(IntervalYearMonthArray::from(vec![v
+                .parse::<i32>()
+                .unwrap()])),
+            "iv_dt" => {
+                let n = nums(v);
+                Arc::new(IntervalDayTimeArray::from(vec![IntervalDayTime::new(
+                    n[0] as i32,
+                    n[1] as i32,
+                )]))
+            }
+            other => panic!("unknown kind {other}"),
+        }
+    }
+
+    #[test]
+    fn postgres_text_and_binary_of_each_arrow_type() {
+        let mut n = 0;
+        for line in PG_VALUES.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            let [kind, value, sql, oid, typmod, text, bin] = f[..] else {
+                panic!("bad line {line:?}");
+            };
+            let (kind, any_typmod) = match kind.strip_suffix('*') {
+                Some(k) => (k, true),
+                None => (kind, false),
+            };
+            let (kind, meta) = match kind.split_once('[') {
+                Some((k, m)) => (k, Some(m.trim_end_matches(']'))),
+                None => (kind, None),
+            };
+            let b = batch(array_of(kind, value), meta);
+            let t = pg_type(b.schema().field(0)).unwrap();
+            let what = format!("{kind} {value} ({sql})");
+            assert_eq!(t.oid.to_string(), oid, "{what}");
+            assert_eq!(t.ty.oid(), t.oid, "{what}");
+            if !any_typmod {
+                assert_eq!(t.typmod.to_string(), typmod, "{what}");
+            }
+            let (got_text, got_bin) = one(&b);
+            assert_eq!(got_text, text, "{what}");
+            assert_eq!(hex::encode(&got_bin), bin, "{what}");
+            if meta.is_none() {
+                assert_eq!(text_value(b.column(0), 0).unwrap().as_deref(), Some(text));
+            }
+            n += 1;
+        }
+        assert!(n > 150, "{n} cases");
+    }
+
+    #[test]
+    fn parameters_become_typed_literals() {
+        let mut n = 0;
+        for line in PG_PARAMS.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let [ty, format, value, expect] = line.split('\t').collect::<Vec<_>>()[..] else {
+                panic!("bad line {line:?}");
+            };
+            let t = match ty {
+                "int2" => Type::INT2,
+                "int4" => Type::INT4,
+                "int8" => Type::INT8,
+                "float4" => Type::FLOAT4,
+                "float8" => Type::FLOAT8,
+                "numeric" => Type::NUMERIC,
+                "bool" => Type::BOOL,
+                "date" => Type::DATE,
+                "timestamp" => Type::TIMESTAMP,
+                "timestamptz" => Type::TIMESTAMPTZ,
+                "interval" => Type::INTERVAL,
+                "text" => Type::TEXT,
+                "varchar" => Type::VARCHAR,
+                "bpchar" => Type::BPCHAR,
+                other => panic!("unknown type {other}"),
+            };
+            let binary = format == "binary";
+            let bytes = if binary {
+                hex::decode(value).unwrap_or_else(|_| vec![0; 3]) // odd hex: malformed
+            } else {
+                value.as_bytes().to_vec()
+            };
+            let got = param_literal(&t, &bytes, binary);
+            match expect.strip_prefix("ERROR ") {
+                Some(code) => match got {
+                    Err(e) => assert_eq!(sqlstate(&e), code, "{ty} {format} {value:?}: {e}"),
+                    Ok(l) => panic!("{ty} {format} {value:?}: {l}, expected {code}"),
+                },
+                None => assert_eq!(
+                    got.unwrap_or_else(|e| panic!("{ty} {format} {value:?}: {e}")),
+                    expect,
+                    "{ty} {format} {value:?}"
+                ),
+            }
+            n += 1;
+        }
+        assert!(n > 200, "{n} cases");
+    }
+
+    /// Decodes the binary value with the client's own FromSql.
+    fn from_sql<'a, T: FromSql<'a>>(t: &PgType, b: &'a [u8]) -> T {
+        assert!(T::accepts(&t.ty), "{:?}", t.ty);
+        T::from_sql(&t.ty, b).unwrap()
+    }
+
+    #[test]
+    fn integers_and_floats_round_trip_through_postgres_types() {
+        let mut r = Rng(1);
+        let mut i16s: Vec<i16> = vec![0, 1, -1, i16::MAX, i16::MIN];
+        let mut i32s: Vec<i32> = vec![0, 1, -1, i32::MAX, i32::MIN];
+        let mut i64s: Vec<i64> = vec![0, 1, -1, i64::MAX, i64::MIN];
+        let mut f32s: Vec<f32> = vec![0.0, -0.0, 0.1, 1e6, 1e-45, f32::MAX, f32::MIN_POSITIVE];
+        let mut f64s: Vec<f64> = vec![0.0, -0.0, 0.1, 1e15, 5e-324, f64::MAX, f64::MIN_POSITIVE];
+        for _ in 0..2000 {
+            i16s.push(r.next() as i16);
+            i32s.push(r.next() as i32);
+            i64s.push(r.next() as i64);
+            let b32 = r.next() as u32;
+            if f32::from_bits(b32).is_finite() {
+                f32s.push(f32::from_bits(b32));
+            }
+            let b64 = r.next();
+            if f64::from_bits(b64).is_finite() {
+                f64s.push(f64::from_bits(b64));
+            }
+            // Decimal-looking floats too.
+            f64s.push(r.range(-1_000_000, 1_000_000) as f64 / 100.0);
+            f32s.push(r.range(-1_000_000, 1_000_000) as f32 / 1000.0);
+        }
+        macro_rules! check {
+            ($arr:expr, $vals:expr, $t:ty) => {{
+                let b = batch(Arc::new($arr), None);
+                let t = pg_type(b.schema().field(0)).unwrap();
+                for ((text, bin), v) in both(&b).into_iter().zip($vals.iter()) {
+                    let (text, bin) = (text.unwrap(), bin.unwrap());
+                    let back: $t = from_sql(&t, &bin);
+                    assert_eq!(back.to_bits_or_self(), v.to_bits_or_self(), "{v:?}");
+                    let parsed: $t = text.parse().unwrap();
+                    assert_eq!(
+                        parsed.to_bits_or_self(),
+                        v.to_bits_or_self(),
+                        "{v:?} {text}"
+                    );
+                }
+            }};
+        }
+        check!(Int16Array::from(i16s.clone()), i16s, i16);
+        check!(Int32Array::from(i32s.clone()), i32s, i32);
+        check!(Int64Array::from(i64s.clone()), i64s, i64);
+        check!(Float32Array::from(f32s.clone()), f32s, f32);
+        check!(Float64Array::from(f64s.clone()), f64s, f64);
+        // Narrow and unsigned Arrow integers widen to the narrowest PostgreSQL type.
+        let u8s: Vec<u8> = (0..=255).collect();
+        let b = batch(Arc::new(UInt8Array::from(u8s.clone())), None);
+        let t = pg_type(b.schema().field(0)).unwrap();
+        for ((_, bin), v) in both(&b).into_iter().zip(&u8s) {
+            assert_eq!(from_sql::<i16>(&t, &bin.unwrap()), i16::from(*v));
+        }
+        let u32s: Vec<u32> = (0..500).map(|_| r.next() as u32).collect();
+        let b = batch(Arc::new(UInt32Array::from(u32s.clone())), None);
+        let t = pg_type(b.schema().field(0)).unwrap();
+        for ((_, bin), v) in both(&b).into_iter().zip(&u32s) {
+            assert_eq!(from_sql::<i64>(&t, &bin.unwrap()), i64::from(*v));
+        }
+        // Float16 as its exact float4.
+        let h: Vec<half::f16> = (0..2000u16)
+            .map(|_| half::f16::from_bits(r.next() as u16))
+            .filter(|h| h.is_finite())
+            .collect();
+        let b = batch(Arc::new(Float16Array::from(h.clone())), None);
+        let t = pg_type(b.schema().field(0)).unwrap();
+        for ((text, bin), v) in both(&b).into_iter().zip(&h) {
+            assert_eq!(from_sql::<f32>(&t, &bin.unwrap()), v.to_f32());
+            assert_eq!(text.unwrap().parse::<f32>().unwrap(), v.to_f32());
+        }
+    }
+
+    /// Bit-exact comparison for floats (NaN, -0), plain equality otherwise.
+    trait BitsOrSelf {
+        type Out: PartialEq + std::fmt::Debug;
+        fn to_bits_or_self(&self) -> Self::Out;
+    }
+    macro_rules! bits_self {
+        ($($t:ty),*) => {$(impl BitsOrSelf for $t {
+            type Out = $t;
+            fn to_bits_or_self(&self) -> $t { *self }
+        })*};
+    }
+    bits_self!(i16, i32, i64);
+    impl BitsOrSelf for f32 {
+        type Out = u32;
+        fn to_bits_or_self(&self) -> u32 {
+            self.to_bits()
+        }
+    }
+    impl BitsOrSelf for f64 {
+        type Out = u64;
+        fn to_bits_or_self(&self) -> u64 {
+            self.to_bits()
+        }
+    }
+
+    #[test]
+    fn float_text_is_shortest_round_trip() {
+        assert_eq!(format_f32(0.1), "0.1");
+        assert_eq!(format_f32(1e6), "1e+06");
+        assert_eq!(format_f32(123_456.0), "123456");
+        assert_eq!(format_f32(f32::NAN), "NaN");
+        assert_eq!(format_f32(-0.0), "-0");
+        assert_eq!(format_f64(0.1), "0.1");
+        assert_eq!(format_f64(f64::from(0.1f32)), "0.10000000149011612");
+        assert_eq!(format_f64(1.5), "1.5");
+        assert_eq!(format_f64(3.0), "3");
+        assert_eq!(format_f64(1e20), "1e+20");
+        assert_eq!(format_f64(1.25e-5), "1.25e-05");
+        assert_eq!(format_f64(1e100), "1e+100");
+        assert_eq!(format_f64(f64::NEG_INFINITY), "-Infinity");
+        assert_eq!(format_f64(999_999_999_999_999.9), "999999999999999.9");
+        assert_eq!(format_f64(9_999_999_999_999_998.0), "9.999999999999998e+15");
+    }
+
+    #[test]
+    fn numerics_round_trip_through_rust_decimal() {
+        // rust_decimal holds 96-bit mantissas, scales 0..=28.
+        let mut r = Rng(2);
+        let max96 = (1i128 << 96) - 1;
+        let mut cases: Vec<(i128, i8)> = vec![
+            (0, 0),
+            (0, 18),
+            (1, 18),
+            (-1, 18),
+            (max96, 0),
+            (-max96, 0),
+            (max96, 28),
+            (-max96, 18),
+            (10_000, 0),
+            (10_000, 4),
+            (-5, 3),
+            (123_456_789, 28),
+            (99_990_000, 4),
+        ];
+        for _ in 0..5000 {
+            let bits = r.range(0, 96) as u32;
+            let v = if bits == 0 {
+                0
+            } else {
+                r.i128() & ((1i128 << bits) - 1)
+            };
+            let v = if r.next().is_multiple_of(2) { v } else { -v };
+            cases.push((v, r.range(0, 28) as i8));
+            // Round numbers (trailing zero digit groups).
+            let p = 10i128.pow(r.range(0, 20) as u32);
+            cases.push((r.range(-99_999, 99_999) as i128 * p, r.range(0, 18) as i8));
+        }
+        for (v, s) in cases {
+            let a = Decimal128Array::from(vec![v])
+                .with_precision_and_scale(38, s)
+                .unwrap();
+            let b = batch(Arc::new(a), None);
+            let t = pg_type(b.schema().field(0)).unwrap();
+            let (text, bin) = one(&b);
+            let want = Decimal::from_i128_with_scale(v, s as u32);
+            let got: Decimal = from_sql(&t, &bin);
+            assert_eq!(got, want, "{v} scale {s}");
+            assert_eq!(got.scale(), s as u32, "{v} scale {s}");
+            assert_eq!(text, want.to_string(), "{v} scale {s}");
+            assert_eq!(numeric_from_binary(&bin).unwrap(), text);
+            assert_eq!(parse_numeric(&text).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn numerics_round_trip_over_the_whole_decimal128_range() {
+        // Beyond rust_decimal: our own numeric_recv, and the text's digits.
+        let mut r = Rng(3);
+        let mut cases: Vec<(i128, i8)> = vec![
+            (i128::MAX, 0),
+            (i128::MIN, 0),
+            (i128::MAX, 38),
+            (i128::MIN, 38),
+            (i128::MIN + 1, 20),
+            (10i128.pow(38) - 1, 0),
+            (-(10i128.pow(38) - 1), 38),
+            (1, 38),
+            (5, -5),
+            (-123, -10),
+        ];
+        for _ in 0..5000 {
+            cases.push((r.i128() >> r.range(0, 126), r.range(-10, 38) as i8));
+        }
+        for (v, s) in cases {
+            let a = Decimal128Array::from(vec![v])
+                .with_precision_and_scale(38, s)
+                .unwrap();
+            let b = batch(Arc::new(a), None);
+            let (text, bin) = one(&b);
+            // The text is the unscaled digits with the point s from the right.
+            let digits: String = text.chars().filter(|c| c.is_ascii_digit()).collect();
+            let frac = text.split_once('.').map_or(0, |(_, f)| f.len());
+            assert_eq!(frac, s.max(0) as usize, "{v} {s}: {text}");
+            let unscaled: u128 = if s >= 0 {
+                digits.parse().unwrap()
+            } else {
+                let d = &digits[..digits.len() - if v == 0 { 0 } else { (-s) as usize }];
+                d.parse().unwrap()
+            };
+            assert_eq!(unscaled, v.unsigned_abs(), "{v} {s}: {text}");
+            assert_eq!(text.starts_with('-'), v < 0, "{v} {s}: {text}");
+            assert_eq!(numeric_from_binary(&bin).unwrap(), text, "{v} {s}");
+            // numeric_send's invariants: no leading/trailing zero groups.
+            let nd = i16::from_be_bytes([bin[0], bin[1]]) as usize;
+            assert_eq!(bin.len(), 8 + 2 * nd);
+            if nd > 0 {
+                assert_ne!(&bin[8..10], &[0, 0]);
+                assert_ne!(&bin[bin.len() - 2..], &[0, 0]);
+            } else {
+                assert_eq!(&bin[2..6], &[0, 0, 0, 0]); // weight 0, positive
+            }
+        }
+        // Decimal256 too.
+        for v in [i256::MAX, i256::MIN, i256::from_i128(-1), i256::ZERO] {
+            let a = Decimal256Array::from(vec![v])
+                .with_precision_and_scale(76, 30)
+                .unwrap();
+            let (text, bin) = one(&batch(Arc::new(a), None));
+            assert_eq!(numeric_from_binary(&bin).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn dates_and_timestamps_round_trip_through_chrono() {
+        let mut r = Rng(4);
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        // chrono's range is about ±262000 years.
+        let mut days: Vec<i32> = vec![0, -1, 10_957, -719_162, -719_163, -719_528, 19_782];
+        for _ in 0..3000 {
+            days.push(r.range(-2_440_588, 95_000_000) as i32);
+            days.push(r.range(-800_000, 3_000_000) as i32);
+        }
+        let b = batch(Arc::new(Date32Array::from(days.clone())), None);
+        let t = pg_type(b.schema().field(0)).unwrap();
+        for ((text, bin), d) in both(&b).into_iter().zip(&days) {
+            let (text, bin) = (text.unwrap(), bin.unwrap());
+            let want = epoch + chrono::Duration::days(i64::from(*d));
+            assert_eq!(from_sql::<NaiveDate>(&t, &bin), want, "{d}");
+            assert_eq!(parse_date(&text).unwrap(), PgDate::Days(*d), "{text}");
+            if (1..=9999).contains(&chrono::Datelike::year(&want)) {
+                assert_eq!(text, want.format("%Y-%m-%d").to_string());
+            }
+        }
+        let mut us: Vec<i64> = vec![0, -1, 1, PG_EPOCH_MICROS, i64::MAX, -62_135_596_800_000_001];
+        for _ in 0..3000 {
+            us.push(r.range(PG_MIN_TIMESTAMP + PG_EPOCH_MICROS, i64::MAX));
+            us.push(r.range(-62_135_596_800, 253_402_300_799) * 1_000_000);
+            us.push(r.range(-62_135_596_800_000_000, 253_402_300_799_999_999));
+        }
+        for tz in [None, Some("UTC")] {
+            let a = TimestampMicrosecondArray::from(us.clone()).with_timezone_opt(tz);
+            let b = batch(Arc::new(a), None);
+            let t = pg_type(b.schema().field(0)).unwrap();
+            for ((text, bin), u) in both(&b).into_iter().zip(&us) {
+                let (text, bin) = (text.unwrap(), bin.unwrap());
+                let back = parse_timestamp(&text, tz.is_some()).unwrap();
+                assert_eq!(back, u - PG_EPOCH_MICROS, "{text}");
+                let Some(want) = DateTime::from_timestamp_micros(*u) else {
+                    continue; // beyond chrono's years
+                };
+                if tz.is_some() {
+                    assert_eq!(from_sql::<DateTime<Utc>>(&t, &bin), want, "{u}");
+                } else {
+                    assert_eq!(from_sql::<NaiveDateTime>(&t, &bin), want.naive_utc(), "{u}");
+                }
+                let year = chrono::Datelike::year(&want);
+                if (1..=9999).contains(&year) {
+                    let s = want.naive_utc().format("%Y-%m-%d %H:%M:%S%.f").to_string();
+                    let s = if s.contains('.') {
+                        s.trim_end_matches('0').trim_end_matches('.').to_string()
+                    } else {
+                        s
+                    };
+                    let s = if tz.is_some() { format!("{s}+00") } else { s };
+                    assert_eq!(text, s);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn intervals_round_trip() {
+        let mut r = Rng(5);
+        let mut ivs = vec![
+            IntervalMonthDayNano::new(0, 0, 0),
+            IntervalMonthDayNano::new(i32::MAX, i32::MAX, i64::MAX / 1000 * 1000),
+            IntervalMonthDayNano::new(i32::MIN, i32::MIN, i64::MIN / 1000 * 1000),
+            IntervalMonthDayNano::new(-1, 1, -1000),
+        ];
+        for _ in 0..3000 {
+            let months = match r.next() % 3 {
+                0 => 0,
+                1 => r.range(-30, 30) as i32,
+                _ => r.next() as i32,
+            };
+            let days = match r.next() % 3 {
+                0 => 0,
+                1 => r.range(-40, 40) as i32,
+                _ => r.next() as i32,
+            };
+            let nanos = match r.next() % 4 {
+                0 => 0,
+                1 => r.range(-86_400, 86_400) * 1_000_000_000,
+                2 => r.range(-1_000_000_000_000, 1_000_000_000_000) * 1000,
+                _ => (r.next() as i64) / 1000 * 1000,
+            };
+            ivs.push(IntervalMonthDayNano::new(months, days, nanos));
+        }
+        let b = batch(Arc::new(IntervalMonthDayNanoArray::from(ivs.clone())), None);
+        for ((text, bin), v) in both(&b).into_iter().zip(&ivs) {
+            let (text, bin) = (text.unwrap(), bin.unwrap());
+            let want = PgInterval {
+                months: v.months,
+                days: v.days,
+                micros: v.nanoseconds / 1000,
+            };
+            assert_eq!(bin.len(), 16);
+            assert_eq!(
+                i64::from_be_bytes(bin[..8].try_into().unwrap()),
+                want.micros
+            );
+            assert_eq!(
+                i32::from_be_bytes(bin[8..12].try_into().unwrap()),
+                want.days
+            );
+            assert_eq!(
+                i32::from_be_bytes(bin[12..].try_into().unwrap()),
+                want.months
+            );
+            assert_eq!(parse_interval(&text).unwrap(), want, "{text}");
+            // And the literal made of it reads back the same.
+            let lit = interval_literal(want);
+            assert_eq!(parse_interval(&lit).unwrap(), want, "{lit}");
+        }
+    }
+
+    #[test]
+    fn strings_and_bytes_round_trip() {
+        let mut r = Rng(6);
+        let pool = [
+            'a', 'Z', ' ', '\'', '\\', 'é', 'ß', '✓', '𝄞', '\n', '\t', '0',
+        ];
+        let strings: Vec<String> = (0..500)
+            .map(|_| {
+                (0..r.range(0, 40))
+                    .map(|_| pool[r.range(0, pool.len() as i64 - 1) as usize])
+                    .collect()
+            })
+            .collect();
+        for meta in [None, Some("varchar(100)"), Some("text")] {
+            let b = batch(Arc::new(StringArray::from(strings.clone())), meta);
+            let t = pg_type(b.schema().field(0)).unwrap();
+            for ((text, bin), s) in both(&b).into_iter().zip(&strings) {
+                assert_eq!(from_sql::<String>(&t, &bin.unwrap()), *s);
+                assert_eq!(text.unwrap(), *s);
+            }
+        }
+        // bpchar(n): padded to n characters.
+        let b = batch(
+            Arc::new(StringViewArray::from(vec!["é", "abcdef"])),
+            Some("BPCHAR(4)"),
+        );
+        let t = pg_type(b.schema().field(0)).unwrap();
+        assert_eq!((t.oid, t.typmod), (1042, 8));
+        let got: Vec<String> = both(&b)
+            .into_iter()
+            .map(|(_, bin)| from_sql::<String>(&t, &bin.unwrap()))
+            .collect();
+        assert_eq!(got, ["é   ", "abcdef"]);
+        let blobs: Vec<Vec<u8>> = (0..200)
+            .map(|_| (0..r.range(0, 50)).map(|_| r.next() as u8).collect())
+            .collect();
+        let b = batch(Arc::new(BinaryArray::from_iter_values(blobs.iter())), None);
+        let t = pg_type(b.schema().field(0)).unwrap();
+        for ((text, bin), v) in both(&b).into_iter().zip(&blobs) {
+            assert_eq!(from_sql::<Vec<u8>>(&t, &bin.unwrap()), *v);
+            assert_eq!(text.unwrap(), format!("\\x{}", hex::encode(v)));
+        }
+        let b = batch(Arc::new(BooleanArray::from(vec![true, false])), None);
+        let t = pg_type(b.schema().field(0)).unwrap();
+        let got: Vec<(String, bool)> = both(&b)
+            .into_iter()
+            .map(|(s, bin)| (s.unwrap(), from_sql::<bool>(&t, &bin.unwrap())))
+            .collect();
+        assert_eq!(got, [("t".to_string(), true), ("f".to_string(), false)]);
+    }
+
+    #[test]
+    fn nulls_and_null_columns() {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(vec![Some(1), None])),
+            Arc::new(NullArray::new(2)),
+            Arc::new(StringArray::from(vec![None, Some("x")])),
+            Arc::new(
+                Decimal128Array::from(vec![None, Some(5)])
+                    .with_precision_and_scale(3, 1)
+                    .unwrap(),
+            ),
+            Arc::new(IntervalMonthDayNanoArray::from(vec![None, None])),
+        ];
+        let fields: Vec<Field> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect();
+        assert_eq!(pg_type(&fields[1]).unwrap().oid, 25);
+        let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+        for binary in [false, true] {
+            let rows = encode_rows(&b, &[binary; 5]).unwrap();
+            let null = (-1i32).to_be_bytes();
+            let mut want0 = Vec::new();
+            if binary {
+                want0.extend(4i32.to_be_bytes());
+                want0.extend(1i32.to_be_bytes());
+            } else {
+                want0.extend(1i32.to_be_bytes());
+                want0.push(b'1');
+            }
+            want0.extend(null.repeat(4));
+            assert_eq!(rows[0], want0, "binary {binary}");
+            let mut want1 = null.repeat(2);
+            want1.extend(1i32.to_be_bytes());
+            want1.push(b'x');
+            if binary {
+                // numeric 0.5: one digit 5000, weight -1, dscale 1.
+                want1.extend(10i32.to_be_bytes());
+                want1.extend([0, 1, 0xff, 0xff, 0, 0, 0, 1, 0x13, 0x88]);
+            } else {
+                want1.extend(3i32.to_be_bytes());
+                want1.extend(b"0.5");
+            }
+            want1.extend(null);
+            assert_eq!(rows[1], want1, "binary {binary}");
+        }
+        assert_eq!(text_value(b.column(1).as_ref(), 0).unwrap(), None);
+        assert_eq!(text_value(b.column(0).as_ref(), 1).unwrap(), None);
+        assert_eq!(
+            text_value(b.column(0).as_ref(), 0).unwrap().as_deref(),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn values_postgres_cannot_hold_are_errors() {
+        let b = batch(Arc::new(UInt64Array::from(vec![1u64 << 63])), None);
+        let e = encode_rows(&b, &[false]).unwrap_err();
+        assert_eq!(sqlstate(&e), "22003");
+        let b = batch(
+            Arc::new(TimestampMicrosecondArray::from(vec![i64::MIN])),
+            None,
+        );
+        assert_eq!(sqlstate(&encode_rows(&b, &[true]).unwrap_err()), "22008");
+        let b = batch(
+            Arc::new(TimestampSecondArray::from(vec![i64::MAX / 2])),
+            None,
+        );
+        assert_eq!(sqlstate(&encode_rows(&b, &[false]).unwrap_err()), "22008");
+        let b = batch(Arc::new(Date32Array::from(vec![i32::MAX])), None);
+        assert_eq!(sqlstate(&encode_rows(&b, &[false]).unwrap_err()), "22008");
+        let b = batch(Arc::new(Date32Array::from(vec![-2_440_589])), None); // 4714-11-23 BC
+        assert_eq!(sqlstate(&encode_rows(&b, &[true]).unwrap_err()), "22008");
+        // No PostgreSQL type: 0A000 naming the Arrow type.
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1)])]);
+        let b = batch(Arc::new(list), None);
+        let e = pg_type(b.schema().field(0)).unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000");
+        assert!(e.to_string().contains("List("), "{e}");
+        assert_eq!(sqlstate(&encode_rows(&b, &[false]).unwrap_err()), "0A000");
+        let e = text_value(b.column(0).as_ref(), 0).unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000");
+        let t = Field::new("t", ArrowType::Time64(TimeUnit::Microsecond), true);
+        assert_eq!(sqlstate(&pg_type(&t).unwrap_err()), "0A000");
+        // Unreadable metadata.
+        for m in ["bpchar(0)", "varchar(x)", "int4", "text(5)", "bpchar(5"] {
+            let b = batch(Arc::new(StringArray::from(vec!["a"])), Some(m));
+            assert_eq!(
+                sqlstate(&pg_type(b.schema().field(0)).unwrap_err()),
+                "XX000",
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamp_units_and_rounding() {
+        // Nanoseconds round to the nearest microsecond, ties to even.
+        for (ns, us) in [
+            (1500, 2),
+            (2500, 2),
+            (-1500, -2),
+            (-500, 0),
+            (499, 0),
+            (501, 1),
+        ] {
+            assert_eq!(nanos_to_micros(ns), us, "{ns}");
+        }
+        let b = batch(
+            Arc::new(TimestampNanosecondArray::from(vec![
+                1_704_110_400_000_002_500,
+            ])),
+            None,
+        );
+        assert_eq!(one(&b).0, "2024-01-01 12:00:00.000002");
+        // Every unit gives the same instant.
+        let s = 1_704_110_400i64;
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(TimestampSecondArray::from(vec![s])),
+            Arc::new(TimestampMillisecondArray::from(vec![s * 1000])),
+            Arc::new(TimestampMicrosecondArray::from(vec![s * 1_000_000])),
+            Arc::new(TimestampNanosecondArray::from(vec![s * 1_000_000_000])),
+        ];
+        for a in arrays {
+            assert_eq!(one(&batch(a, None)).0, "2024-01-01 12:00:00");
+        }
+        // A timestamptz's text is in UTC, whatever zone the Arrow type names.
+        let a = TimestampMicrosecondArray::from(vec![s * 1_000_000]).with_timezone("+05:00");
+        let b = batch(Arc::new(a), None);
+        assert_eq!(pg_type(b.schema().field(0)).unwrap().oid, 1184);
+        assert_eq!(one(&b).0, "2024-01-01 12:00:00+00");
+    }
+
+    #[test]
+    fn parameter_parsers_round_trip() {
+        let mut r = Rng(7);
+        for _ in 0..3000 {
+            // Numeric text in, canonical text out, stable.
+            let v = r.i128() >> r.range(0, 126);
+            let s = r.range(0, 30) as i8;
+            let mut out = Vec::new();
+            numeric_text(v < 0, &v.unsigned_abs().to_string(), s, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(parse_numeric(&text).unwrap(), text);
+            let mut bin = Vec::new();
+            numeric_send(v < 0, &v.unsigned_abs().to_string(), s, &mut bin);
+            assert_eq!(numeric_from_binary(&bin).unwrap(), text);
+            let lit = param_literal(&Type::NUMERIC, &bin, true).unwrap();
+            assert_eq!(lit, format!("CAST('{text}' AS NUMERIC)"));
+            // Dates and timestamps through their binary parameter form.
+            let d = r.range(PG_MIN_DATE, PG_END_DATE - 1) as i32;
+            let lit = param_literal(&Type::DATE, &d.to_be_bytes(), true).unwrap();
+            let text = format_date(d + PG_EPOCH_DAYS);
+            assert_eq!(lit, format!("DATE '{text}'"));
+            assert_eq!(parse_date(&text).unwrap(), PgDate::Days(d + PG_EPOCH_DAYS));
+            let us = r.range(PG_MIN_TIMESTAMP, PG_END_TIMESTAMP - 1);
+            let lit = param_literal(&Type::TIMESTAMP, &us.to_be_bytes(), true).unwrap();
+            let text = format_timestamp(us, false);
+            assert_eq!(lit, format!("TIMESTAMP '{text}'"));
+            assert_eq!(parse_timestamp(&text, false).unwrap(), us);
+            // Floats: binary and text parameters agree.
+            let f = f64::from_bits(r.next());
+            if f.is_finite() {
+                let a = param_literal(&Type::FLOAT8, &f.to_bits().to_be_bytes(), true).unwrap();
+                let b = param_literal(&Type::FLOAT8, format_f64(f).as_bytes(), false).unwrap();
+                assert_eq!(a, b);
+            }
+        }
+    }
+}
