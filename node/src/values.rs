@@ -2177,7 +2177,7 @@ mod tests {
                 continue;
             }
             let f: Vec<&str> = line.split('\t').collect();
-            let [kind, value, sql, oid, typmod, text, bin] = f[..] else {
+            let [kind, value, sql, oid, typmod, typlen, text, bin] = f[..] else {
                 panic!("bad line {line:?}");
             };
             let (kind, any_typmod) = match kind.strip_suffix('*') {
@@ -2193,6 +2193,7 @@ mod tests {
             let what = format!("{kind} {value} ({sql})");
             assert_eq!(t.oid.to_string(), oid, "{what}");
             assert_eq!(t.ty.oid(), t.oid, "{what}");
+            assert_eq!(t.typlen.to_string(), typlen, "{what}");
             if !any_typmod {
                 assert_eq!(t.typmod.to_string(), typmod, "{what}");
             }

@@ -5,9 +5,10 @@ The unit tests in values.rs read two tables beside this script:
 
 - pg_values.tsv: result values. Per row an Arrow value (kind, value), the same value in
   PostgreSQL (an SQL expression), and what PostgreSQL says of it: type OID, typmod,
-  text output, binary output (hex, the type's send function). This script evaluates
-  each expression and compares OID and typmod (of a column made by CREATE TABLE AS),
-  text (`psql -At`) and binary (`COPY ... TO STDOUT (FORMAT binary)`).
+  typlen, text output, binary output (hex, the type's send function). This script
+  evaluates each expression and compares OID and typmod (of a column made by CREATE
+  TABLE AS, and in the RowDescription of a SELECT), typlen (RowDescription), text
+  (`psql -At`) and binary (`COPY ... TO STDOUT (FORMAT binary)`).
 - pg_params.tsv: parameters of the extended protocol. Per row a PostgreSQL type, a
   format (text / binary), the client's value (hex for binary) and the SQL literal
   smrdb makes of it, or `ERROR <sqlstate>`. For text rows this script checks that
@@ -23,6 +24,8 @@ pg_values.tsv from the server instead of checking them (then review the diff).
 """
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 
@@ -75,19 +78,76 @@ def oid_typmod(expr):
     return oid, typmod
 
 
+class Wire:
+    """A minimal protocol-3 client (trust authentication) to read RowDescription."""
+
+    def __init__(self):
+        host = os.environ.get("PGHOST", "/var/run/postgresql")
+        port = int(os.environ.get("PGPORT", "5432"))
+        if host.startswith("/"):
+            self.s = socket.socket(socket.AF_UNIX)
+            self.s.connect(f"{host}/.s.PGSQL.{port}")
+        else:
+            self.s = socket.create_connection((host, port))
+        user = os.environ.get("PGUSER", os.environ.get("USER", "postgres"))
+        params = f"user\0{user}\0database\0{os.environ.get('PGDATABASE', user)}\0\0".encode()
+        self.s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+        self.until_ready()
+
+    def recv(self, n):
+        b = b""
+        while len(b) < n:
+            c = self.s.recv(n - len(b))
+            if not c:
+                raise RuntimeError("connection closed")
+            b += c
+        return b
+
+    def until_ready(self):
+        msgs = []
+        while True:
+            t, n = struct.unpack("!ci", self.recv(5))
+            body = self.recv(n - 4)
+            if t == b"R" and struct.unpack("!i", body[:4])[0] != 0:
+                raise RuntimeError("the server wants a password; use trust")
+            if t == b"Z":
+                return msgs
+            msgs.append((t, body))
+
+    def describe(self, sql):
+        """(oid, typlen, typmod) of the one result column of sql."""
+        q = sql.encode() + b"\0"
+        self.s.sendall(b"Q" + struct.pack("!i", 4 + len(q)) + q)
+        for t, body in self.until_ready():
+            if t == b"E":
+                raise RuntimeError(body)
+            if t == b"T":
+                assert struct.unpack("!h", body[:2])[0] == 1
+                k = body.index(b"\0", 2) + 1
+                _, _, oid, typlen, typmod, _ = struct.unpack("!ihihih", body[k : k + 18])
+                return str(oid), str(typlen), str(typmod)
+        raise RuntimeError(f"no RowDescription for {sql}")
+
+
 def values(fill):
     path = os.path.join(HERE, "pg_values.tsv")
     lines = open(path, encoding="utf-8").read().split("\n")
     out, bad = [], 0
+    wire = Wire()
     for line in lines:
         if not line or line.startswith("#"):
             out.append(line)
             continue
         kind, value, sql, *rest = line.split("\t")
         oid, typmod = oid_typmod(sql)
+        # What a client sees in RowDescription: the same type, and its width.
+        d_oid, typlen, d_typmod = wire.describe(f"SELECT {sql}")
+        if (d_oid, d_typmod) != (oid, typmod):
+            bad += 1
+            print(f"pg_values.tsv: {sql}: RowDescription {d_oid} {d_typmod}, column {oid} {typmod}")
         if kind.endswith("*"):
             typmod = "*"
-        got = [oid, typmod, text(sql), copy_binary(sql)]
+        got = [oid, typmod, typlen, text(sql), copy_binary(sql)]
         if fill:
             out.append("\t".join([kind, value, sql] + got))
         elif rest != got:
