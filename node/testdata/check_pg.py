@@ -21,6 +21,14 @@ session TimeZone UTC is set here). With --fill, rewrites the PostgreSQL columns 
 pg_values.tsv from the server instead of checking them (then review the diff).
 
     python3 node/testdata/check_pg.py [--fill]
+
+A throwaway server on a unix socket (Debian's postgresql package, run as postgres):
+
+    initdb -D /tmp/pgvals/data -A trust -U postgres --locale=C.UTF-8
+    pg_ctl -D /tmp/pgvals/data -l /tmp/pgvals/log \
+        -o "-k /tmp/pgvals -p 5533 -c listen_addresses=127.0.0.1" start
+    PGHOST=/tmp/pgvals PGPORT=5533 PGUSER=postgres PGDATABASE=postgres \
+        python3 node/testdata/check_pg.py
 """
 
 import os
