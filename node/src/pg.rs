@@ -1,6 +1,7 @@
 //! The Postgres wire-protocol front end (pgwire): simple and extended query
-//! protocols, `COPY ... FROM STDIN`, typed results (INT4, INT8, FLOAT8, TEXT, DATE,
-//! BOOL; text and binary formats), errors with SQLSTATEs.
+//! protocols, `COPY ... FROM STDIN`, typed results (each Arrow result column as its
+//! PostgreSQL type, in text and binary format: [`crate::values`]), errors with
+//! SQLSTATEs.
 //!
 //! Authentication ([`crate::auth`]): `trust` accepts any user and database name (the
 //! documented ones are `smrdb` / `smrdb`); `md5` and `scram-sha-256` check the user's
@@ -12,16 +13,17 @@
 //! connection fail with 57014 `canceling statement due to user request` (a cancel
 //! arriving while the connection is idle is ignored). The connection stays usable.
 //!
-//! Extended protocol: `$n` parameters are bound as SQL literals before planning.
-//! Parameter types the client does not declare are described as TEXT (so untyped
-//! numeric parameters need a declared type or a text value).
+//! Extended protocol: `$n` parameters are bound as typed SQL literals before planning
+//! ([`crate::values::param_literal`]). Parameter types the client does not declare
+//! are described as TEXT (so untyped numeric parameters need a declared type or a
+//! text value).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use arrow_schema::{Schema, SchemaRef};
+use arrow_schema::{FieldRef, SchemaRef};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{stream, Sink, SinkExt};
@@ -49,8 +51,8 @@ use crate::auth::{AuthError, Authenticator, Challenge, Exchange, Step, SCRAM_SHA
 use crate::copy::CopyFormat;
 use crate::engine::{CommandTag, Engine, Output, Session};
 use crate::error::Error;
-use crate::sqltext::{bind_params, count_params, quote_literal, split_statements};
-use crate::values::{civil_from_days, encode_rows, pg_oid, PG_EPOCH_DAYS};
+use crate::sqltext::{bind_params, count_params, split_statements};
+use crate::values::{encode_rows, pg_type};
 
 fn user_error(e: &Error) -> ErrorInfo {
     ErrorInfo::new("ERROR".into(), e.sqlstate().to_string(), e.client_message())
@@ -58,10 +60,6 @@ fn user_error(e: &Error) -> ErrorInfo {
 
 fn pg_error(e: &Error) -> PgWireError {
     PgWireError::UserError(Box::new(user_error(e)))
-}
-
-fn pg_type(t: &arrow_schema::DataType) -> Type {
-    Type::from_oid(pg_oid(t)).unwrap_or(Type::TEXT)
 }
 
 fn tag(t: &CommandTag) -> Tag {
@@ -75,14 +73,18 @@ fn tag(t: &CommandTag) -> Tag {
     g
 }
 
-fn fields(schema: &Schema, format: Option<&Format>) -> Vec<FieldInfo> {
-    schema
-        .fields()
+/// RowDescription fields of result columns: each Arrow field's PostgreSQL type
+/// ([`pg_type`]: OID, type modifier, width) in the format the client asked for.
+fn fields(columns: &[FieldRef], format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    columns
         .iter()
         .enumerate()
-        .map(|(i, fl)| {
+        .map(|(i, field)| {
             let f = format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text);
-            FieldInfo::new(fl.name().clone(), None, None, pg_type(fl.data_type()), f)
+            let t = pg_type(field).map_err(|e| pg_error(&e))?;
+            Ok(FieldInfo::new(field.name().clone(), None, None, t.ty, f)
+                .with_type_modifier(t.typmod)
+                .with_type_size(t.typlen))
         })
         .collect()
 }
@@ -359,7 +361,7 @@ impl Conn {
     fn response(&self, o: Output, format: Option<&Format>) -> PgWireResult<Response> {
         Ok(match o {
             Output::Rows { batch, command } => {
-                let schema = Arc::new(fields(&batch.schema(), format));
+                let schema = Arc::new(fields(batch.schema().fields(), format)?);
                 let binary: Vec<bool> = schema
                     .iter()
                     .map(|f| f.format() == FieldFormat::Binary)
@@ -582,86 +584,25 @@ impl QueryParser for Parser {
         stmt: &Prepared,
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        Ok(stmt
-            .columns
-            .as_deref()
-            .map(|c| fields(c, format))
-            .unwrap_or_default())
+        match stmt.columns.as_deref() {
+            Some(c) => fields(c.fields(), format),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
-fn bad_param(i: usize, why: &str) -> PgWireError {
-    pg_error(&Error::sql("22P02", format!("parameter ${}: {why}", i + 1)))
-}
-
-/// A parameter value as a SQL literal.
+/// A parameter value as a typed SQL literal ([`crate::values::param_literal`]); its
+/// errors name the parameter.
 fn param_literal(i: usize, v: Option<&[u8]>, ty: &Type, binary: bool) -> PgWireResult<String> {
     let Some(v) = v else {
         return Ok("NULL".into());
     };
-    let be = |n: usize| -> PgWireResult<&[u8]> {
-        if v.len() == n {
-            Ok(v)
-        } else {
-            Err(bad_param(
-                i,
-                &format!("{} bytes for a {n}-byte type", v.len()),
-            ))
-        }
-    };
-    if binary {
-        let s = match *ty {
-            Type::INT2 => i16::from_be_bytes(be(2)?.try_into().unwrap_or_default()).to_string(),
-            Type::INT4 => i32::from_be_bytes(be(4)?.try_into().unwrap_or_default()).to_string(),
-            Type::INT8 => i64::from_be_bytes(be(8)?.try_into().unwrap_or_default()).to_string(),
-            Type::FLOAT4 => {
-                let f = f32::from_be_bytes(be(4)?.try_into().unwrap_or_default());
-                float_literal(f64::from(f))
-            }
-            Type::FLOAT8 => {
-                float_literal(f64::from_be_bytes(be(8)?.try_into().unwrap_or_default()))
-            }
-            Type::BOOL => if be(1)?[0] != 0 { "TRUE" } else { "FALSE" }.into(),
-            Type::DATE => {
-                let d = i32::from_be_bytes(be(4)?.try_into().unwrap_or_default());
-                let (y, m, dd) = civil_from_days(d.wrapping_add(PG_EPOCH_DAYS));
-                quote_literal(&format!("{y:04}-{m:02}-{dd:02}"))
-            }
-            _ => {
-                let s = std::str::from_utf8(v).map_err(|_| bad_param(i, "not UTF-8"))?;
-                quote_literal(s)
-            }
-        };
-        return Ok(s);
-    }
-    let s = std::str::from_utf8(v).map_err(|_| bad_param(i, "not UTF-8"))?;
-    Ok(match *ty {
-        Type::INT2 | Type::INT4 | Type::INT8 => {
-            let n: i64 = s
-                .trim()
-                .parse()
-                .map_err(|_| bad_param(i, "not an integer"))?;
-            n.to_string()
-        }
-        Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => {
-            let f: f64 = s.trim().parse().map_err(|_| bad_param(i, "not a number"))?;
-            float_literal(f)
-        }
-        Type::BOOL => match s.trim().to_ascii_lowercase().as_str() {
-            "t" | "true" | "1" | "yes" | "on" => "TRUE".into(),
-            "f" | "false" | "0" | "no" | "off" => "FALSE".into(),
-            _ => return Err(bad_param(i, "not a boolean")),
-        },
-        _ => quote_literal(s),
+    crate::values::param_literal(ty, v, binary).map_err(|e| {
+        pg_error(&Error::sql(
+            e.sqlstate(),
+            format!("parameter ${}: {}", i + 1, e.client_message()),
+        ))
     })
-}
-
-fn float_literal(f: f64) -> String {
-    if f.is_finite() {
-        format!("{f:?}")
-    } else {
-        quote_literal(&crate::values::format_f64(f))
-    }
 }
 
 #[async_trait]
