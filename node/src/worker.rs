@@ -283,6 +283,8 @@ impl Worker {
             if self.t.stop.load(Ordering::Relaxed) {
                 break;
             }
+            self.poll_tasks();
+            // What the stages just produced goes out now.
             let blocked = match self.pump() {
                 Ok(b) => b,
                 Err(RouterError::Shutdown) => break,
@@ -291,7 +293,6 @@ impl Worker {
                     false
                 }
             };
-            self.poll_tasks();
             // Work to do now: poll again right after a look at the inbox. While
             // something waits for arena space, look at the inbox often (its chunks are
             // what frees space at the other end); otherwise sleep on it.
@@ -920,6 +921,7 @@ impl Worker {
                 break;
             }
         }
+        let replies_queued = !finished_tasks.is_empty();
         for (task, exchange, sent, too_big) in finished_tasks {
             if let Some(t) = self.tasks.get_mut(&task) {
                 if too_big {
@@ -937,6 +939,10 @@ impl Worker {
                 }
             }
             self.maybe_finish(task);
+        }
+        if replies_queued && !blocked {
+            // Closing a channel may have completed a task: send its reply now.
+            return self.pump();
         }
         Ok(blocked)
     }
