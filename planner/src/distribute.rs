@@ -359,6 +359,11 @@ impl Cutter {
         let id = self.exchanges.len() as u16;
         let producer = one_partition(producer);
         let (est_rows, est_bytes) = estimate(&producer);
+        // The consumers see all producers' rows: the producer's (cluster-wide)
+        // statistics describe the exchange, so joins above it are estimated too.
+        let stats = StatisticsContext::new()
+            .compute(producer.as_ref(), &StatisticsArgs::new())
+            .ok();
         let schema = producer.schema();
         let stage = self.stages.len() as u16;
         self.stages.push(Stage {
@@ -384,7 +389,7 @@ impl Cutter {
         } else {
             1
         };
-        Arc::new(ExchangeExec::new(id, kind.name(), schema, partitions, None))
+        Arc::new(ExchangeExec::new(id, kind.name(), schema, partitions, stats))
     }
 
     /// Moves a partitioned subtree to the primary.

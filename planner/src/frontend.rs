@@ -107,10 +107,20 @@ impl Frontend {
         }
         let mut aggregates = smrdb_tstore::exec::functions::smrdb_aggregates();
         aggregates.extend(SessionStateDefaults::default_aggregate_functions());
+        // DataFusion's logical rules, with our join ordering once filters are pushed
+        // down (and before projections are pruned).
+        let mut rules = datafusion::optimizer::Optimizer::new().rules;
+        let at = rules
+            .iter()
+            .position(|r| r.name() == "push_down_filter")
+            .map(|i| i + 1)
+            .unwrap_or(rules.len());
+        rules.insert(at, Arc::new(crate::reorder::JoinReorder));
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
             .with_aggregate_functions(aggregates)
+            .with_optimizer_rules(rules)
             .with_physical_optimizer_rules(physical_rules())
             .build();
         Ok(Frontend { state })

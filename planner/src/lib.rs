@@ -3,6 +3,8 @@
 //! * [`frontend`]: DataFusion's SQL planner binds statements against our
 //!   [`Catalog`] (a `ContextProvider`), its optimizer rewrites them, its physical
 //!   planner makes one single-node plan whose leaves scan Tstore slices.
+//! * [`reorder`]: joins ordered by estimated size ([`estimate`]), not by the FROM
+//!   clause.
 //! * [`distribute`]: that plan cut into stages joined by exchanges (gather,
 //!   broadcast), with the pivot of every join and why.
 //! * [`explain`]: EXPLAIN [ANALYZE] text.
@@ -17,8 +19,10 @@ pub mod ddl;
 pub mod distribute;
 pub mod dml;
 mod error;
+pub mod estimate;
 pub mod explain;
 pub mod frontend;
+pub mod reorder;
 
 use datafusion::common::DFSchemaRef;
 use datafusion::logical_expr::{Expr, LogicalPlan};
