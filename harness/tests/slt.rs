@@ -396,6 +396,18 @@ impl<'a> FromSql<'a> for Cell {
                 // Postgres dates count from 2000-01-01 (10957 days after 1970-01-01).
                 format_date(d as i64 + 10_957)
             }
+            Type::NUMERIC => format_decimal(&numeric_text(raw)?),
+            Type::TIMESTAMP => {
+                let us = i64::from_be_bytes(arr(8)?.try_into()?);
+                format_timestamp(us)
+            }
+            Type::INTERVAL => {
+                let b = arr(16)?;
+                let us = i64::from_be_bytes(b[0..8].try_into()?);
+                let days = i32::from_be_bytes(b[8..12].try_into()?);
+                let months = i32::from_be_bytes(b[12..16].try_into()?);
+                format_interval(months, days, us)
+            }
             _ => format_text(std::str::from_utf8(raw)?),
         }))
     }
@@ -404,16 +416,166 @@ impl<'a> FromSql<'a> for Cell {
         Ok(Cell("NULL".into()))
     }
 
-    fn accepts(ty: &Type) -> bool {
-        !matches!(*ty, Type::NUMERIC)
+    fn accepts(_ty: &Type) -> bool {
+        true
     }
+}
+
+/// The text of a binary NUMERIC (PostgreSQL's send format: ndigits, weight, sign,
+/// dscale, base-10000 digits).
+fn numeric_text(raw: &[u8]) -> Result<String, Box<dyn std::error::Error + Sync + Send>> {
+    if raw.len() < 8 {
+        return Err("numeric: short value".into());
+    }
+    let i16_at = |i: usize| i16::from_be_bytes([raw[i], raw[i + 1]]);
+    let (ndigits, weight, sign, dscale) = (
+        i16_at(0) as usize,
+        i16_at(2) as i32,
+        u16::from_be_bytes([raw[4], raw[5]]),
+        i16_at(6) as usize,
+    );
+    if sign == 0xC000 {
+        return Ok("NaN".into());
+    }
+    if raw.len() != 8 + 2 * ndigits {
+        return Err("numeric: bad length".into());
+    }
+    let digits: Vec<i16> = (0..ndigits).map(|k| i16_at(8 + 2 * k)).collect();
+    // Integer part: digit groups with weight >= 0; fraction: the rest.
+    let mut int = String::new();
+    for w in (0..=weight.max(0)).rev() {
+        let k = weight - w;
+        let d = if k >= 0 && (k as usize) < digits.len() && w <= weight {
+            digits[k as usize]
+        } else {
+            0
+        };
+        if int.is_empty() {
+            if d != 0 || w == 0 {
+                int = d.to_string();
+            }
+        } else {
+            int.push_str(&format!("{d:04}"));
+        }
+    }
+    if int.is_empty() {
+        int.push('0');
+    }
+    let mut frac = String::new();
+    let mut k = weight + 1;
+    while frac.len() < dscale {
+        let d = if k >= 0 && (k as usize) < digits.len() {
+            digits[k as usize]
+        } else {
+            0
+        };
+        frac.push_str(&format!("{d:04}"));
+        k += 1;
+    }
+    frac.truncate(dscale);
+    let sign = if sign == 0x4000 { "-" } else { "" };
+    Ok(if dscale > 0 {
+        format!("{sign}{int}.{frac}")
+    } else {
+        format!("{sign}{int}")
+    })
+}
+
+/// A decimal text rounded to three places, half away from zero, exactly (no float).
+fn format_decimal(t: &str) -> String {
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t),
+    };
+    if !t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return t.to_string(); // NaN
+    }
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    let mut digits: Vec<u8> = int.bytes().map(|b| b - b'0').collect();
+    let mut f: Vec<u8> = frac.bytes().map(|b| b - b'0').collect();
+    f.resize(4, 0);
+    let round_up = f[3] >= 5;
+    f.truncate(3);
+    digits.extend(&f);
+    if round_up {
+        let mut i = digits.len();
+        loop {
+            if i == 0 {
+                digits.insert(0, 1);
+                break;
+            }
+            i -= 1;
+            if digits[i] == 9 {
+                digits[i] = 0;
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+    }
+    let n = digits.len();
+    let int: String = digits[..n - 3].iter().map(|d| (b'0' + d) as char).collect();
+    let int = int.trim_start_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let frac: String = digits[n - 3..].iter().map(|d| (b'0' + d) as char).collect();
+    let zero = int == "0" && frac == "000";
+    format!("{}{int}.{frac}", if neg && !zero { "-" } else { "" })
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]` of microseconds since 2000-01-01, as PostgreSQL
+/// prints a TIMESTAMP.
+fn format_timestamp(us: i64) -> String {
+    let day = us.div_euclid(86_400_000_000);
+    let t = us.rem_euclid(86_400_000_000);
+    let (h, m, s, f) = (
+        t / 3_600_000_000,
+        t / 60_000_000 % 60,
+        t / 1_000_000 % 60,
+        t % 1_000_000,
+    );
+    let mut out = format!("{} {h:02}:{m:02}:{s:02}", format_date(day + 10_957));
+    if f != 0 {
+        let frac = format!("{f:06}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    out
+}
+
+/// An interval the way PostgreSQL prints it (IntervalStyle postgres).
+fn format_interval(months: i32, days: i32, us: i64) -> String {
+    let mut parts = Vec::new();
+    let (y, mo) = (months / 12, months % 12);
+    let unit = |n: i64, one: &str, many: &str| format!("{n} {}", if n.abs() == 1 { one } else { many });
+    if y != 0 {
+        parts.push(unit(y as i64, "year", "years"));
+    }
+    if mo != 0 {
+        parts.push(unit(mo as i64, "mon", "mons"));
+    }
+    if days != 0 {
+        parts.push(unit(days as i64, "day", "days"));
+    }
+    if us != 0 || parts.is_empty() {
+        let neg = us < 0;
+        let a = us.unsigned_abs();
+        let (h, m, s, f) = (a / 3_600_000_000, a / 60_000_000 % 60, a / 1_000_000 % 60, a % 1_000_000);
+        let mut t = format!("{}{h:02}:{m:02}:{s:02}", if neg { "-" } else { "" });
+        if f != 0 {
+            t.push('.');
+            t.push_str(format!("{f:06}").trim_end_matches('0'));
+        }
+        parts.push(t);
+    }
+    parts.join(" ")
 }
 
 /// Renders a text-format value of type `ty` (simple protocol).
 fn render_text(ty: Option<&Type>, v: Option<&str>) -> String {
     let Some(v) = v else { return "NULL".into() };
     match ty {
-        Some(t) if matches!(*t, Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC) => {
+        Some(t) if *t == Type::NUMERIC => format_decimal(v),
+        Some(t) if matches!(*t, Type::FLOAT4 | Type::FLOAT8) => {
             match v.parse::<f64>() {
                 Ok(x) => format_float(x),
                 Err(_) => v.to_string(), // NaN / Infinity spelled by the server
@@ -591,4 +753,44 @@ fn run_fabric(fabric: &str) {
         "[slt {fabric}] all {total} records passed in {} files",
         files.len()
     );
+}
+
+#[test]
+fn renders_numeric_timestamp_and_interval_like_postgres() {
+    let num = |ndigits: i16, weight: i16, sign: u16, dscale: i16, d: &[i16]| {
+        let mut b = Vec::new();
+        for x in [ndigits, weight] {
+            b.extend(x.to_be_bytes());
+        }
+        b.extend(sign.to_be_bytes());
+        b.extend(dscale.to_be_bytes());
+        for x in d {
+            b.extend(x.to_be_bytes());
+        }
+        numeric_text(&b).unwrap()
+    };
+    // Expect: PostgreSQL's text of each binary numeric.
+    assert_eq!(num(2, 0, 0, 2, &[12, 5000]), "12.50");
+    assert_eq!(num(1, -1, 0, 3, &[10]), "0.001");
+    assert_eq!(num(2, 1, 0x4000, 0, &[1, 2]), "-10002");
+    assert_eq!(num(0, 0, 0, 2, &[]), "0.00");
+    assert_eq!(num(1, 2, 0, 0, &[7]), "700000000");
+    // Expect: exact rounding to three places, half away from zero.
+    for (t, want) in [
+        ("1.0005", "1.001"),
+        ("-2.6745", "-2.675"),
+        ("0.0004", "0.000"),
+        ("-0.0004", "0.000"),
+        ("9.9995", "10.000"),
+        ("12", "12.000"),
+        ("123456789012345678901234567.123456", "123456789012345678901234567.123"),
+    ] {
+        assert_eq!(format_decimal(t), want, "{t}");
+    }
+    assert_eq!(format_timestamp(0), "2000-01-01 00:00:00");
+    assert_eq!(format_timestamp(-1), "1999-12-31 23:59:59.999999");
+    assert_eq!(format_timestamp(86_400_000_000 + 1_500_000), "2000-01-02 00:00:01.5");
+    assert_eq!(format_interval(14, 3, 3_600_000_000), "1 year 2 mons 3 days 01:00:00");
+    assert_eq!(format_interval(0, -1, 0), "-1 days");
+    assert_eq!(format_interval(0, 0, 0), "00:00:00");
 }
