@@ -368,6 +368,7 @@ fn cast_error(def: &ColumnDef, col: &ArrayRef, e: arrow_schema::ArrowError) -> E
         ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View
     );
     let out_of_range = msg.contains("too large")
+        || msg.contains("too small")
         || msg.contains("overflow")
         || msg.contains("Overflow")
         || msg.contains("out of range")
@@ -580,6 +581,40 @@ mod tests {
         let got = coerce_column(&v, &text(&[Some("é "), Some("xy  ")])).unwrap();
         assert_eq!(got.as_string::<i32>().value(1), "xy");
         assert!(coerce_column(&v, &text(&[Some("éèà")])).is_err());
+    }
+
+    #[test]
+    fn numeric_overflow_is_out_of_range_on_both_sides() {
+        // Expect: 22003 for a value too large and for one too small (arrow words the
+        // two differently).
+        let d = ColumnDef::new(
+            "d",
+            SqlType::Numeric {
+                precision: 5,
+                scale: 2,
+            },
+            true,
+        );
+        for v in [100_000i128, -100_000] {
+            let wide: ArrayRef = Arc::new(
+                arrow_array::Decimal128Array::from(vec![v])
+                    .with_precision_and_scale(6, 2)
+                    .unwrap(),
+            );
+            assert!(
+                matches!(coerce_column(&d, &wide), Err(Error::Overflow(_))),
+                "{v}"
+            );
+        }
+        for v in ["999.995", "-999.995"] {
+            assert!(
+                matches!(
+                    coerce_column(&d, &text(&[Some(v)])),
+                    Err(Error::Overflow(_))
+                ),
+                "{v}"
+            );
+        }
     }
 
     #[test]
