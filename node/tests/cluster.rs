@@ -520,32 +520,72 @@ fn lost_node_fails_statements_naming_it() {
     assert_eq!(sqlstate(&e), "08006");
 }
 
-/// `node A -> node B: X bytes in Y <unit>` lines of one section of EXPLAIN ANALYZE.
-fn pair_lines(plan: &[String], section: &str) -> Vec<(u32, u32, u64, u64)> {
-    let start = plan
-        .iter()
-        .position(|l| l.contains(section))
-        .unwrap_or_else(|| panic!("no {section:?} in {plan:#?}"));
-    plan[start + 1..]
-        .iter()
-        .take_while(|l| l.trim_start().starts_with("node "))
-        .map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            // node A -> node B: X bytes in Y chunks|messages
-            let n = |s: &str| s.trim_end_matches([':', ',']).parse::<u64>().unwrap();
-            (n(w[1]) as u32, n(w[4]) as u32, n(w[5]), n(w[8]))
-        })
-        .collect()
+/// A size as EXPLAIN prints it (`123 B`, `4.5 MiB`): (bytes, how far the exact value
+/// can be from it). Sizes from 1 KiB up are printed with one decimal, so the exact value
+/// is within half a unit of the last digit.
+fn explain_size(s: &str) -> (f64, f64) {
+    let (num, unit) = s
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("not a size: {s:?}"));
+    let x: f64 = num.parse().unwrap_or_else(|_| panic!("not a size: {s:?}"));
+    let scale = match unit {
+        "B" => return (x, 0.0),
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => panic!("unit of {s:?}"),
+    };
+    (x * scale, 0.05 * scale)
 }
 
-/// A 9 MB join table crosses the network as the router mode says: EXPLAIN ANALYZE's
-/// expected bytes per node pair (from the Tstores' counts; `copies` per remote node)
-/// match what the routers measured.
+/// Every (node, peer) -> (bytes_written, messages_sent) of `smrdb_router`: exact router
+/// counters, read before and after a statement to see what it moved.
+fn router_counters(c: &mut Client) -> std::collections::BTreeMap<(u32, u32), (u64, u64)> {
+    text_rows(
+        c,
+        "SELECT node, peer, bytes_written, messages_sent FROM smrdb_router",
+    )
+    .into_iter()
+    .map(|r| {
+        let n = |i: usize| r[i].as_deref().unwrap().parse::<u64>().unwrap();
+        ((n(0) as u32, n(1) as u32), (n(2), n(3)))
+    })
+    .collect()
+}
+
+/// The exchange of EXPLAIN whose line contains `header`: its id, that line and the
+/// indented lines under it.
+fn exchange_lines<'a>(plan: &'a [String], header: &str) -> (u16, Vec<&'a str>) {
+    let at = plan
+        .iter()
+        .position(|l| l.starts_with("  #") && l.contains(header))
+        .unwrap_or_else(|| panic!("no exchange {header:?} in {plan:#?}"));
+    let id = plan[at][3..]
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no exchange id in {:?}", plan[at]));
+    let mut lines = vec![plan[at].as_str()];
+    lines.extend(
+        plan[at + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("     "))
+            .map(String::as_str),
+    );
+    (id, lines)
+}
+
+/// A 9 MB join table crosses the network as the router mode says: one copy of each
+/// node's share to every other node (smr), or one per remote Tstore (naive). The exact
+/// router counters around EXPLAIN ANALYZE match the bytes the broadcast exchange
+/// measured (times the copies), EXPLAIN's own per-pair figures agree with them, and
+/// its expectation per node pair (from the catalog's statistics) is close to them.
 fn join_counts(fabric: &str, mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cl = LocalCluster::start_with(fabric, dir.path(), &["--router-mode", mode]);
     // Remote Tstores a join table is copied to, per remote node.
-    let copies = if mode == "naive" { 2 } else { 1 };
+    let copies: f64 = if mode == "naive" { 2.0 } else { 1.0 };
     let mut c = connect(cl.port);
     c.batch_execute("CREATE TABLE jp (k INT, v INT); CREATE TABLE jb (k INT, pad TEXT, w INT)")
         .unwrap();
@@ -586,48 +626,115 @@ fn join_counts(fabric: &str, mode: &str) {
             Some(format!("{pad}9999")),
         ]]
     );
-    // EXPLAIN ANALYZE with jp forced as the pivot: jb (9 MB) is the join table.
+    // EXPLAIN ANALYZE with jp forced as the pivot (the SET above holds for the
+    // session): jb (9 MB) is the join table. The router counters are read around it.
+    let before = router_counters(&mut c);
     let plan: Vec<String> = text_rows(&mut c, &format!("EXPLAIN ANALYZE {q}"))
         .into_iter()
         .map(|r| r[0].clone().unwrap_or_default())
         .collect();
-    let wording = if mode == "naive" {
-        "one copy per remote Tstore"
+    let after = router_counters(&mut c);
+    let router = if mode == "naive" {
+        "broadcast one copy per remote Tstore (naive router)"
     } else {
-        "one copy per remote node"
+        "broadcast one copy per node (shared memory router)"
     };
     assert!(
-        plan.iter()
-            .any(|l| l.starts_with("  network: join table jb") && l.contains(wording)),
+        plan[0].starts_with("Distributed plan: 2 nodes x 2 Tstores") && plan[0].contains(router),
         "{plan:#?}"
     );
-    let expected = pair_lines(
-        &plan,
-        &format!("{wording}, expected from the Tstores' counts"),
+    assert!(
+        plan.iter().any(|l| l.starts_with("  - ")
+            && l.contains("pivot [jp] stays in place (forced by smrdb.pivot); [jb] is broadcast")),
+        "{plan:#?}"
     );
-    let measured = pair_lines(&plan, "measured by the routers");
-    assert_eq!(expected.len(), 2, "{plan:#?}");
-    for (a, b, bytes, chunks) in expected {
+    let (id, x) = exchange_lines(
+        &plan,
+        "broadcast, every Tstore to every Tstore: join table [jb]",
+    );
+    // What the broadcast's producers sent: every jb row once, each Tstore's share
+    // (about 2.3 MB) in several 1 MiB chunks.
+    let measured = x
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("measured: "))
+        .unwrap_or_else(|| panic!("no measured line for #{id}: {plan:#?}"));
+    let w: Vec<&str> = measured.split_whitespace().collect();
+    // R rows, X UNIT in N chunks
+    assert_eq!((w[1], w[4], w[6]), ("rows,", "in", "chunks"), "{measured}");
+    assert_eq!(w[0], "30000", "{plan:#?}");
+    let (sent, sent_err) = explain_size(&format!("{} {}", w[2], w[3]));
+    let chunks: u64 = w[5].parse().unwrap();
+    assert!(
+        chunks >= 2 * 4,
+        "{chunks} chunks for 4 Tstores' ~2.3 MB: {plan:#?}"
+    );
+    assert!(sent > 8.0 * 1024.0 * 1024.0, "{plan:#?}");
+    // Every Tstore received the whole join table exactly once.
+    assert!(
+        plan.iter()
+            .any(|l| l.contains(&format!("ExchangeExec: broadcast #{id}  [rows=120000,"))),
+        "{plan:#?}"
+    );
+    // Expected per pair: each node's half of the table, `copies` times. The router
+    // counters also count a few small task messages (the request, replies, the gather
+    // of 4 partial aggregates, statistics): at most 64 KiB. With smr never one copy per
+    // remote Tstore (that would be twice the bytes).
+    let share = sent / 2.0 * copies;
+    let share_err = sent_err / 2.0 * copies;
+    let pairs = [(0u32, 1u32), (1, 0)];
+    let mut total_msgs = 0;
+    let mut counted = Vec::new();
+    for (a, b) in pairs {
+        let (b0, m0) = before.get(&(a, b)).copied().unwrap_or_default();
+        let (b1, m1) = after[&(a, b)];
+        let (bytes, msgs) = ((b1 - b0) as f64, m1 - m0);
+        total_msgs += msgs;
         assert!(
-            chunks >= 2 * 2 * copies,
-            "node {a}: {chunks} chunks ({plan:#?})"
+            bytes >= share - share_err && bytes <= share + share_err + 65536.0,
+            "node {a} -> {b}: {bytes} bytes written for {share} join-table bytes \
+             ({copies} copies of half of {sent} bytes)\n{plan:#?}"
         );
-        assert_eq!(chunks % copies, 0, "{plan:#?}");
-        let (_, _, mbytes, msgs) = *measured
+        // Each of the node's 2 Tstores sends at least 2 chunks, `copies` times.
+        assert!(
+            msgs as f64 >= 2.0 * 2.0 * copies,
+            "node {a} -> {b}: {msgs} messages\n{plan:#?}"
+        );
+        // EXPLAIN's own per-pair figure (measured inside the statement).
+        let line = plan
             .iter()
-            .find(|m| m.0 == a && m.1 == b)
+            .find_map(|l| l.strip_prefix(&format!("  node {a} -> node {b}: ")))
             .unwrap_or_else(|| panic!("no measured {a}->{b}: {plan:#?}"));
-        // The join chunks' bytes (one copy per remote node, or per remote Tstore when
-        // naive) plus a few small task messages (the request, replies, statistics):
-        // with smr never one copy per remote Tstore (that would be twice the bytes).
-        // Messages also count credits.
+        let (shown, shown_err) = explain_size(line);
         assert!(
-            msgs >= chunks,
-            "node {a} -> {b}: {msgs} messages for {chunks} join chunks\n{plan:#?}"
+            shown <= bytes + shown_err && shown >= bytes - 65536.0 - shown_err,
+            "node {a} -> {b}: EXPLAIN says {line}, the routers counted {bytes} bytes\n{plan:#?}"
         );
+        counted.push((a, b, bytes));
+    }
+    // Every chunk crossed to the other node `copies` times.
+    assert!(
+        total_msgs as f64 >= chunks as f64 * copies,
+        "{total_msgs} messages for {chunks} chunks\n{plan:#?}"
+    );
+    // What EXPLAIN expected before running (from the catalog's statistics), per node
+    // pair and with the router's copies: within 50% of what the routers counted.
+    let expected = x
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("expected per node pair: "))
+        .unwrap_or_else(|| panic!("no expectation for #{id}: {plan:#?}"));
+    let wording = if mode == "naive" {
+        "(each node's share to every other node, 2 copies (one per remote Tstore))"
+    } else {
+        "(each node's share to every other node, one copy per node)"
+    };
+    let (size, why) = expected.split_at(expected.find(" (").unwrap());
+    assert_eq!(why.trim(), wording, "{plan:#?}");
+    let (est, _) = explain_size(size);
+    for (a, b, bytes) in counted {
         assert!(
-            mbytes >= bytes && mbytes <= bytes + (64 << 10),
-            "node {a} -> {b}: {mbytes} bytes written for {bytes} join-table bytes\n{plan:#?}"
+            est >= bytes / 1.5 && est <= bytes * 1.5,
+            "node {a} -> {b}: EXPLAIN expected {size} per node pair, the routers counted \
+             {bytes} bytes\n{plan:#?}"
         );
     }
 }
