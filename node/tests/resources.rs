@@ -231,9 +231,10 @@ fn join_sum() -> String {
 /// The aggregate join; with `jp` as the pivot `jb` (with its pad) is the join table.
 const AGG_JOIN: &str = "SELECT count(*), sum(jp.v), max(jb.pad) FROM jp JOIN jb ON jp.k = jb.k";
 /// A join whose intermediate results are every joined row with its pad (~25 MB): the
-/// primary gathers them all to sort.
-const WIDE_JOIN: &str =
-    "SELECT jp.v, jb.pad FROM jp JOIN jb ON jp.k = jb.k ORDER BY jb.pad DESC, jp.v DESC LIMIT 2";
+/// primary gathers them all to sort. (The OFFSET makes every Tstore's top-k keep all
+/// of its rows; with a LIMIT alone each Tstore would send only its first rows.)
+const WIDE_JOIN: &str = "SELECT jp.v, jb.pad FROM jp JOIN jb ON jp.k = jb.k \
+     ORDER BY jb.pad DESC, jp.v DESC LIMIT 2 OFFSET 79998";
 
 fn check_agg_join(c: &mut Client) {
     let pad = "x".repeat(PAD);
@@ -248,30 +249,51 @@ fn check_agg_join(c: &mut Client) {
 }
 
 fn check_wide_join(c: &mut Client) {
-    // The largest pad ends in 9999 (k = 9999 % 1500 = 999): jp rows 3999, 2999, ...
+    // The last two of the 80000 joined rows: the smallest pad ends in 0 (jb row 0, k =
+    // 0), joined with jp rows 3000, 2000, 1000 and 0.
     let pad = "x".repeat(PAD);
     assert_eq!(
         rows(c, &format!("SET smrdb.pivot = 'jp'; {WIDE_JOIN}")),
         vec![
-            vec![Some("3999".into()), Some(format!("{pad}9999"))],
-            vec![Some("2999".into()), Some(format!("{pad}9999"))],
+            vec![Some("1000".into()), Some(format!("{pad}0"))],
+            vec![Some("0".into()), Some(format!("{pad}0"))],
         ]
     );
 }
 
-/// `gathered on the primary: R rows, B bytes` of EXPLAIN ANALYZE.
+/// The bytes EXPLAIN ANALYZE measured for the gathers to the primary: the sum of
+/// `measured: R rows, X <unit> in N chunks` under each `#N gather, ...` exchange (sizes
+/// are printed with one decimal: the sum is within 5% of a unit per gather).
 fn gathered_bytes(c: &mut Client, query: &str) -> u64 {
     let plan: Vec<String> = rows(c, &format!("EXPLAIN ANALYZE {query}"))
         .into_iter()
         .map(|r| r[0].clone().unwrap_or_default())
         .collect();
-    let line = plan
-        .iter()
-        .find(|l| l.contains("gathered on the primary"))
-        .unwrap_or_else(|| panic!("{plan:#?}"));
-    let w: Vec<&str> = line.split_whitespace().collect();
-    let at = w.iter().position(|&x| x == "bytes").expect("bytes") - 1;
-    w[at].parse().unwrap()
+    let mut total = 0.0;
+    let mut gathers = 0;
+    for (i, l) in plan.iter().enumerate() {
+        if !(l.starts_with("  #") && l.contains(" gather, ")) {
+            continue;
+        }
+        gathers += 1;
+        let m = plan[i + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("     "))
+            .find_map(|l| l.trim_start().strip_prefix("measured: "))
+            .unwrap_or_else(|| panic!("no measured line under {l:?}: {plan:#?}"));
+        // R rows, X UNIT in N chunks
+        let w: Vec<&str> = m.split_whitespace().collect();
+        let x: f64 = w[2].parse().unwrap_or_else(|_| panic!("{m}"));
+        total += x * match w[3] {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1048576.0,
+            "GiB" => 1073741824.0,
+            u => panic!("unit {u} in {m}"),
+        };
+    }
+    assert!(gathers > 0, "no gather: {plan:#?}");
+    total as u64
 }
 
 /// Rings, arena and chunks far smaller than the data: join tables (9 MB, streamed, or
@@ -507,7 +529,8 @@ fn intermediate_results_over_the_limit_fail_with_53200() {
 
     // A single-table query (the primary sorts 9 MB of pads), a join (25 MB of joined
     // rows), and an INSERT ... SELECT, which inserts nothing.
-    let single = "SELECT pad FROM jb ORDER BY pad DESC LIMIT 1";
+    // (The OFFSET keeps every row in the Tstores' top-k: all 9 MB reach the primary.)
+    let single = "SELECT pad FROM jb ORDER BY pad DESC LIMIT 1 OFFSET 29999";
     let join = format!("SET smrdb.pivot = 'jp'; {WIDE_JOIN}");
     let insert = "INSERT INTO pads SELECT pad FROM jb";
     for q in [single, join.as_str(), insert] {
@@ -542,7 +565,7 @@ fn intermediate_results_over_the_limit_fail_with_53200() {
     c.batch_execute(&format!("SET smrdb.max_intermediate_mib = {need}"))
         .unwrap();
     let pad = "x".repeat(PAD);
-    assert_eq!(value(&mut c, single), format!("{pad}9999"));
+    assert_eq!(value(&mut c, single), format!("{pad}0"));
     // 0 turns the limit off; DEFAULT restores the cluster's.
     c.batch_execute("SET smrdb.max_intermediate_mib = 0")
         .unwrap();
@@ -584,7 +607,9 @@ fn cluster_file_sets_the_default_intermediate_limit() {
     let vals: Vec<String> = (0..4000).map(|i| format!("('{s}{i}')")).collect();
     c.batch_execute(&format!("INSERT INTO t VALUES {}", vals.join(",")))
         .unwrap();
-    let q = "SELECT s FROM t ORDER BY s LIMIT 1";
+    // The last of 4000 sorted rows (~4 MB, all gathered: the OFFSET keeps every row in
+    // the Tstores' top-k): the largest text ends in 999.
+    let q = "SELECT s FROM t ORDER BY s LIMIT 1 OFFSET 3999";
     let (state, msg, _) = fails(&mut c, q);
     assert_eq!(state, "53200", "{msg}");
     assert!(
@@ -594,7 +619,7 @@ fn cluster_file_sets_the_default_intermediate_limit() {
     assert_eq!(value(&mut c, "SELECT count(*) FROM t"), "4000");
     c.batch_execute("SET smrdb.max_intermediate_mib = 8")
         .unwrap();
-    assert_eq!(value(&mut c, q), format!("{s}0"));
+    assert_eq!(value(&mut c, q), format!("{s}999"));
 }
 
 // ------------------------------------------------------------------ verbs (VM)
