@@ -670,7 +670,7 @@ impl Engine {
     pub fn describe(&self, sql: &str) -> Result<Option<SchemaRef>> {
         let plans = self.plan(sql)?;
         Ok(match plans.last() {
-            Some(Plan::Query(q)) => Some(Arc::new(q.schema().as_arrow().clone())),
+            Some(Plan::Query(q)) => Some(q.arrow_schema()),
             Some(Plan::Explain { .. }) => Some(Arc::new(Schema::new(vec![Field::new(
                 "QUERY PLAN",
                 ArrowType::Utf8,
@@ -783,8 +783,15 @@ impl Engine {
             .planner
             .distribute(&plan, &self.dist_options(session)?)?;
         let (batches, _) = self.run_dist(&dist, &limit, false)?;
-        let schema = Arc::new(q.schema().as_arrow().clone());
-        concat(&schema, &batches)
+        let schema = q.arrow_schema();
+        let b = concat(&Arc::new(q.schema().as_arrow().clone()), &batches)?;
+        // PostgreSQL's column names (`count`, `?column?`).
+        RecordBatch::try_new_with_options(
+            schema,
+            b.columns().to_vec(),
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+        )
+        .map_err(|e| Error::sql("XX000", e.to_string()))
     }
 
     /// `EXPLAIN [ANALYZE]`.

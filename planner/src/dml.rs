@@ -69,7 +69,10 @@ pub(crate) fn plan_dml(fe: &Frontend, dml: &DmlStatement) -> Result<Plan, PlanEr
             let input = fe.optimize(&dml.input)?;
             Ok(Plan::Insert {
                 table,
-                query: Query { plan: input },
+                query: Query {
+                    names: Vec::new(),
+                    plan: input,
+                },
             })
         }
         WriteOp::Delete => {

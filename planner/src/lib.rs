@@ -63,12 +63,70 @@ pub fn parse_bool_setting(name: &str, value: &str) -> Result<bool, PlanError> {
 pub struct Query {
     /// The optimized plan.
     pub plan: LogicalPlan,
+    /// The output columns' names as PostgreSQL gives them (`count`, `?column?`...).
+    pub names: Vec<String>,
 }
 
 impl Query {
-    /// Output column names and Arrow fields.
+    /// Output Arrow fields (DataFusion's names).
     pub fn schema(&self) -> DFSchemaRef {
         self.plan.schema().clone()
+    }
+
+    /// The output schema with PostgreSQL's column names.
+    pub fn arrow_schema(&self) -> arrow_schema::SchemaRef {
+        let s = self.plan.schema().as_arrow();
+        if self.names.len() != s.fields().len() {
+            return std::sync::Arc::new(s.clone());
+        }
+        std::sync::Arc::new(arrow_schema::Schema::new_with_metadata(
+            s.fields()
+                .iter()
+                .zip(&self.names)
+                .map(|(f, n)| f.as_ref().clone().with_name(n))
+                .collect::<Vec<_>>(),
+            s.metadata().clone(),
+        ))
+    }
+}
+
+/// The name PostgreSQL gives a select-list expression's column.
+fn pg_name(e: &Expr) -> String {
+    match e {
+        Expr::Alias(a) => a.name.clone(),
+        Expr::Column(c) => c.name.clone(),
+        Expr::Cast(c) => pg_name(&c.expr),
+        Expr::TryCast(c) => pg_name(&c.expr),
+        Expr::AggregateFunction(f) => f.func.name().to_string(),
+        Expr::ScalarFunction(f) => f.func.name().to_string(),
+        Expr::WindowFunction(w) => w.fun.name().to_string(),
+        Expr::Case(_) => "case".into(),
+        Expr::Exists(_) => "exists".into(),
+        Expr::ScalarSubquery(s) => s
+            .subquery
+            .schema()
+            .fields()
+            .first()
+            .map(|f| f.name().clone())
+            .unwrap_or_else(|| "?column?".into()),
+        _ => "?column?".into(),
+    }
+}
+
+/// PostgreSQL's names of a bound query's output columns (from its outermost
+/// projection), or its own names when there is none to read them from.
+fn pg_names(plan: &LogicalPlan) -> Vec<String> {
+    match plan {
+        LogicalPlan::Projection(p) => p.expr.iter().map(pg_name).collect(),
+        LogicalPlan::Sort(s) => pg_names(&s.input),
+        LogicalPlan::Limit(l) => pg_names(&l.input),
+        LogicalPlan::Distinct(d) => pg_names(d.input()),
+        LogicalPlan::SubqueryAlias(_) | LogicalPlan::Union(_) | _ => plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect(),
     }
 }
 
@@ -217,6 +275,7 @@ impl Planner {
     fn query(&self, stmt: Statement, catalog: &dyn Catalog) -> Result<Query, PlanError> {
         let bound = self.fe.bind(stmt, catalog)?;
         Ok(Query {
+            names: pg_names(&bound),
             plan: self.fe.optimize(&bound)?,
         })
     }
