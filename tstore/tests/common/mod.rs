@@ -1,288 +1,128 @@
-//! Test helpers: a tiny PRNG and a row-by-row reference evaluator.
+//! Helpers shared by the tstore integration tests: a seeded PRNG, temporary
+//! directories, and running a plan to completion on the calling thread.
 #![allow(dead_code, missing_docs)]
 
-use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use smrdb_tstore::{BinaryOp, DataType, Error, Expr, TableSchema, Value};
+use futures::TryStreamExt;
+use smrdb_tstore::exec::{task_context, TaskInputs};
+use smrdb_tstore::RecordBatch;
 
+/// xorshift64*: small, fast, reproducible from its seed.
 pub struct Rng(u64);
+
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
+
     pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+
+    /// Uniform in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 10_000) as f64 / 10_000.0 < p
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo + 1) as u64) as i64
     }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64) / ((1u64 << 53) as f64) < p
+    }
+
     pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
         &v[self.below(v.len() as u64) as usize]
     }
-}
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RefErr {
-    DivZero,
-    Overflow,
-    Other,
-}
-
-pub fn classify(e: &Error) -> RefErr {
-    match e {
-        Error::DivisionByZero => RefErr::DivZero,
-        Error::Overflow(_) => RefErr::Overflow,
-        _ => RefErr::Other,
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
     }
 }
 
-fn num_rank(v: &Value) -> u8 {
-    match v {
-        Value::Int(_) => 0,
-        Value::BigInt(_) => 1,
-        _ => 2,
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "smrdb-tstore-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
     }
 }
 
-fn arith(op: BinaryOp, a: &Value, b: &Value) -> Result<Value, RefErr> {
-    if a.is_null() || b.is_null() {
-        return Ok(Value::Null);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-    let rank = num_rank(a).max(num_rank(b));
-    match rank {
-        0 | 1 => {
-            let (x, y) = (a.as_i64().unwrap(), b.as_i64().unwrap());
-            let r = match op {
-                BinaryOp::Add => x.checked_add(y),
-                BinaryOp::Sub => x.checked_sub(y),
-                BinaryOp::Mul => x.checked_mul(y),
-                BinaryOp::Div => {
-                    if y == 0 {
-                        return Err(RefErr::DivZero);
-                    }
-                    x.checked_div(y)
-                }
-                BinaryOp::Mod => {
-                    if y == 0 {
-                        return Err(RefErr::DivZero);
-                    }
-                    Some(if y == -1 { 0 } else { x % y })
-                }
-                _ => unreachable!(),
-            };
-            let r = r.ok_or(RefErr::Overflow)?;
-            if rank == 0 {
-                if op == BinaryOp::Div && x == i32::MIN as i64 && y == -1 {
-                    return Err(RefErr::Overflow);
-                }
-                i32::try_from(r)
-                    .map(Value::Int)
-                    .map_err(|_| RefErr::Overflow)
-            } else {
-                Ok(Value::BigInt(r))
+}
+
+/// Runs partition `partition` of `plan` to its end on this thread.
+pub fn run_partition(
+    plan: &Arc<dyn datafusion_physical_plan::ExecutionPlan>,
+    partition: usize,
+    inputs: TaskInputs,
+) -> datafusion_common::Result<Vec<RecordBatch>> {
+    let ctx = task_context(Some(Arc::new(inputs)));
+    let stream = plan.execute(partition, ctx)?;
+    futures::executor::block_on(stream.try_collect::<Vec<_>>())
+}
+
+/// Runs a one-partition plan to its end on this thread.
+pub fn run(
+    plan: &Arc<dyn datafusion_physical_plan::ExecutionPlan>,
+    inputs: TaskInputs,
+) -> datafusion_common::Result<Vec<RecordBatch>> {
+    run_partition(plan, 0, inputs)
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Calls `f`, turning a panic into `Err(message)`. Panics inside `f` (also those a
+/// decoder catches itself) print nothing: tests that feed garbage to decoders count
+/// panics instead of flooding the output; other threads' panics print as usual.
+pub fn no_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                prev(info)
             }
-        }
-        _ => {
-            let (x, y) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            Ok(Value::Double(match op {
-                BinaryOp::Add => x + y,
-                BinaryOp::Sub => x - y,
-                BinaryOp::Mul => x * y,
-                BinaryOp::Div | BinaryOp::Mod if y == 0.0 => return Err(RefErr::DivZero),
-                BinaryOp::Div => x / y,
-                BinaryOp::Mod => x % y,
-                _ => unreachable!(),
-            }))
-        }
-    }
-}
-
-fn tri(v: &Value) -> Option<bool> {
-    match v {
-        Value::Bool(b) => Some(*b),
-        Value::Null => None,
-        other => panic!("not boolean: {other:?}"),
-    }
-}
-
-fn b(o: Option<bool>) -> Value {
-    o.map(Value::Bool).unwrap_or(Value::Null)
-}
-
-pub fn like(s: &[char], p: &[char]) -> bool {
-    match p.first() {
-        None => s.is_empty(),
-        Some('%') => (0..=s.len()).any(|k| like(&s[k..], &p[1..])),
-        Some('_') => !s.is_empty() && like(&s[1..], &p[1..]),
-        Some('\\') if p.len() > 1 => s.first() == Some(&p[1]) && like(&s[1..], &p[2..]),
-        Some(c) => s.first() == Some(c) && like(&s[1..], &p[1..]),
-    }
-}
-
-/// Reference evaluation of one row (for the expression subset the tests generate).
-pub fn eval(e: &Expr, row: &[Value], s: &TableSchema) -> Result<Value, RefErr> {
-    let v = eval_inner(e, row, s)?;
-    Ok(match e {
-        Expr::Case { .. } | Expr::Coalesce(_) => v.coerce_to(e.data_type(s).unwrap()).unwrap(),
-        _ => v,
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    r.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into())
     })
-}
-
-fn eval_inner(e: &Expr, row: &[Value], s: &TableSchema) -> Result<Value, RefErr> {
-    Ok(match e {
-        Expr::Column(i) => row[*i].clone(),
-        Expr::Literal(v) => v.clone(),
-        Expr::Binary { op, left, right } => {
-            let (l, r) = (eval(left, row, s)?, eval(right, row, s)?);
-            match op {
-                BinaryOp::And => b(match (tri(&l), tri(&r)) {
-                    (Some(false), _) | (_, Some(false)) => Some(false),
-                    (Some(true), Some(true)) => Some(true),
-                    _ => None,
-                }),
-                BinaryOp::Or => b(match (tri(&l), tri(&r)) {
-                    (Some(true), _) | (_, Some(true)) => Some(true),
-                    (Some(false), Some(false)) => Some(false),
-                    _ => None,
-                }),
-                op if op.is_comparison() => b(l.sql_cmp(&r).map(|o| match op {
-                    BinaryOp::Eq => o == Ordering::Equal,
-                    BinaryOp::NotEq => o != Ordering::Equal,
-                    BinaryOp::Lt => o == Ordering::Less,
-                    BinaryOp::LtEq => o != Ordering::Greater,
-                    BinaryOp::Gt => o == Ordering::Greater,
-                    BinaryOp::GtEq => o != Ordering::Less,
-                    _ => unreachable!(),
-                })),
-                op => arith(*op, &l, &r)?,
-            }
-        }
-        Expr::Negate(x) => match eval(x, row, s)? {
-            Value::Int(v) => Value::Int(v.checked_neg().ok_or(RefErr::Overflow)?),
-            Value::BigInt(v) => Value::BigInt(v.checked_neg().ok_or(RefErr::Overflow)?),
-            Value::Double(v) => Value::Double(-v),
-            v => v,
-        },
-        Expr::Not(x) => b(tri(&eval(x, row, s)?).map(|v| !v)),
-        Expr::IsNull { expr, negated } => Value::Bool(eval(expr, row, s)?.is_null() != *negated),
-        Expr::InList {
-            expr,
-            list,
-            negated,
-        } => {
-            let v = eval(expr, row, s)?;
-            let mut acc = Some(false);
-            for x in list {
-                acc = match (acc, v.sql_eq(x)) {
-                    (Some(true), _) | (_, Some(true)) => Some(true),
-                    (Some(false), Some(false)) => Some(false),
-                    _ => None,
-                };
-            }
-            b(acc.map(|a| a != *negated))
-        }
-        Expr::Between {
-            expr,
-            low,
-            high,
-            negated,
-        } => {
-            let v = eval(expr, row, s)?;
-            let (lo, hi) = (eval(low, row, s)?, eval(high, row, s)?);
-            let ge = v.sql_cmp(&lo).map(|o| o != Ordering::Less);
-            let le = v.sql_cmp(&hi).map(|o| o != Ordering::Greater);
-            let r = match (ge, le) {
-                (Some(false), _) | (_, Some(false)) => Some(false),
-                (Some(true), Some(true)) => Some(true),
-                _ => None,
-            };
-            b(r.map(|x| x != *negated))
-        }
-        Expr::Like {
-            expr,
-            pattern,
-            negated,
-        } => match (eval(expr, row, s)?, eval(pattern, row, s)?) {
-            (Value::Text(s), Value::Text(p)) => {
-                let s: Vec<char> = s.chars().collect();
-                let p: Vec<char> = p.chars().collect();
-                Value::Bool(like(&s, &p) != *negated)
-            }
-            _ => Value::Null,
-        },
-        Expr::Case {
-            when_then,
-            else_expr,
-        } => {
-            for (c, v) in when_then {
-                if tri(&eval(c, row, s)?) == Some(true) {
-                    return eval(v, row, s);
-                }
-            }
-            match else_expr {
-                Some(e) => eval(e, row, s)?,
-                None => Value::Null,
-            }
-        }
-        Expr::Coalesce(args) => {
-            for a in args {
-                let v = eval(a, row, s)?;
-                if !v.is_null() {
-                    return Ok(v);
-                }
-            }
-            Value::Null
-        }
-        Expr::NullIf(a, bb) => {
-            let (x, y) = (eval(a, row, s)?, eval(bb, row, s)?);
-            if x.sql_eq(&y) == Some(true) {
-                Value::Null
-            } else {
-                x
-            }
-        }
-        Expr::Cast { expr, to } => {
-            let v = eval(expr, row, s)?;
-            match (&v, to) {
-                (Value::Double(d), DataType::Int | DataType::BigInt) => {
-                    Value::BigInt(d.round_ties_even() as i64)
-                        .coerce_to(*to)
-                        .map_err(|_| RefErr::Overflow)?
-                }
-                _ => v.coerce_to(*to).map_err(|_| RefErr::Other)?,
-            }
-        }
-    })
-}
-
-/// Total order on values for sorting test output (NULL first).
-pub fn total_cmp(a: &Value, b: &Value) -> Ordering {
-    match (a.is_null(), b.is_null()) {
-        (true, true) => Ordering::Equal,
-        (true, false) => Ordering::Less,
-        (false, true) => Ordering::Greater,
-        _ => a
-            .sql_cmp(b)
-            .unwrap_or_else(|| format!("{a:?}").cmp(&format!("{b:?}"))),
-    }
-}
-
-pub fn row_cmp(a: &[Value], b: &[Value]) -> Ordering {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| total_cmp(x, y))
-        .find(|o| *o != Ordering::Equal)
-        .unwrap_or(Ordering::Equal)
-}
-
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("smrdb-tstore-{}-{}", name, std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
