@@ -14,7 +14,11 @@
 //! * optional single-table filters (`a.v > 3`, `b.t = 'y'`, ...), in WHERE or in ON;
 //! * an optional non-equi condition over two tables (`a.v < b.v`, ...);
 //! * either aggregates (COUNT(*), COUNT/SUM/MIN/MAX of a column) with an optional
-//!   GROUP BY of one column, or a projection of a few columns (sometimes DISTINCT).
+//!   GROUP BY of one column (sometimes a HAVING), or a projection of a few columns
+//!   (sometimes DISTINCT);
+//! * in some queries LEFT / RIGHT / FULL joins (with `IS NULL` filters of the
+//!   NULL-extended side), `[NOT] EXISTS` / `[NOT] IN` subqueries in WHERE (NULLs on
+//!   either side), or the `UNION [ALL]` of two projections.
 //!
 //! The reference evaluates the same query with SQL semantics (a comparison with NULL is
 //! not true, NULL keys never match) and both answers are compared as sorted multisets
@@ -33,7 +37,7 @@
 //!   then an empty line) to check the reference itself against another engine.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::net::TcpListener;
@@ -370,6 +374,66 @@ struct Cond {
     right: Operand,
 }
 
+/// How table reference r (r >= 1) is joined to what comes before it. SQL joins
+/// associate to the left: `a LEFT JOIN b ON .. JOIN c ON ..` is `(a LEFT JOIN b) JOIN c`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum JoinKind {
+    /// `JOIN .. ON` (or `, t WHERE`); a cross product when it has no condition.
+    Inner,
+    Left,
+    Right,
+    Full,
+}
+
+impl JoinKind {
+    fn sql(self) -> &'static str {
+        match self {
+            JoinKind::Inner => "JOIN",
+            JoinKind::Left => "LEFT JOIN",
+            JoinKind::Right => "RIGHT JOIN",
+            JoinKind::Full => "FULL JOIN",
+        }
+    }
+}
+
+/// A condition of a subquery's own rows: `s.<col> <op> <literal>`.
+#[derive(Clone, Debug)]
+struct SubFilter {
+    col: usize,
+    op: Cmp,
+    lit: Val,
+}
+
+/// A subquery predicate in WHERE over table `table` (alias `s`).
+#[derive(Clone, Debug)]
+enum Sub {
+    /// `[NOT] EXISTS (SELECT 1 FROM table s WHERE s.col = outer [AND filter])`.
+    Exists {
+        negated: bool,
+        table: usize,
+        col: usize,
+        outer: ColRef,
+        filter: Option<SubFilter>,
+    },
+    /// `outer [NOT] IN (SELECT s.col FROM table s [WHERE filter])`.
+    In {
+        negated: bool,
+        table: usize,
+        col: usize,
+        outer: ColRef,
+        filter: Option<SubFilter>,
+    },
+}
+
+/// A conjunct of WHERE.
+#[derive(Clone, Debug)]
+enum Pred {
+    Cmp(Cond),
+    /// `col IS NULL` (`IS NOT NULL` when negated).
+    IsNull { col: ColRef, negated: bool },
+    Sub(Sub),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum AggKind {
     CountStar,
@@ -385,11 +449,20 @@ struct Agg {
     col: ColRef,
 }
 
+/// `HAVING <agg> <op> <integer>`.
+#[derive(Clone, Debug)]
+struct Having {
+    agg: Agg,
+    op: Cmp,
+    lit: i64,
+}
+
 #[derive(Clone, Debug)]
 enum Select {
     Aggs {
         group_by: Option<ColRef>,
         aggs: Vec<Agg>,
+        having: Option<Having>,
     },
     Cols {
         distinct: bool,
@@ -401,13 +474,23 @@ enum Select {
 struct Query {
     /// Table index of every reference (aliases r0, r1, ...).
     tables: Vec<usize>,
-    /// Conditions that join reference i (i >= 1) to earlier ones: its ON clause.
+    /// How reference i (i >= 1) is joined; `kinds[0]` is not used.
+    kinds: Vec<JoinKind>,
+    /// Conditions that join reference i (i >= 1) to earlier ones: its ON clause (they
+    /// name only references 0..=i).
     joins: Vec<Vec<Cond>>,
-    /// Single-table filters and non-equi conditions placed in WHERE.
-    wheres: Vec<Cond>,
+    /// Conjuncts of WHERE: filters, non-equi conditions, IS NULL, subqueries.
+    wheres: Vec<Pred>,
     select: Select,
-    /// JOIN ... ON (true) or FROM a, b WHERE (false).
+    /// JOIN ... ON (true) or FROM a, b WHERE (false; only when every join is inner).
     explicit: bool,
+}
+
+/// A statement: one query, or the UNION [ALL] of two with the same column types.
+#[derive(Clone, Debug)]
+enum Stmt {
+    One(Query),
+    Union { all: bool, left: Query, right: Query },
 }
 
 fn alias(r: usize) -> String {
@@ -435,6 +518,55 @@ fn cond_sql(c: &Cond) -> String {
     )
 }
 
+fn sub_filter_sql(f: &SubFilter) -> String {
+    format!("s.{} {} {}", COLS[f.col], f.op.sql(), f.lit.sql())
+}
+
+fn pred_sql(p: &Pred, tables: &[Table]) -> String {
+    match p {
+        Pred::Cmp(c) => cond_sql(c),
+        Pred::IsNull { col, negated } => format!(
+            "{} IS {}NULL",
+            col_sql(*col),
+            if *negated { "NOT " } else { "" }
+        ),
+        Pred::Sub(Sub::Exists {
+            negated,
+            table,
+            col,
+            outer,
+            filter,
+        }) => format!(
+            "{}EXISTS (SELECT 1 FROM {} s WHERE s.{} = {}{})",
+            if *negated { "NOT " } else { "" },
+            tables[*table].name,
+            COLS[*col],
+            col_sql(*outer),
+            filter
+                .as_ref()
+                .map(|f| format!(" AND {}", sub_filter_sql(f)))
+                .unwrap_or_default()
+        ),
+        Pred::Sub(Sub::In {
+            negated,
+            table,
+            col,
+            outer,
+            filter,
+        }) => format!(
+            "{} {}IN (SELECT s.{} FROM {} s{})",
+            col_sql(*outer),
+            if *negated { "NOT " } else { "" },
+            COLS[*col],
+            tables[*table].name,
+            filter
+                .as_ref()
+                .map(|f| format!(" WHERE {}", sub_filter_sql(f)))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 fn operand_refs(o: &Operand) -> Vec<usize> {
     match o {
         Operand::Col(c) => vec![c.0],
@@ -451,96 +583,144 @@ fn cond_max_ref(c: &Cond) -> usize {
         .unwrap_or(0)
 }
 
+/// The last table reference a WHERE conjunct names.
+fn pred_max_ref(p: &Pred) -> usize {
+    match p {
+        Pred::Cmp(c) => cond_max_ref(c),
+        Pred::IsNull { col, .. } => col.0,
+        Pred::Sub(Sub::Exists { outer, .. } | Sub::In { outer, .. }) => outer.0,
+    }
+}
+
+fn agg_sql(a: &Agg) -> String {
+    match a.kind {
+        AggKind::CountStar => "COUNT(*)".into(),
+        AggKind::Count => format!("COUNT({})", col_sql(a.col)),
+        AggKind::Sum => format!("SUM({})", col_sql(a.col)),
+        AggKind::Min => format!("MIN({})", col_sql(a.col)),
+        AggKind::Max => format!("MAX({})", col_sql(a.col)),
+    }
+}
+
 impl Query {
     fn sql(&self, tables: &[Table]) -> String {
-        let select = match &self.select {
-            Select::Aggs { group_by, aggs } => {
-                let mut items: Vec<String> = Vec::new();
-                if let Some(g) = group_by {
-                    items.push(col_sql(*g));
-                }
-                for a in aggs {
-                    items.push(match a.kind {
-                        AggKind::CountStar => "COUNT(*)".into(),
-                        AggKind::Count => format!("COUNT({})", col_sql(a.col)),
-                        AggKind::Sum => format!("SUM({})", col_sql(a.col)),
-                        AggKind::Min => format!("MIN({})", col_sql(a.col)),
-                        AggKind::Max => format!("MAX({})", col_sql(a.col)),
-                    });
-                }
-                items.join(", ")
-            }
-            Select::Cols { distinct, cols } => format!(
-                "{}{}",
-                if *distinct { "DISTINCT " } else { "" },
-                cols.iter()
-                    .map(|c| col_sql(*c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        let mut items: Vec<String> = match &self.select {
+            Select::Aggs { group_by, aggs, .. } => group_by
+                .iter()
+                .map(|g| col_sql(*g))
+                .chain(aggs.iter().map(agg_sql))
+                .collect(),
+            Select::Cols { cols, .. } => cols.iter().map(|c| col_sql(*c)).collect(),
         };
-        let mut sql = format!("SELECT {select} FROM ");
+        // PostgreSQL accepts the same expression twice in a select list (two columns of
+        // the same name); smrdb does not yet (it asks for an alias, SQLSTATE XX000:
+        // reported). This test is about joins: repeated items get aliases.
+        let mut seen = items.clone();
+        seen.sort();
+        seen.dedup();
+        if seen.len() < items.len() {
+            for (i, it) in items.iter_mut().enumerate() {
+                *it = format!("{it} AS c{i}");
+            }
+        }
+        let distinct = matches!(self.select, Select::Cols { distinct: true, .. });
+        let mut sql = format!(
+            "SELECT {}{} FROM ",
+            if distinct { "DISTINCT " } else { "" },
+            items.join(", ")
+        );
         let mut wheres: Vec<String> = Vec::new();
         for (r, &t) in self.tables.iter().enumerate() {
             let name = &tables[t].name;
             if r == 0 {
                 write!(sql, "{name} {}", alias(r)).unwrap();
             } else if self.explicit && self.joins[r].is_empty() {
+                assert_eq!(self.kinds[r], JoinKind::Inner, "an outer join without ON");
                 write!(sql, " CROSS JOIN {name} {}", alias(r)).unwrap();
             } else if self.explicit {
                 let on: Vec<String> = self.joins[r].iter().map(cond_sql).collect();
-                write!(sql, " JOIN {name} {} ON {}", alias(r), on.join(" AND ")).unwrap();
+                write!(
+                    sql,
+                    " {} {name} {} ON {}",
+                    self.kinds[r].sql(),
+                    alias(r),
+                    on.join(" AND ")
+                )
+                .unwrap();
             } else {
+                assert_eq!(self.kinds[r], JoinKind::Inner, "an outer join in FROM a, b");
                 write!(sql, ", {name} {}", alias(r)).unwrap();
                 wheres.extend(self.joins[r].iter().map(cond_sql));
             }
         }
-        wheres.extend(self.wheres.iter().map(cond_sql));
+        wheres.extend(self.wheres.iter().map(|p| pred_sql(p, tables)));
         if !wheres.is_empty() {
             write!(sql, " WHERE {}", wheres.join(" AND ")).unwrap();
         }
         if let Select::Aggs {
-            group_by: Some(g), ..
+            group_by, having, ..
         } = &self.select
         {
-            write!(sql, " GROUP BY {}", col_sql(*g)).unwrap();
+            if let Some(g) = group_by {
+                write!(sql, " GROUP BY {}", col_sql(*g)).unwrap();
+            }
+            if let Some(h) = having {
+                write!(sql, " HAVING {} {} {}", agg_sql(&h.agg), h.op.sql(), h.lit).unwrap();
+            }
         }
         sql
+    }
+
+    /// Whether every join is an inner join (or a cross product).
+    fn inner_only(&self) -> bool {
+        self.kinds.iter().all(|k| *k == JoinKind::Inner)
+    }
+}
+
+impl Stmt {
+    fn sql(&self, tables: &[Table]) -> String {
+        match self {
+            Stmt::One(q) => q.sql(tables),
+            Stmt::Union { all, left, right } => format!(
+                "{} UNION {}{}",
+                left.sql(tables),
+                if *all { "ALL " } else { "" },
+                right.sql(tables)
+            ),
+        }
+    }
+
+    /// The query whose select list gives the statement's columns.
+    fn first(&self) -> &Query {
+        match self {
+            Stmt::One(q) => q,
+            Stmt::Union { left, .. } => left,
+        }
+    }
+}
+
+/// A one-table filter: (column, comparison, literal).
+fn random_filter_parts(rng: &mut Rng) -> (usize, Cmp, Val) {
+    match rng.below(6) {
+        0 => (
+            V,
+            *rng.pick(&[Cmp::Gt, Cmp::GtEq]),
+            Val::Int(rng.range(-40, 40)),
+        ),
+        1 => (V, Cmp::LtEq, Val::Int(rng.range(-40, 40))),
+        2 => (T, Cmp::Eq, Val::Text(rng.pick(&TEXTS).to_string())),
+        3 => (T, Cmp::NotEq, Val::Text(rng.pick(&TEXTS).to_string())),
+        4 => (K2, Cmp::NotEq, Val::Int(rng.range(0, 3))),
+        _ => (K, Cmp::Lt, Val::Int(rng.range(1, 8))),
     }
 }
 
 fn random_filter(rng: &mut Rng, r: usize) -> Cond {
-    match rng.below(6) {
-        0 => Cond {
-            left: Operand::Col((r, V)),
-            op: *rng.pick(&[Cmp::Gt, Cmp::GtEq]),
-            right: Operand::Lit(Val::Int(rng.range(-40, 40))),
-        },
-        1 => Cond {
-            left: Operand::Col((r, V)),
-            op: Cmp::LtEq,
-            right: Operand::Lit(Val::Int(rng.range(-40, 40))),
-        },
-        2 => Cond {
-            left: Operand::Col((r, T)),
-            op: Cmp::Eq,
-            right: Operand::Lit(Val::Text(rng.pick(&TEXTS).to_string())),
-        },
-        3 => Cond {
-            left: Operand::Col((r, T)),
-            op: Cmp::NotEq,
-            right: Operand::Lit(Val::Text(rng.pick(&TEXTS).to_string())),
-        },
-        4 => Cond {
-            left: Operand::Col((r, K2)),
-            op: Cmp::NotEq,
-            right: Operand::Lit(Val::Int(rng.range(0, 3))),
-        },
-        _ => Cond {
-            left: Operand::Col((r, K)),
-            op: Cmp::Lt,
-            right: Operand::Lit(Val::Int(rng.range(1, 8))),
-        },
+    let (c, op, lit) = random_filter_parts(rng);
+    Cond {
+        left: Operand::Col((r, c)),
+        op,
+        right: Operand::Lit(lit),
     }
 }
 
@@ -569,7 +749,54 @@ fn random_non_equi(rng: &mut Rng, a: usize, b: usize) -> Cond {
     }
 }
 
-fn random_query(rng: &mut Rng) -> Query {
+/// A subquery predicate on a column of reference `0..n`.
+fn random_sub(rng: &mut Rng, n: usize) -> Sub {
+    let negated = rng.chance(50);
+    let table = rng.below(NTABLES);
+    let filter = rng.chance(50).then(|| {
+        let (col, op, lit) = random_filter_parts(rng);
+        SubFilter { col, op, lit }
+    });
+    // Same types on both sides: text with text, integers with integers.
+    let (outer_col, col) = if rng.chance(20) {
+        (T, T)
+    } else {
+        (*rng.pick(&[K, K2, V]), *rng.pick(&[K, K2]))
+    };
+    let outer = (rng.below(n), outer_col);
+    if rng.chance(50) {
+        Sub::Exists {
+            negated,
+            table,
+            col,
+            outer,
+            filter,
+        }
+    } else {
+        Sub::In {
+            negated,
+            table,
+            col,
+            outer,
+            filter,
+        }
+    }
+}
+
+/// What a generated query may contain besides inner equi-joins.
+#[derive(Clone, Copy, Debug, Default)]
+struct Shape {
+    /// LEFT/RIGHT/FULL joins (at least one).
+    outer: bool,
+    /// [NOT] EXISTS / [NOT] IN subqueries in WHERE (at least one).
+    subqueries: bool,
+    /// Aggregates with HAVING.
+    having: bool,
+    /// A projection of columns (for UNION), never aggregates.
+    cols_only: bool,
+}
+
+fn random_query(rng: &mut Rng, shape: Shape) -> Query {
     let n = rng.range(2, 4) as usize;
     let mut tables: Vec<usize> = Vec::new();
     for _ in 0..n {
@@ -582,15 +809,32 @@ fn random_query(rng: &mut Rng) -> Query {
         };
         tables.push(t);
     }
-    let shape = rng.below(3); // 0 chain, 1 star, 2 random tree
+    // Outer joins: each join is LEFT, RIGHT, FULL or inner; at least one is outer.
+    let mut kinds = vec![JoinKind::Inner; n];
+    if shape.outer {
+        for k in kinds.iter_mut().skip(1) {
+            *k = *rng.pick(&[
+                JoinKind::Left,
+                JoinKind::Left,
+                JoinKind::Right,
+                JoinKind::Full,
+                JoinKind::Inner,
+            ]);
+        }
+        if kinds.iter().all(|k| *k == JoinKind::Inner) {
+            let r = 1 + rng.below(n - 1);
+            kinds[r] = *rng.pick(&[JoinKind::Left, JoinKind::Right, JoinKind::Full]);
+        }
+    }
+    let shape_kind = rng.below(3); // 0 chain, 1 star, 2 random tree
     let mut joins: Vec<Vec<Cond>> = vec![Vec::new()];
     for (r, &table) in tables.iter().enumerate().skip(1) {
-        let parent = match shape {
+        let parent = match shape_kind {
             0 => r - 1,
             1 => 0,
             _ => rng.below(r),
         };
-        if table == NTABLES - 1 && rng.chance(25) {
+        if kinds[r] == JoinKind::Inner && table == NTABLES - 1 && rng.chance(25) {
             // the smallest table without a join condition: a cross product
             joins.push(Vec::new());
             continue;
@@ -613,45 +857,94 @@ fn random_query(rng: &mut Rng) -> Query {
             // a one-table filter written in ON
             conds.push(random_filter(rng, r));
         }
+        if kinds[r] != JoinKind::Inner {
+            // In an outer join's ON a filter of the other side only restricts the
+            // matches (no row is removed), and so does a non-equi condition.
+            if rng.chance(20) {
+                let side = rng.below(r);
+                conds.push(random_filter(rng, side));
+            }
+            if rng.chance(15) {
+                conds.push(random_non_equi(rng, parent, r));
+            }
+        }
         joins.push(conds);
     }
     let mut wheres = Vec::new();
     for r in 0..n {
         if rng.chance(30) {
-            wheres.push(random_filter(rng, r));
+            wheres.push(Pred::Cmp(random_filter(rng, r)));
+        }
+        if shape.outer && rng.chance(15) {
+            // NULL-extended rows: `b.k IS NULL` keeps the unmatched (an anti join).
+            wheres.push(Pred::IsNull {
+                col: (r, *rng.pick(&[K, K2, V])),
+                negated: rng.chance(40),
+            });
         }
     }
     if rng.chance(30) {
         let a = rng.below(n);
         let b = (a + 1 + rng.below(n - 1)) % n;
-        wheres.push(random_non_equi(rng, a, b));
+        wheres.push(Pred::Cmp(random_non_equi(rng, a, b)));
+    }
+    if shape.subqueries {
+        for _ in 0..rng.range(1, 2) {
+            wheres.push(Pred::Sub(random_sub(rng, n)));
+        }
     }
     let rand_col = |rng: &mut Rng, cols: &[usize]| -> ColRef { (rng.below(n), *rng.pick(cols)) };
-    let select = if rng.chance(60) {
-        let group_by = if rng.chance(50) {
+    let random_agg = |rng: &mut Rng| {
+        let kind = *rng.pick(&[
+            AggKind::CountStar,
+            AggKind::Count,
+            AggKind::Sum,
+            AggKind::Min,
+            AggKind::Max,
+        ]);
+        let col = match kind {
+            AggKind::Sum => rand_col(rng, &[V, K]),
+            AggKind::Min | AggKind::Max => rand_col(rng, &[V, T, K]),
+            _ => rand_col(rng, &[K, T, V]),
+        };
+        Agg { kind, col }
+    };
+    let select = if !shape.cols_only && (shape.having || rng.chance(60)) {
+        let group_by = if rng.chance(if shape.having { 85 } else { 50 }) {
             Some(rand_col(rng, &[K, K2, T]))
         } else {
             None
         };
         let m = rng.range(1, 3) as usize;
-        let aggs = (0..m)
-            .map(|_| {
-                let kind = *rng.pick(&[
-                    AggKind::CountStar,
-                    AggKind::Count,
-                    AggKind::Sum,
-                    AggKind::Min,
-                    AggKind::Max,
-                ]);
-                let col = match kind {
-                    AggKind::Sum => rand_col(rng, &[V, K]),
-                    AggKind::Min | AggKind::Max => rand_col(rng, &[V, T, K]),
-                    _ => rand_col(rng, &[K, T, V]),
-                };
-                Agg { kind, col }
-            })
-            .collect();
-        Select::Aggs { group_by, aggs }
+        let aggs = (0..m).map(|_| random_agg(rng)).collect();
+        let having = shape.having.then(|| {
+            // An aggregate of integers (maybe one not in the select list).
+            let agg = loop {
+                let a = random_agg(rng);
+                if a.col.1 != T {
+                    break a;
+                }
+            };
+            let lit = match agg.kind {
+                AggKind::CountStar | AggKind::Count => rng.range(0, 12),
+                AggKind::Sum => rng.range(-60, 60),
+                _ => rng.range(-30, 30),
+            };
+            let op = *rng.pick(&[
+                Cmp::Gt,
+                Cmp::GtEq,
+                Cmp::Lt,
+                Cmp::LtEq,
+                Cmp::Eq,
+                Cmp::NotEq,
+            ]);
+            Having { agg, op, lit }
+        });
+        Select::Aggs {
+            group_by,
+            aggs,
+            having,
+        }
     } else {
         let m = rng.range(1, 4) as usize;
         Select::Cols {
@@ -661,69 +954,309 @@ fn random_query(rng: &mut Rng) -> Query {
     };
     Query {
         tables,
+        kinds,
         joins,
         wheres,
         select,
-        explicit: rng.chance(60),
+        // Outer joins need JOIN ... ON.
+        explicit: shape.outer || rng.chance(60),
+    }
+}
+
+fn random_shape(rng: &mut Rng) -> Shape {
+    let mut s = Shape::default();
+    match rng.below(100) {
+        // inner joins only, as the test began
+        0..=34 => {}
+        35..=59 => s.outer = true,
+        60..=79 => {
+            s.subqueries = true;
+            s.outer = rng.chance(30);
+        }
+        _ => {
+            s.having = true;
+            s.outer = rng.chance(30);
+            s.subqueries = rng.chance(15);
+        }
+    }
+    s
+}
+
+fn random_stmt(rng: &mut Rng) -> Stmt {
+    if !rng.chance(12) {
+        let shape = random_shape(rng);
+        return Stmt::One(random_query(rng, shape));
+    }
+    // UNION [ALL] of two projections with the same column types.
+    let mut shape = random_shape(rng);
+    shape.having = false;
+    shape.cols_only = true;
+    let left = random_query(rng, shape);
+    let mut shape = random_shape(rng);
+    shape.having = false;
+    shape.cols_only = true;
+    let mut right = random_query(rng, shape);
+    let Select::Cols { cols: lcols, .. } = &left.select else {
+        unreachable!("cols_only")
+    };
+    let n = right.tables.len();
+    let cols = lcols
+        .iter()
+        .map(|&(_, c)| {
+            let c = if c == T { T } else { *rng.pick(&[K, K2, V]) };
+            (rng.below(n), c)
+        })
+        .collect();
+    right.select = Select::Cols {
+        distinct: rng.chance(20),
+        cols,
+    };
+    Stmt::Union {
+        all: rng.chance(50),
+        left,
+        right,
     }
 }
 
 // ------------------------------------------------------------------ the reference
 
+/// One combination of rows, a row index per table reference; None: the reference is
+/// NULL-extended (an outer join found no match).
+type Combo = Vec<Option<usize>>;
+
+static NULL: Val = Val::Null;
+
+fn col_val<'a>(tables: &'a [Table], q: &Query, combo: &[Option<usize>], (r, c): ColRef) -> &'a Val {
+    match combo[r] {
+        Some(i) => &tables[q.tables[r]].rows[i][c],
+        None => &NULL,
+    }
+}
+
 fn operand_val<'a>(
     o: &'a Operand,
     tables: &'a [Table],
     q: &Query,
-    combo: &[usize],
+    combo: &[Option<usize>],
 ) -> Cow<'a, Val> {
-    let get = |(r, c): ColRef| &tables[q.tables[r]].rows[combo[r]][c];
     match o {
-        Operand::Col(c) => Cow::Borrowed(get(*c)),
-        Operand::Sum(a, b) => Cow::Owned(match (get(*a), get(*b)) {
-            (Val::Int(x), Val::Int(y)) => Val::Int(x + y),
-            _ => Val::Null,
-        }),
+        Operand::Col(c) => Cow::Borrowed(col_val(tables, q, combo, *c)),
+        Operand::Sum(a, b) => Cow::Owned(
+            match (col_val(tables, q, combo, *a), col_val(tables, q, combo, *b)) {
+                (Val::Int(x), Val::Int(y)) => Val::Int(x + y),
+                _ => Val::Null,
+            },
+        ),
         Operand::Lit(v) => Cow::Borrowed(v),
     }
 }
 
-fn cond_true(c: &Cond, tables: &[Table], q: &Query, combo: &[usize]) -> bool {
+fn cond_true(c: &Cond, tables: &[Table], q: &Query, combo: &[Option<usize>]) -> bool {
     let l = operand_val(&c.left, tables, q, combo);
     let r = operand_val(&c.right, tables, q, combo);
     c.op.eval(&l, &r) == Some(true)
 }
 
-/// Nested loops: reference r is added to every partial combination, keeping those for
-/// which every condition whose references are all bound holds. None when the query is
-/// too big for this (see [`MAX_INTERMEDIATE_ROWS`]).
-fn reference_rows(tables: &[Table], q: &Query) -> Option<Vec<Vec<usize>>> {
-    let all: Vec<&Cond> = q.joins.iter().flatten().chain(q.wheres.iter()).collect();
-    let mut combos: Vec<Vec<usize>> = vec![Vec::new()];
+/// The values a subquery yields: its column over the rows that pass its filter.
+struct SubValues {
+    /// The non-NULL values.
+    values: BTreeSet<Val>,
+    /// Whether a NULL is among them.
+    null: bool,
+    /// Whether there is any row at all.
+    any: bool,
+}
+
+impl SubValues {
+    fn of(tables: &[Table], table: usize, col: usize, filter: &Option<SubFilter>) -> SubValues {
+        let mut s = SubValues {
+            values: BTreeSet::new(),
+            null: false,
+            any: false,
+        };
+        for row in &tables[table].rows {
+            if let Some(f) = filter {
+                if f.op.eval(&row[f.col], &f.lit) != Some(true) {
+                    continue;
+                }
+            }
+            s.any = true;
+            match &row[col] {
+                Val::Null => s.null = true,
+                v => {
+                    s.values.insert(v.clone());
+                }
+            }
+        }
+        s
+    }
+
+    /// `x = ANY (values)` as PostgreSQL evaluates it: true when some value equals x;
+    /// false when there is no row, or when no comparison is true or unknown; unknown
+    /// (None) when x is NULL (and there are rows), or when x matches nothing and a
+    /// value is NULL.
+    fn any_eq(&self, x: &Val) -> Option<bool> {
+        if !self.any {
+            return Some(false);
+        }
+        if matches!(x, Val::Null) {
+            return None;
+        }
+        if self.values.contains(x) {
+            Some(true)
+        } else if self.null {
+            None
+        } else {
+            Some(false)
+        }
+    }
+}
+
+/// A WHERE conjunct with the subquery values it needs, computed once per query.
+enum Check<'a> {
+    Cmp(&'a Cond),
+    IsNull(ColRef, bool),
+    /// EXISTS with `s.col = outer`: true iff outer is not NULL and among the values.
+    Exists {
+        negated: bool,
+        outer: ColRef,
+        values: SubValues,
+    },
+    /// `outer [NOT] IN (...)`: NOT IN is true only where IN is false.
+    In {
+        negated: bool,
+        outer: ColRef,
+        values: SubValues,
+    },
+}
+
+impl Check<'_> {
+    fn of<'a>(p: &'a Pred, tables: &[Table]) -> Check<'a> {
+        match p {
+            Pred::Cmp(c) => Check::Cmp(c),
+            Pred::IsNull { col, negated } => Check::IsNull(*col, *negated),
+            Pred::Sub(Sub::Exists {
+                negated,
+                table,
+                col,
+                outer,
+                filter,
+            }) => Check::Exists {
+                negated: *negated,
+                outer: *outer,
+                values: SubValues::of(tables, *table, *col, filter),
+            },
+            Pred::Sub(Sub::In {
+                negated,
+                table,
+                col,
+                outer,
+                filter,
+            }) => Check::In {
+                negated: *negated,
+                outer: *outer,
+                values: SubValues::of(tables, *table, *col, filter),
+            },
+        }
+    }
+
+    /// Whether the conjunct is true (unknown is not) for `combo`.
+    fn holds(&self, tables: &[Table], q: &Query, combo: &[Option<usize>]) -> bool {
+        match self {
+            Check::Cmp(c) => cond_true(c, tables, q, combo),
+            Check::IsNull(col, negated) => {
+                matches!(col_val(tables, q, combo, *col), Val::Null) != *negated
+            }
+            Check::Exists {
+                negated,
+                outer,
+                values,
+            } => {
+                let x = col_val(tables, q, combo, *outer);
+                let exists = !matches!(x, Val::Null) && values.values.contains(x);
+                exists != *negated
+            }
+            Check::In {
+                negated,
+                outer,
+                values,
+            } => {
+                let r = values.any_eq(col_val(tables, q, combo, *outer));
+                r.map(|b| b != *negated) == Some(true)
+            }
+        }
+    }
+}
+
+/// Joins in FROM order with nested loops: reference r is joined to every combination
+/// so far with its ON conditions (an outer join adds the NULL-extended rows: each
+/// combination that matched nothing for LEFT/FULL, each row of r that matched nothing
+/// for RIGHT/FULL); then WHERE. When every join is inner, every condition is applied
+/// as soon as its references are bound (the same answer, far fewer combinations). None
+/// when the query is too big for this (see [`MAX_INTERMEDIATE_ROWS`]).
+fn reference_rows(tables: &[Table], q: &Query) -> Option<Vec<Combo>> {
+    let checks: Vec<(usize, Check)> = q
+        .wheres
+        .iter()
+        .map(|p| (pred_max_ref(p), Check::of(p, tables)))
+        .collect();
+    let early = q.inner_only();
+    let mut combos: Vec<Combo> = vec![Vec::new()];
     for r in 0..q.tables.len() {
-        let conds: Vec<&Cond> = all
+        let on: Vec<&Cond> = if early {
+            q.joins
+                .iter()
+                .flatten()
+                .filter(|c| cond_max_ref(c) == r)
+                .collect()
+        } else {
+            q.joins[r].iter().collect()
+        };
+        let wheres: Vec<&Check> = checks
             .iter()
-            .copied()
-            .filter(|c| cond_max_ref(c) == r)
+            .filter(|(m, _)| early && *m == r)
+            .map(|(_, c)| c)
             .collect();
+        let kind = q.kinds[r];
         let nrows = tables[q.tables[r]].rows.len();
         if combos.len().saturating_mul(nrows) > MAX_COMPARISONS {
             return None;
         }
         let mut next = Vec::new();
+        let mut matched = vec![false; nrows];
         for combo in &combos {
             let mut c2 = combo.clone();
-            c2.push(0);
-            for i in 0..nrows {
-                c2[r] = i;
-                if conds.iter().all(|c| cond_true(c, tables, q, &c2)) {
-                    next.push(c2.clone());
+            c2.push(None);
+            let mut any = false;
+            for (i, m) in matched.iter_mut().enumerate() {
+                c2[r] = Some(i);
+                if on.iter().all(|c| cond_true(c, tables, q, &c2)) {
+                    any = true;
+                    *m = true;
+                    if wheres.iter().all(|w| w.holds(tables, q, &c2)) {
+                        next.push(c2.clone());
+                    }
                 }
+            }
+            if !any && matches!(kind, JoinKind::Left | JoinKind::Full) {
+                c2[r] = None;
+                next.push(c2);
+            }
+        }
+        if matches!(kind, JoinKind::Right | JoinKind::Full) {
+            for (i, _) in matched.iter().enumerate().filter(|(_, m)| !**m) {
+                let mut c2 = vec![None; r];
+                c2.push(Some(i));
+                next.push(c2);
             }
         }
         if next.len() > MAX_INTERMEDIATE_ROWS {
             return None;
         }
         combos = next;
+    }
+    if !early {
+        combos.retain(|combo| checks.iter().all(|(_, c)| c.holds(tables, q, combo)));
     }
     Some(combos)
 }
@@ -751,11 +1284,11 @@ fn agg_value(a: &Agg, vals: &[Val]) -> Val {
     }
 }
 
-/// The expected answer, rendered and sorted (None: too big to compute here).
-fn reference(tables: &[Table], q: &Query) -> Option<Vec<String>> {
+/// The expected rows of one query, rendered, unsorted (None: too big to compute here).
+fn reference_query(tables: &[Table], q: &Query) -> Option<Vec<String>> {
     let combos = reference_rows(tables, q)?;
-    let get = |combo: &[usize], (r, c): ColRef| tables[q.tables[r]].rows[combo[r]][c].clone();
-    let mut out: Vec<String> = match &q.select {
+    let get = |combo: &[Option<usize>], c: ColRef| col_val(tables, q, combo, c).clone();
+    Some(match &q.select {
         Select::Cols { distinct, cols } => {
             let mut rows: Vec<String> = combos
                 .iter()
@@ -772,9 +1305,14 @@ fn reference(tables: &[Table], q: &Query) -> Option<Vec<String>> {
             }
             rows
         }
-        Select::Aggs { group_by, aggs } => {
-            let mut groups: BTreeMap<Val, Vec<&Vec<usize>>> = BTreeMap::new();
+        Select::Aggs {
+            group_by,
+            aggs,
+            having,
+        } => {
+            let mut groups: BTreeMap<Val, Vec<&Combo>> = BTreeMap::new();
             match group_by {
+                // NULL keys form one group.
                 Some(g) => {
                     for combo in &combos {
                         groups.entry(get(combo, *g)).or_default().push(combo);
@@ -785,20 +1323,45 @@ fn reference(tables: &[Table], q: &Query) -> Option<Vec<String>> {
                     groups.insert(Val::Null, combos.iter().collect());
                 }
             }
+            let value = |members: &[&Combo], a: &Agg| {
+                let vals: Vec<Val> = members.iter().map(|m| get(m, a.col)).collect();
+                agg_value(a, &vals)
+            };
             groups
                 .iter()
+                .filter(|(_, members)| match having {
+                    None => true,
+                    Some(h) => h.op.eval(&value(members, &h.agg), &Val::Int(h.lit)) == Some(true),
+                })
                 .map(|(key, members)| {
                     let mut cells = Vec::new();
                     if group_by.is_some() {
                         cells.push(key.render());
                     }
                     for a in aggs {
-                        let vals: Vec<Val> = members.iter().map(|m| get(m, a.col)).collect();
-                        cells.push(agg_value(a, &vals).render());
+                        cells.push(value(members, a).render());
                     }
                     cells.join("|")
                 })
                 .collect()
+        }
+    })
+}
+
+/// The expected answer, rendered and sorted (None: too big to compute here).
+fn reference(tables: &[Table], s: &Stmt) -> Option<Vec<String>> {
+    let mut out = match s {
+        Stmt::One(q) => reference_query(tables, q)?,
+        Stmt::Union { all, left, right } => {
+            let mut rows = reference_query(tables, left)?;
+            rows.extend(reference_query(tables, right)?);
+            if !*all {
+                // UNION removes duplicates (rows with NULLs in the same places are
+                // duplicates too).
+                rows.sort();
+                rows.dedup();
+            }
+            rows
         }
     };
     out.sort();
@@ -836,10 +1399,10 @@ fn actual(client: &mut Client, sql: &str, text_cols: &[bool]) -> Result<Vec<Stri
     Ok(rows)
 }
 
-fn text_columns(q: &Query) -> Vec<bool> {
-    match &q.select {
+fn text_columns(s: &Stmt) -> Vec<bool> {
+    match &s.first().select {
         Select::Cols { cols, .. } => cols.iter().map(|c| c.1 == T).collect(),
-        Select::Aggs { group_by, aggs } => group_by
+        Select::Aggs { group_by, aggs, .. } => group_by
             .iter()
             .map(|g| g.1 == T)
             .chain(
@@ -894,15 +1457,14 @@ fn load(client: &mut Client, tables: &[Table]) {
     }
 }
 
-/// The `qi`-th query of a run and its expected answer.
-fn query_and_expected(seed: u64, qi: usize, tables: &[Table]) -> (Query, Vec<String>) {
+/// The `qi`-th statement of a run and its expected answer.
+fn query_and_expected(seed: u64, qi: usize, tables: &[Table]) -> (Stmt, Vec<String>) {
     let mut rng = Rng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (qi as u64 + 1));
     loop {
-        let q = random_query(&mut rng);
-        match reference(tables, &q) {
-            Some(e) if matches!(q.select, Select::Aggs { .. }) || e.len() <= MAX_PROJECTED_ROWS => {
-                return (q, e)
-            }
+        let s = random_stmt(&mut rng);
+        let aggs = matches!(s, Stmt::One(Query { select: Select::Aggs { .. }, .. }));
+        match reference(tables, &s) {
+            Some(e) if aggs || e.len() <= MAX_PROJECTED_ROWS => return (s, e),
             _ => {}
         }
     }

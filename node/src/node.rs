@@ -29,6 +29,11 @@ use crate::error::{Error, Result};
 use crate::redo::StmtLog;
 use crate::worker::Tstore;
 
+/// Stack of the threads that plan or run plans (the Postgres runtime's, the Tstores'):
+/// DataFusion's planner, optimizer and plan codec recurse over the plan tree. Only
+/// touched pages are backed by memory.
+const PLANNING_STACK: usize = 64 << 20;
+
 /// How a node is started.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -181,6 +186,7 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
         let tx = ready_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("tstore-{id}"))
+            .stack_size(PLANNING_STACK)
             .spawn(move || {
                 let pinned = match placement.pin_current_thread(core) {
                     Ok(()) => Some(core as u32),
@@ -321,6 +327,9 @@ pub fn run(opts: NodeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(&str)) -
             .worker_threads(2)
             .enable_all()
             .thread_name("pg")
+            // DataFusion plans recursively: a join of many tables with subqueries runs
+            // deep (a 4-way join with NOT IN / EXISTS overflowed the 2 MiB default).
+            .thread_stack_size(PLANNING_STACK)
             .build()?;
         let served: Result<()> = rt.block_on(async {
             // Statements cut by the last crash are completed before any client is served.

@@ -786,7 +786,12 @@ impl Cutter {
         }
         let any = &joined;
         let swapped = if let Some(h) = any.downcast_ref::<HashJoinExec>() {
-            Some(h.swap_inputs(PartitionMode::CollectLeft)?)
+            // A null-aware anti join (NOT IN) exists only as LeftAnti: it keeps its sides.
+            if h.null_aware {
+                None
+            } else {
+                Some(h.swap_inputs(PartitionMode::CollectLeft)?)
+            }
         } else if let Some(n) = any.downcast_ref::<NestedLoopJoinExec>() {
             Some(n.swap_inputs()?)
         } else if let Some(c) = any.downcast_ref::<CrossJoinExec>() {

@@ -71,6 +71,11 @@ pub fn column(plan: &LogicalPlan, column: &Column) -> ColumnEstimate {
     e
 }
 
+/// [`column`] without the cap by `plan`'s estimated rows.
+fn uncapped(plan: &LogicalPlan, column: &Column) -> ColumnEstimate {
+    column_inner(plan, column).unwrap_or_default()
+}
+
 fn column_inner(plan: &LogicalPlan, col: &Column) -> Option<ColumnEstimate> {
     match plan {
         LogicalPlan::TableScan(_) => {
@@ -252,6 +257,10 @@ fn col_of(e: &Expr) -> Option<&Column> {
 }
 
 /// Fraction of `plan`'s rows for which `e` holds.
+///
+/// Reads column estimates uncapped by `plan`'s rows: `rows(plan)` may itself ask for
+/// this selectivity (a join's filter, a scan's pushed filters).
+
 pub fn selectivity(plan: &LogicalPlan, e: &Expr) -> f64 {
     let s = match e {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
@@ -263,13 +272,13 @@ pub fn selectivity(plan: &LogicalPlan, e: &Expr) -> f64 {
             Operator::Eq | Operator::NotEq => {
                 let eq = match (col_of(left), col_of(right), literal(left), literal(right)) {
                     (Some(c), _, _, Some(_)) | (_, Some(c), Some(_), _) => {
-                        column(plan, c).ndv.map(|n| 1.0 / n.max(1.0)).unwrap_or(0.1)
+                        uncapped(plan, c).ndv.map(|n| 1.0 / n.max(1.0)).unwrap_or(0.1)
                     }
                     (Some(a), Some(b), _, _) => {
-                        let n = column(plan, a)
+                        let n = uncapped(plan, a)
                             .ndv
                             .unwrap_or(10.0)
-                            .max(column(plan, b).ndv.unwrap_or(10.0));
+                            .max(uncapped(plan, b).ndv.unwrap_or(10.0));
                         1.0 / n.max(1.0)
                     }
                     _ => 0.1,
@@ -310,7 +319,7 @@ pub fn selectivity(plan: &LogicalPlan, e: &Expr) -> f64 {
         }
         Expr::InList(l) => {
             let one = match col_of(&l.expr) {
-                Some(c) => column(plan, c).ndv.map(|n| 1.0 / n.max(1.0)).unwrap_or(0.1),
+                Some(c) => uncapped(plan, c).ndv.map(|n| 1.0 / n.max(1.0)).unwrap_or(0.1),
                 None => 0.1,
             };
             let s = (one * l.list.len() as f64).min(1.0);
@@ -321,10 +330,10 @@ pub fn selectivity(plan: &LogicalPlan, e: &Expr) -> f64 {
             }
         }
         Expr::IsNull(x) => col_of(x)
-            .map(|c| column(plan, c).null_fraction)
+            .map(|c| uncapped(plan, c).null_fraction)
             .unwrap_or(0.1),
         Expr::IsNotNull(x) => col_of(x)
-            .map(|c| 1.0 - column(plan, c).null_fraction)
+            .map(|c| 1.0 - uncapped(plan, c).null_fraction)
             .unwrap_or(0.9),
         Expr::Literal(ScalarValue::Boolean(Some(true)), _) => 1.0,
         Expr::Literal(ScalarValue::Boolean(Some(false)), _) => 0.0,
@@ -340,7 +349,7 @@ fn range_selectivity(plan: &LogicalPlan, left: &Expr, op: Operator, right: &Expr
         (_, _, Some(c), Some(v)) => (c, v, op.swap()?),
         _ => return None,
     };
-    let (lo, hi) = column(plan, c).range?;
+    let (lo, hi) = uncapped(plan, c).range?;
     let x = as_f64(v)?;
     if hi <= lo {
         return Some(0.5);
