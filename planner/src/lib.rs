@@ -22,6 +22,7 @@ mod error;
 pub mod estimate;
 pub mod explain;
 pub mod frontend;
+pub mod names;
 pub mod reorder;
 
 use datafusion::common::DFSchemaRef;
@@ -93,8 +94,8 @@ impl Query {
 /// The name PostgreSQL gives a select-list expression's column.
 fn pg_name(e: &Expr) -> String {
     match e {
-        Expr::Alias(a) => a.name.clone(),
-        Expr::Column(c) => c.name.clone(),
+        Expr::Alias(a) => names::pg_column_name(&a.name).to_string(),
+        Expr::Column(c) => names::pg_column_name(&c.name).to_string(),
         Expr::Cast(c) => pg_name(&c.expr),
         Expr::TryCast(c) => pg_name(&c.expr),
         Expr::AggregateFunction(f) => f.func.name().to_string(),
@@ -125,7 +126,7 @@ fn pg_names(plan: &LogicalPlan) -> Vec<String> {
             .schema()
             .fields()
             .iter()
-            .map(|f| f.name().clone())
+            .map(|f| names::pg_column_name(f.name()).to_string())
             .collect(),
     }
 }
