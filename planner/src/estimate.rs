@@ -62,10 +62,10 @@ pub struct ColumnEstimate {
     pub null_fraction: f64,
 }
 
-/// Estimates for `column` of `plan`, traced to a table scan through projections,
+/// Estimates for `column` of `plan` (whose estimated rows, [`rows`], are `rows`: the
+/// distinct count is capped by them), traced to a table scan through projections,
 /// aliases, filters and joins.
-pub fn column(plan: &LogicalPlan, column: &Column) -> ColumnEstimate {
-    let rows = rows(plan);
+pub fn column(plan: &LogicalPlan, column: &Column, rows: f64) -> ColumnEstimate {
     let mut e = column_inner(plan, column).unwrap_or_default();
     e.ndv = e.ndv.map(|n| n.min(rows).max(1.0));
     e
@@ -165,7 +165,7 @@ pub fn rows(plan: &LogicalPlan) -> f64 {
                 let mut groups = 1.0f64;
                 for g in &a.group_expr {
                     let ndv = match g {
-                        Expr::Column(c) => column(&a.input, c).ndv,
+                        Expr::Column(c) => column(&a.input, c, input).ndv,
                         _ => None,
                     };
                     groups *= ndv.unwrap_or(input / 10.0).max(1.0);
@@ -219,7 +219,7 @@ pub fn join_rows(
     let mut div = 1.0f64;
     for (a, b) in on {
         let ndv = |p: &LogicalPlan, e: &Expr, n: f64| match e {
-            Expr::Column(c) => column(p, c).ndv.unwrap_or(n),
+            Expr::Column(c) => column(p, c, n).ndv.unwrap_or(n),
             _ => n,
         };
         // Either side of the pair may belong to either input.
