@@ -43,6 +43,28 @@ pub struct SliceTable {
 /// DataFusion statistics of a table from the cluster's merged statistics. Every
 /// figure is inexact (the Tstores' sketches, and writes may have happened since).
 pub fn df_statistics(arrow: &SchemaRef, s: &TableStats) -> Statistics {
+    // Bytes per column: fixed-width columns by their width; what the table's bytes
+    // leave is shared by its variable-width (text) columns.
+    let fixed = |t: &arrow_schema::DataType| match t {
+        arrow_schema::DataType::Boolean => Some(1),
+        t => t.primitive_width(),
+    };
+    let fixed_bytes: u64 = arrow
+        .fields()
+        .iter()
+        .filter_map(|f| fixed(f.data_type()))
+        .map(|w| w as u64 * s.rows)
+        .sum();
+    let varying = arrow
+        .fields()
+        .iter()
+        .filter(|f| fixed(f.data_type()).is_none())
+        .count() as u64;
+    let varying_bytes = s.bytes.saturating_sub(fixed_bytes) / varying.max(1);
+    let byte_size = |f: &arrow_schema::Field| match fixed(f.data_type()) {
+        Some(w) => Precision::Inexact(w * s.rows as usize),
+        None => Precision::Inexact(varying_bytes as usize),
+    };
     let columns = arrow
         .fields()
         .iter()
@@ -66,7 +88,7 @@ pub fn df_statistics(arrow: &SchemaRef, s: &TableStats) -> Statistics {
                 distinct_count: Precision::Inexact(
                     (c.distinct() as usize).min((s.rows - c.nulls.min(s.rows)) as usize),
                 ),
-                byte_size: Precision::Absent,
+                byte_size: byte_size(f),
             },
             None => ColumnStatistics::new_unknown(),
         })

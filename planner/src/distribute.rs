@@ -71,8 +71,11 @@ pub enum Broadcast {
 pub struct DistOptions {
     /// Nodes in the cluster.
     pub nodes: usize,
-    /// Tstores per node.
+    /// Tstores per node (the average, when nodes differ).
     pub tstores_per_node: usize,
+    /// Tstores in the cluster when nodes have different numbers of them (`None`:
+    /// `nodes x tstores_per_node`).
+    pub total_tstores: Option<usize>,
     /// How broadcasts travel.
     pub broadcast: Broadcast,
     /// `smrdb.pivot`: the alias (or table) that must stay in place, if any.
@@ -87,6 +90,7 @@ impl Default for DistOptions {
         DistOptions {
             nodes: 1,
             tstores_per_node: 1,
+            total_tstores: None,
             broadcast: Broadcast::PerNode,
             pivot: None,
             overlap: true,
@@ -97,7 +101,9 @@ impl Default for DistOptions {
 impl DistOptions {
     /// Tstores in the cluster.
     pub fn tstores(&self) -> usize {
-        (self.nodes * self.tstores_per_node).max(1)
+        self.total_tstores
+            .unwrap_or(self.nodes * self.tstores_per_node)
+            .max(1)
     }
 }
 
@@ -230,25 +236,80 @@ fn estimate(plan: &Arc<dyn ExecutionPlan>) -> (Option<usize>, Option<usize>) {
         Precision::Exact(n) | Precision::Inexact(n) => Some(n),
         Precision::Absent => None,
     };
-    let bytes = rows.map(|r| r.saturating_mul(row_width(&plan.schema())));
+    // Text columns by the bytes per row of the scanned column of that name, when its
+    // table's statistics say (operators above scale rows, not bytes).
+    let mut text = std::collections::HashMap::new();
+    scan_text_widths(plan, &mut text);
+    let schema = plan.schema();
+    let width: usize = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let measured = if f.data_type().primitive_width().is_none() {
+                text.get(f.name().as_str()).copied()
+            } else {
+                None
+            };
+            measured.unwrap_or_else(|| field_width(f.data_type()))
+        })
+        .sum::<usize>()
+        .max(1);
+    let bytes = rows.map(|r| r.saturating_mul(width));
     (rows, bytes)
 }
 
-/// Bytes a row of `schema` takes in Arrow, roughly (text counted as 24 bytes).
-fn row_width(schema: &SchemaRef) -> usize {
-    schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Boolean | DataType::Int8 | DataType::UInt8 => 1,
-            DataType::Int16 | DataType::UInt16 => 2,
-            DataType::Int32 | DataType::UInt32 | DataType::Float32 | DataType::Date32 => 4,
-            DataType::Decimal128(_, _) => 16,
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => 24,
-            _ => 8,
-        })
-        .sum::<usize>()
-        .max(1)
+/// `child` as input of `plan`: when `plan` requires its input sorted (a window) and
+/// `child` is the merge of an exchange's sorted runs, a sort on top of the merge. The
+/// exchange does not declare its runs' order, so the merge's output does not either,
+/// and an operator that checks its input's order would refuse it.
+fn ordered_for(plan: &Arc<dyn ExecutionPlan>, child: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let needs = plan.required_input_ordering().first().is_some_and(|o| o.is_some());
+    let Some(spm) = child.downcast_ref::<SortPreservingMergeExec>() else {
+        return child;
+    };
+    if !needs || !spm.input().is::<ExchangeExec>() {
+        return child;
+    }
+    let ordering = spm.expr().clone();
+    Arc::new(SortExec::new(ordering, child))
+}
+
+/// Bytes per row of the variable-width columns of the slice scans under `plan`, by
+/// column name, from their tables' statistics.
+fn scan_text_widths(plan: &Arc<dyn ExecutionPlan>, out: &mut std::collections::HashMap<String, usize>) {
+    if plan.is::<SliceScanExec>() {
+        let Ok(s) = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new()) else {
+            return;
+        };
+        let n = match s.num_rows {
+            Precision::Exact(n) | Precision::Inexact(n) if n > 0 => n,
+            _ => return,
+        };
+        for (f, c) in plan.schema().fields().iter().zip(&s.column_statistics) {
+            if let Precision::Exact(b) | Precision::Inexact(b) = c.byte_size {
+                if f.data_type().primitive_width().is_none() {
+                    out.insert(f.name().clone(), b / n);
+                }
+            }
+        }
+        return;
+    }
+    for c in plan.children() {
+        scan_text_widths(c, out);
+    }
+}
+
+/// Bytes a value of type `t` takes in Arrow, roughly (text of unknown length counted
+/// as 24 bytes).
+fn field_width(t: &DataType) -> usize {
+    match t {
+        DataType::Boolean | DataType::Int8 | DataType::UInt8 => 1,
+        DataType::Int16 | DataType::UInt16 => 2,
+        DataType::Int32 | DataType::UInt32 | DataType::Float32 | DataType::Date32 => 4,
+        DataType::Decimal128(_, _) => 16,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => 24,
+        _ => 8,
+    }
 }
 
 fn fmt_est(rows: Option<usize>, bytes: Option<usize>) -> String {
@@ -470,6 +531,7 @@ impl Cutter {
             } else {
                 child
             };
+            let child = ordered_for(plan, child);
             return Ok((rebuild(plan, vec![child])?, d));
         }
         // Partitioned input.

@@ -1015,6 +1015,7 @@ fn configs(r: &mut Rng, aliases: &[String], count: usize) -> Vec<DistOptions> {
                 },
                 pivot: (r.chance(30) && !aliases.is_empty()).then(|| r.pick(aliases).clone()),
                 overlap: r.chance(70),
+                ..DistOptions::default()
             }
         })
         .collect()
