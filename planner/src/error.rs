@@ -118,14 +118,38 @@ impl PlanError {
             DataFusionError::SQL(p, _) => PlanError::Syntax(clean(&p.to_string())),
             DataFusionError::SchemaError(s, _) => {
                 match s.as_ref() {
-                    SchemaError::FieldNotFound { field, .. } => PlanError::UndefinedColumn(
-                        format!("column \"{}\" does not exist", field.name()),
-                    ),
+                    SchemaError::FieldNotFound {
+                        field,
+                        valid_fields,
+                    } => match &field.relation {
+                        // A qualifier that names no relation in scope.
+                        Some(q)
+                            if !valid_fields
+                                .iter()
+                                .any(|v| v.relation.as_ref().is_some_and(|r| r.table() == q.table())) =>
+                        {
+                            PlanError::Other {
+                                code: "42P01",
+                                msg: format!("missing FROM-clause entry for table \"{}\"", q.table()),
+                            }
+                        }
+                        _ => PlanError::UndefinedColumn(format!(
+                            "column \"{}\" does not exist",
+                            field.name()
+                        )),
+                    },
                     SchemaError::AmbiguousReference { field } => PlanError::AmbiguousColumn(
                         format!("column reference \"{}\" is ambiguous", field.name()),
                     ),
-                    SchemaError::DuplicateQualifiedField { name, .. }
-                    | SchemaError::DuplicateUnqualifiedField { name } => {
+                    // Two relations of one FROM clause with the same name or alias.
+                    SchemaError::DuplicateQualifiedField { qualifier, .. } => PlanError::Other {
+                        code: "42712",
+                        msg: format!(
+                            "table name \"{}\" specified more than once",
+                            qualifier.table()
+                        ),
+                    },
+                    SchemaError::DuplicateUnqualifiedField { name } => {
                         PlanError::DuplicateColumn(name.to_string())
                     }
                 }
@@ -202,7 +226,20 @@ fn classify(m: &str) -> PlanError {
     let l = c.to_ascii_lowercase();
     if l.contains("divide by zero") || l.contains("division by zero") {
         PlanError::DivisionByZero
+    } else if l.contains("declared as non-nullable but contains null values") {
+        PlanError::Other {
+            code: "23502",
+            msg: format!("null value violates a not-null constraint ({c})"),
+        }
+    } else if l.contains("invalid qualifier") {
+        PlanError::Other {
+            code: "42P01",
+            msg: format!("missing FROM-clause entry ({c})"),
+        }
+    } else if l.contains("non-boolean predicate") {
+        PlanError::TypeMismatch(format!("argument of WHERE must be type boolean ({c})"))
     } else if l.contains("overflow")
+        || l.contains("too small to store")
         || l.contains("out of range")
         || l.contains("too large to store")
         || l.contains("is too large")
