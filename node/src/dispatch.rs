@@ -620,14 +620,20 @@ impl Dispatcher {
     /// A lost node.
     pub fn open_task(&self) -> Result<OpenTask<'_>> {
         self.check_all_alive()?;
+        Ok(self.open_local_task())
+    }
+
+    /// A task id and event channel for work that involves no other node (a query that
+    /// runs on the primary alone): it opens while nodes are lost.
+    pub fn open_local_task(&self) -> OpenTask<'_> {
         let id = self.next_task.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         lock(&self.pending).insert(id, tx);
-        Ok(OpenTask {
+        OpenTask {
             disp: self,
             id,
             events: rx,
-        })
+        }
     }
 }
 

@@ -728,6 +728,7 @@ impl Engine {
         Ok(DistOptions {
             nodes,
             tstores_per_node: (map.total_tstores() as usize / nodes).max(1),
+            total_tstores: Some(map.total_tstores() as usize),
             broadcast: self.broadcast(),
             pivot,
             overlap,

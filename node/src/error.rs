@@ -102,8 +102,8 @@ const ARENA_HINT: &str = "the outgoing arena is arena_mib in the cluster file \
 /// How to raise a receive ring.
 const RING_HINT: &str = "each receive ring is ring_mib in the cluster file \
     (smrdb cluster --ring-mib): raise it";
-/// How to raise the chunk size.
-const CHUNK_HINT: &str = "raise chunk_kib in the cluster file (smrdb cluster --chunk-kib; \
+/// How to raise the chunk size (54000 errors name it).
+pub const CHUNK_HINT: &str = "raise chunk_kib in the cluster file (smrdb cluster --chunk-kib; \
     at most ring_mib x 1024 and arena_mib x 1024)";
 
 /// The setting that sizes the common memory named by a router error's `what`.

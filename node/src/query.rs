@@ -63,7 +63,11 @@ impl Engine {
         let t0 = Instant::now();
         let tstores = disp.total_tstores();
         let on_tstores = !dist.primary_only();
-        let task = disp.open_task()?;
+        let task = if on_tstores {
+            disp.open_task()?
+        } else {
+            disp.open_local_task()
+        };
         let timeout = disp
             .timeout()
             .saturating_sub(Duration::from_secs(2))
@@ -146,7 +150,10 @@ impl Engine {
                 }
             }
         };
-        loop {
+        // A primary stage's failure that only echoes a Tstore's abort, and until when
+        // to wait for that Tstore's own error.
+        let mut pending: Option<(Error, Instant)> = None;
+        let outcome: Result<()> = 'run: loop {
             // Stages.
             if woken.swap(false, Ordering::AcqRel) {
                 for s in stages.iter_mut().filter(|s| !s.done) {
@@ -154,12 +161,20 @@ impl Engine {
                         None => {}
                         Some(Ok(Ok(()))) => s.done = true,
                         Some(Ok(Err(e))) => {
-                            fail_all(&gathers, "the query failed");
-                            return Err(df_err(&e));
+                            let err = df_err(&e);
+                            if pending.is_none() && err.to_string().contains("aborted by tstore") {
+                                // A Tstore aborted its gather: its error reply, the
+                                // cause, follows (a moment later at most).
+                                s.done = true;
+                                pending = Some((err, Instant::now() + Duration::from_secs(2)));
+                            } else {
+                                fail_all(&gathers, "the query failed");
+                                break 'run Err(err);
+                            }
                         }
                         Some(Err(panic)) => {
                             fail_all(&gathers, "the query failed");
-                            return Err(Error::sql("XX000", panic));
+                            break 'run Err(Error::sql("XX000", panic));
                         }
                     }
                 }
@@ -169,26 +184,48 @@ impl Engine {
             }
             let mut blocked = false;
             for c in channels.iter_mut() {
-                match c.pump(disp.router())? {
+                let pumped = match c.pump(disp.router()) {
+                    Ok(p) => p,
+                    Err(e) => break 'run Err(e.into()),
+                };
+                if c.too_big {
+                    break 'run Err(Error::sql(
+                        "54000",
+                        format!(
+                            "a row of exchange {} is larger than a router chunk ({} bytes); {}",
+                            c.exchange,
+                            disp.router().max_chunk(),
+                            crate::error::CHUNK_HINT
+                        ),
+                    ));
+                }
+                match pumped {
                     Pumped::Blocked => blocked = true,
                     Pumped::Waiting | Pumped::Closed => {}
                 }
             }
             let stages_done = stages.iter().all(|s| s.done) && channels.iter().all(|c| c.closed);
             let replies_done = !on_tstores || replied.len() == tstores as usize;
+            if let Some((_, until)) = &pending {
+                if stages_done && replies_done || Instant::now() >= *until {
+                    fail_all(&gathers, "the query failed");
+                    let (e, _) = pending.take().unwrap_or_else(|| unreachable!());
+                    break 'run Err(e);
+                }
+            }
             if stages_done && replies_done {
-                break;
+                break 'run Ok(());
             }
             if let Some(i) = &interrupt {
                 if let Err(e) = i.check() {
                     fail_all(&gathers, "the statement was canceled");
-                    return Err(e);
+                    break 'run Err(e);
                 }
             }
             if Instant::now() >= deadline {
                 fail_all(&gathers, "the query timed out");
                 let missing: Vec<u32> = (0..tstores).filter(|t| !replied.contains_key(t)).collect();
-                return Err(Error::Timeout {
+                break 'run Err(Error::Timeout {
                     what: format!("the stages of tstores {missing:?}"),
                     secs: timeout.as_secs(),
                 });
@@ -218,15 +255,18 @@ impl Engine {
                         continue;
                     };
                     let bytes = d.data.bytes();
-                    let (ipc, tr) = ChunkTrailer::split(bytes)?;
+                    let (ipc, tr) = match ChunkTrailer::split(bytes) {
+                        Ok(x) => x,
+                        Err(e) => break 'run Err(e),
+                    };
                     let Some(g) = gathers.get_mut(&tr.exchange) else {
-                        return Err(Error::Protocol(format!(
+                        break 'run Err(Error::Protocol(format!(
                             "tstore {t} sent exchange {} to the primary, which does not gather it",
                             tr.exchange
                         )));
                     };
                     if !g.waiting.contains(&t) {
-                        return Err(Error::Protocol(format!(
+                        break 'run Err(Error::Protocol(format!(
                             "tstore {t} sent exchange {} after its last chunk",
                             tr.exchange
                         )));
@@ -234,7 +274,7 @@ impl Engine {
                     gathered += bytes.len() as u64;
                     if let Err(e) = limit.check(gathered, replied.len(), tstores as usize) {
                         fail_all(&gathers, "the query gathered too much");
-                        return Err(e);
+                        break 'run Err(e);
                     }
                     let q = if g.sorted {
                         g.queues[t as usize].clone()
@@ -246,7 +286,10 @@ impl Engine {
                             "the query was aborted by tstore {t} (see its error)"
                         ));
                     } else {
-                        let bs = decode_copied(ipc)?;
+                        let bs = match decode_copied(ipc) {
+                            Ok(bs) => bs,
+                            Err(e) => break 'run Err(e.into()),
+                        };
                         drop(d);
                         for b in bs {
                             q.push(b);
@@ -266,7 +309,7 @@ impl Engine {
                     } = &r
                     {
                         fail_all(&gathers, "the query failed");
-                        return Err(Error::sql(sqlstate, resource_hint(message)));
+                        break 'run Err(Error::sql(sqlstate, resource_hint(message)));
                     }
                     replied.insert(t, r);
                     if replied.len() == tstores as usize {
@@ -274,16 +317,22 @@ impl Engine {
                             replied.iter().map(|(t, r)| (*t, r.clone())).collect();
                         if let Err(e) = crate::dispatch::first_error(&all) {
                             fail_all(&gathers, "the query failed");
-                            return Err(e);
+                            break 'run Err(e);
                         }
                     }
                     woken.store(true, Ordering::Release);
                 }
                 Event::Lost(node, reason) => {
                     fail_all(&gathers, "a node was lost");
-                    return Err(Error::NodeLost { node, reason });
+                    break 'run Err(Error::NodeLost { node, reason });
                 }
             }
+        };
+        if let Err(e) = outcome {
+            // The Tstores that wait for the primary's broadcasts learn of the failure
+            // now, not at their deadline.
+            abort_channels(&mut channels, disp.router());
+            return Err(e);
         }
         let analysis = if analyze {
             let mut a = Analysis {
@@ -340,5 +389,21 @@ impl Engine {
             None
         };
         Ok((result, analysis))
+    }
+}
+
+/// Ends the primary's unfinished output channels with an ABORT chunk (best effort,
+/// for at most 100 ms): their consumers fail at once instead of at their deadline.
+fn abort_channels(channels: &mut [OutChannel], router: &smrdb_router::RouterHandle) {
+    let until = Instant::now() + Duration::from_millis(100);
+    for c in channels.iter_mut() {
+        c.output.with_batches(|b| b.clear());
+        c.output.fail();
+        while !c.closed && Instant::now() < until {
+            match c.pump(router) {
+                Ok(Pumped::Closed) | Err(_) => break,
+                Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
     }
 }

@@ -530,7 +530,7 @@ impl Worker {
                         s.finished = true;
                         let (c, m) = df_reply(&e);
                         // An input that failed because a peer aborted is an echo.
-                        let echo = m.contains("the task failed") || m.contains("aborted by tstore");
+                        let echo = m.contains("the task failed") || m.contains("aborted by");
                         failure.get_or_insert((c, m, echo));
                     }
                     Some(Err(panic)) => {
@@ -928,7 +928,7 @@ impl Worker {
                     t.fail(
                         "54000",
                         format!(
-                            "a row of exchange {exchange} is larger than a router chunk ({max} bytes); raise chunk_kib"
+                            "a row of exchange {exchange} is larger than a router chunk ({max} bytes); {}", crate::error::CHUNK_HINT
                         ),
                         false,
                     );

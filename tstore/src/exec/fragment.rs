@@ -140,14 +140,6 @@ impl Fragment {
             if x.from == Place::Primary && x.kind == ExchangeKind::Gather {
                 return Err(format!("exchange {} gathers from the primary", x.id));
             }
-            let producers = self.stages.iter().filter(|s| s.output == x.id).count();
-            let want = usize::from(x.from == Place::Tstores);
-            if producers != want {
-                return Err(format!(
-                    "exchange {} has {producers} producing stages here, expected {want}",
-                    x.id
-                ));
-            }
         }
         for (i, s) in self.stages.iter().enumerate() {
             if self.stages[..i].iter().any(|t| t.id == s.id) {
@@ -161,6 +153,16 @@ impl Fragment {
             }
             if s.plan.is_empty() {
                 return Err(format!("stage {} has no plan", s.id));
+            }
+        }
+        for x in &self.exchanges {
+            let producers = self.stages.iter().filter(|s| s.output == x.id).count();
+            let want = usize::from(x.from == Place::Tstores);
+            if producers != want {
+                return Err(format!(
+                    "exchange {} has {producers} producing stages here, expected {want}",
+                    x.id
+                ));
             }
         }
         for t in &self.tables {
