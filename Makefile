@@ -76,8 +76,8 @@ bench-query: deps
 	@echo "report: $(REPORT_DIR)/report-query.md"
 
 # Fuzzing (fuzz/: a cargo-fuzz project outside the workspace; targets header, task_msg,
-# sql): builds, runs every target FUZZ_SECONDS each, prints execs and crashes per
-# target, fails on a crash. Uses nightly if rustup has it, else stable with
+# fragment, sql): builds, runs every target FUZZ_SECONDS each, prints execs and crashes
+# per target, fails on a crash. Uses nightly if rustup has it, else stable with
 # RUSTC_BOOTSTRAP=1; installs cargo-fuzz when missing. fuzz-ci: 10 s per target.
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz fuzz-ci

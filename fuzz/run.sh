@@ -6,12 +6,15 @@
 #   fuzz/run.sh [SECONDS]       FUZZ_TARGETS="header sql" limits the targets
 #
 # Targets (fuzz/fuzz_targets/): header (router header decode + inbound validation
-# against a ring), task_msg (task-protocol envelope + join-chunk trailer and IPC decode),
-# sql (parse + plan + EXPLAIN). Seeds: fuzz/corpus/<target>/ (checked in: encodings
-# from `cd fuzz && cargo run --example gen_corpus`, and inputs of fixed crashes as
-# regressions) and, for sql, every statement of tests/slt/*.slt. What the fuzzer
-# learns goes to fuzz/work/<target>/ (kept between runs, not checked in); a crash's
-# input to fuzz/artifacts/<target>/, and the script prints how to reproduce it.
+# against a ring), task_msg (task-protocol envelope + exchange-chunk trailer and IPC
+# decode, copied and in place), fragment (a Stages fragment, stage plans and UPDATE /
+# DELETE expressions decoded as a Tstore does), sql (parse + plan + distribute + EXPLAIN,
+# stage plans and expressions encoded and decoded). Seeds: fuzz/corpus/<target>/
+# (checked in: encodings from `cd fuzz && cargo run --example gen_corpus`, and inputs
+# of fixed crashes as regressions) and, for sql, every statement of tests/slt/*.slt.
+# What the fuzzer learns goes to fuzz/work/<target>/ (kept between runs, not checked
+# in); a crash's input to fuzz/artifacts/<target>/, and the script prints how to
+# reproduce it.
 #
 # Needs cargo-fuzz (installed from crates.io when missing) and a nightly toolchain;
 # without one (or with FUZZ_TOOLCHAIN=stable) it uses the stable toolchain with
@@ -21,7 +24,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 secs=${1:-60}
 [[ "$secs" =~ ^[0-9]+$ ]] && [ "$secs" -gt 0 ] || { echo "usage: fuzz/run.sh [SECONDS > 0]" >&2; exit 2; }
-read -r -a targets <<< "${FUZZ_TARGETS:-header task_msg sql}"
+read -r -a targets <<< "${FUZZ_TARGETS:-header task_msg fragment sql}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz: cargo-fuzz is not installed; installing it: cargo install cargo-fuzz --locked" >&2
@@ -47,17 +50,24 @@ cd "$root"
 # Release builds with debug assertions (overflow checks, debug_assert!) and
 # AddressSanitizer (cargo-fuzz's default). FUZZ_TARGET_DIR: where they go (default
 # fuzz/target; a toolchain switch rebuilds everything there).
-common=(--fuzz-dir "$here" -O -a)
+common=(--fuzz-dir "$here" -O --codegen-units "${FUZZ_CGU:-16}")
 [ -z "${FUZZ_TARGET_DIR:-}" ] || common+=(--target-dir "$FUZZ_TARGET_DIR")
 echo "fuzz: building ${targets[*]}"
-for t in "${targets[@]}"; do cargo "${tc[@]}" fuzz build "${common[@]}" "$t"; done
+if [ -z "${FUZZ_TARGETS:-}" ]; then
+  # Every target in one cargo run (their links run in parallel).
+  cargo "${tc[@]}" fuzz build "${common[@]}"
+else
+  for t in "${targets[@]}"; do cargo "${tc[@]}" fuzz build "${common[@]}" "$t"; done
+fi
 
 # The sql seeds: each statement of the sqllogictest corpus (the lines after a
-# `statement ...` / `query ...` record header, up to a blank line or `----`).
+# `statement ...` / `query ...` record header, up to a blank line or `----`) of at most
+# 2 KiB: the longer ones include the 64-table joins of join_wide.slt, which take ~10 s
+# each to plan in this build (and its mutations as long), the whole 10 s run's worth.
 sqlseeds="$here/work/seeds-sql"
 rm -rf "$sqlseeds"; mkdir -p "$sqlseeds"
 awk -v dir="$sqlseeds" '
-  function flush() { if (sql != "") { n++; f = sprintf("%s/%s-%04d.sql", dir, base, n); printf "%s", sql > f; close(f) } sql = ""; on = 0 }
+  function flush() { if (sql != "" && length(sql) <= 2048) { n++; f = sprintf("%s/%s-%04d.sql", dir, base, n); printf "%s", sql > f; close(f) } sql = ""; on = 0 }
   FNR == 1 { flush(); base = FILENAME; sub(".*/", "", base); sub("\\.slt$", "", base); n = 0 }
   /^(statement|query)( |$)/ { flush(); on = 1; next }
   on && (/^----/ || /^[[:space:]]*$/) { flush(); next }
@@ -75,6 +85,7 @@ for t in "${targets[@]}"; do
   case "$t" in
     sql) seeds+=("$sqlseeds"); extra=(-dict="$here/sql.dict" -max_len=4096) ;;
     task_msg) extra=(-max_len=16384) ;;
+    fragment) extra=(-max_len=4096) ;;
   esac
   for d in "${seeds[@]}"; do [ -d "$d" ] || { echo "fuzz: missing seed corpus $d" >&2; exit 1; }; done
   log="$here/work/$t.log"

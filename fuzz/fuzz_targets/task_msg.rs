@@ -1,62 +1,64 @@
 //! Fuzz target `task_msg`: what a node does with the bytes of a task-protocol object or
-//! a join-table chunk that arrived from a peer (`node/src/proto.rs`, the receiving half
-//! of `node/src/worker.rs`).
+//! an exchange chunk that arrived from a peer (`node/src/proto.rs`; the receiving halves
+//! of `node/src/worker.rs` and `node/src/query.rs`).
 //!
 //! Input layout:
 //!
 //! ```text
 //! bytes 0..8  the router header's query id (the task id the envelope must carry), LE
-//! byte 8      bits 0-2: join tables of the receiving query (0..7);
-//!             bit 7: also decode the chunk's Arrow IPC stream, both ways the worker
-//!             does (copied: `decode_batches`; in place: a `StreamDecoder` over the
-//!             chunk's bytes) and compare its rows with the trailer's
+//! byte 8      bit 7: also decode the chunk's Arrow IPC stream both ways a node does
+//!             (copied: `exchange::decode_copied`; in place: a `StreamDecoder` over a
+//!             64-byte aligned copy of the chunk, as `exchange::decode_in_place` reads
+//!             the ring); other bits unused
 //! rest        the object's bytes
 //! ```
 //!
-//! The rest is decoded as an envelope (`proto::decode`) and as a join-table chunk
-//! (`JoinTrailer::split`). Oracles: no panic; an accepted envelope re-encodes, and
-//! decoding that gives the same bytes again; an accepted trailer names a join table of
-//! the query and round-trips through `JoinTrailer::encode`.
+//! The rest is decoded as an envelope (`proto::decode`, which also validates a `Stages`
+//! request's fragment) and as an exchange chunk (`ChunkTrailer::split`). Oracles: no
+//! panic in our code, and none escaping arrow's decoder (see `common/panics.rs`); an
+//! accepted envelope re-encodes, and decoding that gives the same bytes again; an
+//! accepted trailer round-trips through `ChunkTrailer::encode`; the two IPC decoders
+//! agree: both fail, or both decode the same valid batches (so the same verdict when
+//! the Tstore compares their rows with the trailer's).
 #![no_main]
+
+#[path = "common/panics.rs"]
+mod panics;
 
 use std::panic::AssertUnwindSafe;
 
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::StreamDecoder;
+use datafusion::arrow::array::Array;
 use libfuzzer_sys::fuzz_target;
-use smrdb_node::proto::{self, JoinTrailer, JOIN_TRAILER};
+use smrdb_node::exchange::decode_copied;
+use smrdb_node::proto::{self, ChunkTrailer, CHUNK_TRAILER};
+use smrdb_tstore::RecordBatch;
 
-/// The worker's in-place decoding of a chunk (`decode_in_place` in
-/// `node/src/worker.rs`, which catches arrow's panics the same way), over a copy.
-fn decode_in_place(ipc: &[u8]) -> Result<usize, String> {
-    let mut buf = Buffer::from_vec(ipc.to_vec());
+/// `exchange::decode_in_place` without a router: the same `StreamDecoder` loop (and
+/// the same catch of arrow's panics) over a 64-byte aligned copy, as a chunk lies in
+/// the ring.
+fn decode_in_place(ipc: &[u8]) -> Result<Vec<RecordBatch>, String> {
+    if ipc.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut buf = Buffer::from_slice_ref(ipc);
     std::panic::catch_unwind(AssertUnwindSafe(move || {
         let mut dec = StreamDecoder::new();
-        let mut rows = 0;
+        let mut out = Vec::new();
         while !buf.is_empty() {
             if let Some(b) = dec.decode(&mut buf).map_err(|e| e.to_string())? {
-                rows += b.num_rows();
+                out.push(b);
             }
         }
         dec.finish().map_err(|e| e.to_string())?;
-        Ok(rows)
+        Ok(out)
     }))
     .unwrap_or_else(|_| Err("the decoder panicked".into()))
 }
 
 fuzz_target!(
-    init: {
-        // libfuzzer-sys's panic hook aborts on every panic, even one the code under
-        // test catches. The node catches arrow's IPC decoder's panics (a malformed
-        // stream is an error), so only a panic that escapes must count: it still
-        // aborts, in libfuzzer-sys's own catch_unwind around each input. Panics inside
-        // arrow are not printed (the caught ones would flood the log).
-        std::panic::set_hook(Box::new(|info| {
-            if !info.location().is_some_and(|l| l.file().contains("/arrow-")) {
-                eprintln!("{info}\n{}", std::backtrace::Backtrace::force_capture());
-            }
-        }));
-    },
+    init: panics::install(),
     |data: &[u8]| run(data)
 );
 
@@ -76,25 +78,32 @@ fn run(data: &[u8]) {
         assert_eq!(again, again2, "decode/encode is not stable");
     }
 
-    let join_tables = usize::from(sel & 7);
-    if let Ok((ipc, tr)) = JoinTrailer::split(rest, join_tables) {
-        assert_eq!(ipc.len() + JOIN_TRAILER, rest.len());
-        assert!(usize::from(tr.jt) < join_tables);
+    if let Ok((ipc, tr)) = ChunkTrailer::split(rest) {
+        assert_eq!(ipc.len() + CHUNK_TRAILER, rest.len());
         let back = [ipc, &tr.encode()[..]].concat();
-        let (_, tr2) = JoinTrailer::split(&back, join_tables).expect("a re-encoded trailer");
-        assert_eq!(tr, tr2);
+        let (ipc2, tr2) = ChunkTrailer::split(&back).expect("a re-encoded trailer");
+        assert_eq!((ipc, tr), (ipc2, tr2));
         if sel & 0x80 != 0 {
-            let copied = smrdb_tstore::decode_batches(ipc)
-                .map(|bs| bs.iter().map(|b| b.num_rows()).sum::<usize>());
-            let in_place = if ipc.is_empty() {
-                Ok(0)
-            } else {
-                decode_in_place(ipc)
-            };
-            // The worker then compares the rows with the trailer's (a mismatch fails the
-            // task); both decoders must agree on what a valid stream holds.
-            if let (Ok(a), Ok(b)) = (&copied, &in_place) {
-                assert_eq!(a, b, "the two IPC decoders disagree");
+            let copied = decode_copied(ipc);
+            let in_place = decode_in_place(ipc);
+            match (&copied, &in_place) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "the two IPC decoders disagree");
+                    // What the operators downstream get must be valid Arrow data.
+                    for batch in a {
+                        for c in batch.columns() {
+                            if let Err(e) = c.to_data().validate_full() {
+                                panic!("a decoded chunk holds invalid data: {e}");
+                            }
+                        }
+                    }
+                }
+                (Err(_), Err(_)) => {}
+                _ => panic!(
+                    "the two IPC decoders disagree: copied {:?}, in place {:?}",
+                    copied.map(|b| b.len()),
+                    in_place.map(|b| b.len())
+                ),
             }
         }
     }
