@@ -47,10 +47,13 @@ else
 fi
 
 cd "$root"
-# Release builds with debug assertions (overflow checks, debug_assert!) and
-# AddressSanitizer (cargo-fuzz's default). FUZZ_TARGET_DIR: where they go (default
-# fuzz/target; a toolchain switch rebuilds everything there).
-common=(--fuzz-dir "$here" -O --codegen-units "${FUZZ_CGU:-16}")
+# Release builds with AddressSanitizer (cargo-fuzz's default); fuzz/Cargo.toml's
+# profile turns on debug assertions and overflow checks in our crates and builds the
+# dependencies with few optimizations. 16 codegen units per crate (cargo-fuzz's default
+# of 1 makes each of DataFusion's crates one long serial LLVM job). FUZZ_TARGET_DIR:
+# where they go (default fuzz/target; a toolchain switch rebuilds everything there).
+build=(-O --codegen-units 16)
+common=(--fuzz-dir "$here" "${build[@]}")
 [ -z "${FUZZ_TARGET_DIR:-}" ] || common+=(--target-dir "$FUZZ_TARGET_DIR")
 echo "fuzz: building ${targets[*]}"
 if [ -z "${FUZZ_TARGETS:-}" ]; then
@@ -108,7 +111,7 @@ for t in "${targets[@]}"; do
   else
     status=1
     if [ -n "$artifact" ]; then
-      verdict="CRASH: ${artifact#"$root"/} (reproduce: cargo ${tc[*]} fuzz run --fuzz-dir fuzz -O -a $t ${artifact#"$root"/})"
+      verdict="CRASH: ${artifact#"$root"/} (reproduce: cargo ${tc[*]} fuzz run --fuzz-dir fuzz ${build[*]} $t ${artifact#"$root"/})"
     else
       verdict="FAILED (exit $rc)"
     fi

@@ -275,7 +275,8 @@ fn plan_seeds(db: &Db) -> Planned {
             if !dist.primary_only() {
                 let f = dist.fragment(30_000).expect("a fragment");
                 for s in &f.stages {
-                    out.plans.push((format!("{name}_stage{}", s.id), s.plan.clone()));
+                    out.plans
+                        .push((format!("{name}_stage{}", s.id), s.plan.clone()));
                 }
                 out.fragments
                     .push((name.clone(), f.encode().expect("encode a fragment")));
@@ -544,11 +545,7 @@ fn sql_catalog(root: &Path) -> String {
         let mut stmt: Option<Vec<&str>> = None;
         let mut flush = |stmt: &mut Option<Vec<&str>>| {
             if let Some(lines) = stmt.take() {
-                let s = lines
-                    .iter()
-                    .map(|l| l.trim())
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let s = lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
                 let s = s.trim().trim_end_matches(';').trim_end();
                 if s.to_ascii_uppercase().starts_with("CREATE TABLE") {
                     out.push_str(s);

@@ -320,8 +320,7 @@ fn write(
         })
         .collect();
     let filter = if filter.is_some() { exprs.pop() } else { None };
-    let assignments: Vec<(usize, Expr)> =
-        assignments.iter().map(|(i, _)| *i).zip(exprs).collect();
+    let assignments: Vec<(usize, Expr)> = assignments.iter().map(|(i, _)| *i).zip(exprs).collect();
     let (a, f) = smrdb_planner::dml::write_exprs(
         planner().frontend(),
         schema,

@@ -34,7 +34,9 @@ static LAST: Mutex<Option<Panic>> = Mutex::new(None);
 /// True for a file of a dependency (cargo's registry or git checkouts) or of the
 /// standard library.
 fn in_dependency(file: &str) -> bool {
-    file.contains("/registry/src/") || file.contains("/git/checkouts/") || file.starts_with("/rustc/")
+    file.contains("/registry/src/")
+        || file.contains("/git/checkouts/")
+        || file.starts_with("/rustc/")
 }
 
 fn message(info: &PanicHookInfo<'_>) -> String {
@@ -49,7 +51,10 @@ fn message(info: &PanicHookInfo<'_>) -> String {
 pub fn install() {
     std::panic::set_hook(Box::new(|info| {
         let (file, location) = match info.location() {
-            Some(l) => (l.file(), format!("{}:{}:{}", l.file(), l.line(), l.column())),
+            Some(l) => (
+                l.file(),
+                format!("{}:{}:{}", l.file(), l.line(), l.column()),
+            ),
             None => ("", "an unknown location".to_string()),
         };
         let p = Panic {
