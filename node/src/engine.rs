@@ -215,19 +215,57 @@ impl GatherLimit {
     /// # Errors
     /// 53200.
     pub fn check(&self, gathered: u64, answered: usize, tstores: usize) -> Result<()> {
-        let max = self.mib.saturating_mul(1 << 20);
-        if self.mib == 0 || gathered <= max {
+        if !self.over(gathered) {
             return Ok(());
         }
         let answered = answered.clamp(1, tstores.max(1));
         let whole = (gathered as f64 * tstores as f64 / answered as f64) as u64;
-        let need = whole.div_ceil(1 << 20).max(self.mib + 1);
         let from = if answered < tstores {
             format!("the first {answered} of {tstores} Tstores to answer")
         } else {
             format!("the {tstores} Tstores")
         };
-        Err(Error::sql(
+        Err(self.error(&from, gathered, whole))
+    }
+
+    /// As [`GatherLimit::check`] for rows streamed by `tstores` Tstores at once,
+    /// `largest` bytes of them from one Tstore, `expected` bytes in all by the
+    /// planner's estimate: the suggestion takes the larger of the estimate and every
+    /// Tstore sending as much as the one that sent most (rows are spread evenly),
+    /// plus a quarter.
+    ///
+    /// # Errors
+    /// 53200.
+    pub fn check_streaming(
+        &self,
+        gathered: u64,
+        largest: u64,
+        expected: u64,
+        tstores: usize,
+    ) -> Result<()> {
+        if !self.over(gathered) {
+            return Ok(());
+        }
+        let whole = gathered
+            .max(largest.saturating_mul(tstores as u64))
+            .max(expected);
+        let whole = whole.saturating_add(whole / 4);
+        Err(self.error(
+            &format!("the {tstores} Tstores, part-way,"),
+            gathered,
+            whole,
+        ))
+    }
+
+    fn over(&self, gathered: u64) -> bool {
+        self.mib != 0 && gathered > self.mib.saturating_mul(1 << 20)
+    }
+
+    /// The 53200 error: `from` returned `gathered` bytes; the statement needs about
+    /// `whole`.
+    fn error(&self, from: &str, gathered: u64, whole: u64) -> Error {
+        let need = whole.div_ceil(1 << 20).max(self.mib + 1);
+        Error::sql(
             "53200",
             format!(
                 "out of memory for intermediate results: {from} returned {:.1} MiB \
@@ -242,7 +280,7 @@ impl GatherLimit {
                     "the cluster's default"
                 },
             ),
-        ))
+        )
     }
 }
 
@@ -1449,5 +1487,23 @@ mod tests {
         ] {
             assert!(m.contains(w), "{w:?} not in {m}");
         }
+        // Streamed: 3 MiB so far, at most 1 MiB of it from one of 4 Tstores: the
+        // whole is taken as 4 MiB, and a quarter more; or as the estimate when larger.
+        let m = session
+            .check_streaming(3 << 20, 1 << 20, 0, 4)
+            .unwrap_err()
+            .to_string();
+        for w in [
+            "the 4 Tstores, part-way, returned 3.0 MiB",
+            "SET smrdb.max_intermediate_mib = 5",
+        ] {
+            assert!(m.contains(w), "{w:?} not in {m}");
+        }
+        let m = session
+            .check_streaming(3 << 20, 1 << 20, 8 << 20, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("SET smrdb.max_intermediate_mib = 10"), "{m}");
+        session.check_streaming(2 << 20, 2 << 20, 64 << 20, 4).unwrap();
     }
 }

@@ -141,6 +141,15 @@ impl Engine {
         let mut result: Vec<RecordBatch> = Vec::new();
         let mut replied: BTreeMap<u32, Reply> = BTreeMap::new();
         let mut gathered = 0u64;
+        // Bytes gathered from each Tstore, and what the planner expects in all.
+        let mut shares: HashMap<u32, u64> = HashMap::new();
+        let expected: u64 = dist
+            .exchanges
+            .iter()
+            .filter(|x| x.kind == ExchangeKind::Gather)
+            .filter_map(|x| x.est_bytes)
+            .map(|b| b as u64)
+            .sum();
         let deadline = Instant::now() + timeout + Duration::from_secs(1);
         let interrupt = Interrupt::current();
         let fail_all = |gathers: &HashMap<u16, Gathered>, why: &str| {
@@ -272,7 +281,9 @@ impl Engine {
                         )));
                     }
                     gathered += bytes.len() as u64;
-                    if let Err(e) = limit.check(gathered, replied.len(), tstores as usize) {
+                    *shares.entry(t).or_default() += bytes.len() as u64;
+                    let largest = shares.values().copied().max().unwrap_or(0);
+                    if let Err(e) = limit.check_streaming(gathered, largest, expected, tstores as usize) {
                         fail_all(&gathers, "the query gathered too much");
                         break 'run Err(e);
                     }

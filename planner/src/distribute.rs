@@ -33,7 +33,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, SchemaRef};
 use datafusion::common::stats::Precision;
 use datafusion::common::{JoinType, Result as DfResult};
-use datafusion::physical_expr::LexOrdering;
+use datafusion::physical_expr::{LexOrdering, OrderingRequirements};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::FilterExec;
@@ -258,22 +258,6 @@ fn estimate(plan: &Arc<dyn ExecutionPlan>) -> (Option<usize>, Option<usize>) {
     (rows, bytes)
 }
 
-/// `child` as input of `plan`: when `plan` requires its input sorted (a window) and
-/// `child` is the merge of an exchange's sorted runs, a sort on top of the merge. The
-/// exchange does not declare its runs' order, so the merge's output does not either,
-/// and an operator that checks its input's order would refuse it.
-fn ordered_for(plan: &Arc<dyn ExecutionPlan>, child: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-    let needs = plan.required_input_ordering().first().is_some_and(|o| o.is_some());
-    let Some(spm) = child.downcast_ref::<SortPreservingMergeExec>() else {
-        return child;
-    };
-    if !needs || !spm.input().is::<ExchangeExec>() {
-        return child;
-    }
-    let ordering = spm.expr().clone();
-    Arc::new(SortExec::new(ordering, child))
-}
-
 /// Bytes per row of the variable-width columns of the slice scans under `plan`, by
 /// column name, from their tables' statistics.
 fn scan_text_widths(plan: &Arc<dyn ExecutionPlan>, out: &mut std::collections::HashMap<String, usize>) {
@@ -395,8 +379,33 @@ fn rebuild(
     p: &Arc<dyn ExecutionPlan>,
     children: Vec<Arc<dyn ExecutionPlan>>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let required = p.required_input_ordering();
+    let children = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| match required.get(i).cloned().flatten() {
+            Some(req @ OrderingRequirements::Hard(_)) => sorted_by(c, req.into_single().into()),
+            _ => Ok(c),
+        })
+        .collect::<DfResult<Vec<_>>>()?;
     #[allow(deprecated)]
     p.clone().with_new_children(children)
+}
+
+/// `c`, sorted by `ordering` unless its rows already are. The order a child had in
+/// DataFusion's plan may be lost once it is cut: a sort below a join whose probe side
+/// keeps it, for example, is merged on the primary, broadcast, and the join's rows
+/// are gathered again in arrival order.
+fn sorted_by(c: Arc<dyn ExecutionPlan>, ordering: LexOrdering) -> DfResult<Arc<dyn ExecutionPlan>> {
+    if c.equivalence_properties()
+        .ordering_satisfy(ordering.iter().cloned())?
+    {
+        return Ok(c);
+    }
+    let parts = c.output_partitioning().partition_count() > 1;
+    Ok(Arc::new(
+        SortExec::new(ordering, c).with_preserve_partitioning(parts),
+    ))
 }
 
 /// One partition: merges a multi-partition plan (a union's parts) in place.
@@ -426,6 +435,13 @@ impl Cutter {
             .compute(producer.as_ref(), &StatisticsArgs::new())
             .ok();
         let schema = producer.schema();
+        // A sorted stream's order, declared by the consumer so operators above a
+        // merge of the streams see their input sorted.
+        let ordering = if sorted_streams {
+            producer.output_ordering().cloned()
+        } else {
+            None
+        };
         let stage = self.stages.len() as u16;
         self.stages.push(Stage {
             id: stage,
@@ -450,7 +466,9 @@ impl Cutter {
         } else {
             1
         };
-        Arc::new(ExchangeExec::new(id, kind.name(), schema, partitions, stats))
+        Arc::new(
+            ExchangeExec::new(id, kind.name(), schema, partitions, stats).with_ordering(ordering),
+        )
     }
 
     /// Moves a partitioned subtree to the primary.
@@ -531,7 +549,6 @@ impl Cutter {
             } else {
                 child
             };
-            let child = ordered_for(plan, child);
             return Ok((rebuild(plan, vec![child])?, d));
         }
         // Partitioned input.
@@ -906,6 +923,11 @@ pub fn distribute(
         Dist::Single | Dist::Const => root,
     };
     let root = one_partition(root);
+    // The result in the order DataFusion's plan gives it (ORDER BY).
+    let root = match plan.output_ordering() {
+        Some(o) => sorted_by(root, o.clone())?,
+        None => root,
+    };
     let mut t = Vec::new();
     tables(plan, &mut t);
     let id = c.stages.len() as u16;

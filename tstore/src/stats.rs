@@ -193,7 +193,7 @@ impl ColumnStats {
 pub struct TableStats {
     /// Rows.
     pub rows: u64,
-    /// Bytes of Arrow data.
+    /// Bytes of Arrow data (the rows' own, not the capacity of shared buffers).
     pub bytes: u64,
     /// One entry per column.
     pub columns: Vec<ColumnStats>,
@@ -215,7 +215,18 @@ impl TableStats {
             self.columns = vec![ColumnStats::default(); b.num_columns()];
         }
         self.rows += b.num_rows() as u64;
-        self.bytes += b.get_array_memory_size() as u64;
+        // The bytes of the rows themselves: a batch sliced out of a larger one (rows
+        // spread round-robin) shares its buffers, which `get_array_memory_size` would
+        // count whole.
+        self.bytes += b
+            .columns()
+            .iter()
+            .map(|c| {
+                c.to_data()
+                    .get_slice_memory_size()
+                    .unwrap_or_else(|_| c.get_array_memory_size())
+            })
+            .sum::<usize>() as u64;
         for (c, s) in b.columns().iter().zip(self.columns.iter_mut()) {
             s.add(c);
         }

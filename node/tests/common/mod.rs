@@ -74,7 +74,10 @@ pub fn try_rows(c: &mut Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, p
 
 /// As [`try_rows`]; panics, naming the statement, when it fails.
 pub fn rows(c: &mut Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    try_rows(c, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    try_rows(c, sql).unwrap_or_else(|e| match e.as_db_error() {
+        Some(d) => panic!("{sql}: {} {}", d.code().code(), d.message()),
+        None => panic!("{sql}: {e}"),
+    })
 }
 
 /// The SQLSTATE of a database error (a description when it is not one).

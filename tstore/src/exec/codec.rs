@@ -8,10 +8,14 @@ use datafusion_common::{DataFusionError, Result};
 use datafusion_execution::TaskContext;
 use datafusion_expr::Operator;
 use datafusion_physical_expr::expressions::BinaryExpr;
-use datafusion_physical_expr::PhysicalExpr;
+use datafusion_physical_expr::{LexOrdering, PhysicalExpr};
 use datafusion_physical_plan::ExecutionPlan;
-use datafusion_proto::physical_plan::from_proto::parse_physical_expr_with_converter;
-use datafusion_proto::physical_plan::to_proto::serialize_physical_expr_with_converter;
+use datafusion_proto::physical_plan::from_proto::{
+    parse_physical_expr_with_converter, parse_physical_sort_exprs,
+};
+use datafusion_proto::physical_plan::to_proto::{
+    serialize_physical_expr_with_converter, serialize_physical_sort_exprs,
+};
 use datafusion_proto::physical_plan::{
     PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalPlanNodeExt,
     PhysicalProtoConverterExtension,
@@ -23,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::{ExchangeExec, MergePartitionsExec, SliceScanExec};
 
 /// Version of the extension-node payload.
-const NODE_VERSION: u8 = 1;
+const NODE_VERSION: u8 = 2;
 
 /// Serializes [`SliceScanExec`], [`ExchangeExec`] and [`MergePartitionsExec`] (a
 /// version byte, then a postcard-encoded description; schemas as protobuf).
@@ -44,6 +48,9 @@ enum Node {
         kind: String,
         schema: Vec<u8>,
         partitions: usize,
+        /// The order of every partition's rows: a protobuf
+        /// `PhysicalSortExprNodeCollection` over `schema`.
+        ordering: Option<Vec<u8>>,
     },
     Merge,
 }
@@ -73,8 +80,8 @@ impl PhysicalExtensionCodec for SmrdbCodec {
         &self,
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
-        _ctx: &TaskContext,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let Some((&v, rest)) = buf.split_first() else {
             return Err(err("empty extension node"));
@@ -117,18 +124,34 @@ impl PhysicalExtensionCodec for SmrdbCodec {
                 kind,
                 schema,
                 partitions,
+                ordering,
             } => {
                 leaf(inputs)?;
                 if partitions == 0 || partitions > MAX_PARTITIONS {
                     return Err(err(format!("an exchange of {partitions} partitions")));
                 }
-                Arc::new(ExchangeExec::new(
-                    id,
-                    kind,
-                    schema_from(&schema)?,
-                    partitions,
-                    None,
-                ))
+                let schema = schema_from(&schema)?;
+                let ordering = match ordering {
+                    None => None,
+                    Some(b) => {
+                        let p = protobuf::PhysicalSortExprNodeCollection::decode(b.as_slice())
+                            .map_err(|e| err(format!("bad exchange ordering: {e}")))?;
+                        let dctx = PhysicalPlanDecodeContext::new(ctx, self);
+                        let exprs = parse_physical_sort_exprs(
+                            &p.physical_sort_expr_nodes,
+                            &dctx,
+                            &schema,
+                            proto_converter,
+                        )?;
+                        Some(
+                            LexOrdering::new(exprs)
+                                .ok_or_else(|| err("an empty exchange ordering"))?,
+                        )
+                    }
+                };
+                Arc::new(
+                    ExchangeExec::new(id, kind, schema, partitions, None).with_ordering(ordering),
+                )
             }
             Node::Merge => match inputs {
                 [one] => Arc::new(MergePartitionsExec::new(one.clone())),
@@ -141,7 +164,7 @@ impl PhysicalExtensionCodec for SmrdbCodec {
         &self,
         node: Arc<dyn ExecutionPlan>,
         buf: &mut Vec<u8>,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
         let n = if let Some(s) = node.downcast_ref::<SliceScanExec>() {
             Node::SliceScan {
@@ -157,6 +180,19 @@ impl PhysicalExtensionCodec for SmrdbCodec {
                 kind: x.kind().to_string(),
                 schema: schema_bytes(&x.schema())?,
                 partitions: x.partitions(),
+                ordering: match x.ordering() {
+                    None => None,
+                    Some(o) => Some(
+                        protobuf::PhysicalSortExprNodeCollection {
+                            physical_sort_expr_nodes: serialize_physical_sort_exprs(
+                                o.iter().cloned(),
+                                self,
+                                proto_converter,
+                            )?,
+                        }
+                        .encode_to_vec(),
+                    ),
+                },
             }
         } else if node.is::<MergePartitionsExec>() {
             Node::Merge

@@ -10,7 +10,7 @@ use arrow_schema::SchemaRef;
 use datafusion_common::tree_node::TreeNodeRecursion;
 use datafusion_common::{Result, Statistics};
 use datafusion_execution::{RecordBatchStream, TaskContext};
-use datafusion_physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion_physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr};
 use datafusion_physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion_physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion_physical_plan::statistics::StatisticsArgs;
@@ -24,8 +24,9 @@ use super::{ExchangeQueue, TaskInputs};
 
 /// The batches of exchange `id` as they arrive from its producers. With
 /// `partitions` > 1 (a gather whose producers each send a sorted stream), partition
-/// `i` is producer `i`'s stream; otherwise one partition interleaves every producer
-/// in arrival order.
+/// `i` is producer `i`'s stream, sorted by the exchange's `ordering`, which the plan
+/// properties declare (so a merge above it, and a window above the merge, see their
+/// input sorted); otherwise one partition interleaves every producer in arrival order.
 #[derive(Debug, Clone)]
 pub struct ExchangeExec {
     id: u16,
@@ -34,6 +35,8 @@ pub struct ExchangeExec {
     partitions: usize,
     /// The planner's estimate of what the exchange carries in all.
     stats: Option<Arc<Statistics>>,
+    /// The order of every partition's rows (sorted streams only).
+    ordering: Option<LexOrdering>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -58,9 +61,34 @@ impl ExchangeExec {
             kind: kind.into(),
             partitions: partitions.max(1),
             stats,
+            ordering: None,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// Declares that every partition's rows arrive sorted by `ordering` (its
+    /// expressions over the exchange's schema).
+    pub fn with_ordering(mut self, ordering: Option<LexOrdering>) -> Self {
+        let schema = self.schema();
+        let eq = match &ordering {
+            Some(o) => EquivalenceProperties::new_with_orderings(schema, [o.clone()]),
+            None => EquivalenceProperties::new(schema),
+        };
+        let props = PlanProperties::new(
+            eq,
+            Partitioning::UnknownPartitioning(self.partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        self.ordering = ordering;
+        self.props = Arc::new(props);
+        self
+    }
+
+    /// The order of every partition's rows, when declared.
+    pub fn ordering(&self) -> Option<&LexOrdering> {
+        self.ordering.as_ref()
     }
 
     /// The exchange id.
