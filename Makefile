@@ -20,17 +20,17 @@ build: deps
 	$(CARGO) build --release --workspace --all-targets
 
 test: deps
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --no-fail-fast
 	soft-roce-setup/verbs-tests.sh
 
 test-host: deps
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --no-fail-fast
 
 test-vm: deps
 	soft-roce-setup/verbs-tests.sh
 
 demo: deps
-	$(CARGO) build --release -p smrdb-harness -p smrdb-node
+	$(CARGO) build --release --workspace
 	./target/release/smrdb-bench paper --quick --fabric shm --nodes 2 --tstores 2 --out reports
 
 # Every experiment of the paper at the quick scale on all three fabrics: shm and tcp
@@ -38,7 +38,7 @@ demo: deps
 # under reports/paper-quick/. The shm run also creates the DuckDB venv the VM reuses.
 .PHONY: paper-quick
 paper-quick: deps
-	$(CARGO) build --release -p smrdb-harness -p smrdb-node
+	$(CARGO) build --release --workspace
 	mkdir -p reports/paper-quick
 	./target/release/smrdb-bench paper --quick --fabric shm --out reports/paper-quick
 	./target/release/smrdb-bench paper --quick --fabric tcp --out reports/paper-quick
@@ -49,7 +49,7 @@ paper-quick: deps
 # ib_write_bw / ib_write_lat, and SMR vs naive broadcast (3 node processes). Sizes are
 # small because rxe under qemu/TCG moves tens of MB/s.
 bench-vm: deps
-	$(CARGO) build --release -p smrdb-harness
+	$(CARGO) build --release --workspace
 	mkdir -p $(REPORT_DIR)
 	SMRDB_VM_OUTDIR=$(abspath $(REPORT_DIR)) soft-roce-setup/vm.sh -- sh -c '\
 	  set -e; \
@@ -68,7 +68,7 @@ clean:
 # pip-installed once into ~/.cache/smrdb-bench/venv.
 .PHONY: bench-query
 bench-query: deps
-	$(CARGO) build --release -p smrdb-harness -p smrdb-node
+	$(CARGO) build --release --workspace
 	mkdir -p $(REPORT_DIR)
 	@echo "# smrdb vs DuckDB, multi-set query ($$(git rev-parse --short HEAD 2>/dev/null), $$(date -u +%F))" > $(REPORT_DIR)/report-query.md
 	./target/release/smrdb-bench query --fabric shm --nodes 1 --tstores 2 --customers 1000000 --purchases 10000000 \

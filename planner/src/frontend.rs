@@ -217,7 +217,9 @@ impl Frontend {
             .map_err(PlanError::from)
     }
 
-    /// A physical expression over `schema` (UPDATE and DELETE).
+    /// A physical expression over `schema` (UPDATE and DELETE), simplified first as
+    /// the optimizer simplifies a query's (some functions, e.g. `coalesce`, only run
+    /// in their simplified form).
     ///
     /// # Errors
     /// Expressions DataFusion cannot plan (subqueries).
@@ -226,8 +228,15 @@ impl Frontend {
         e: &Expr,
         schema: &DFSchema,
     ) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
+        let ctx = datafusion::logical_expr::simplify::SimplifyContext::builder()
+            .with_schema(Arc::new(schema.clone()))
+            .with_config_options(self.state.config_options().clone())
+            .with_current_time()
+            .build();
+        let e = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(ctx)
+            .simplify(e.clone())?;
         self.state
-            .create_physical_expr(e.clone(), schema)
+            .create_physical_expr(e, schema)
             .map_err(PlanError::from)
     }
 }
