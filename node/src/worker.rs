@@ -11,10 +11,12 @@
 //! exchange inputs, and becomes a future the loop polls when woken. A stage's output
 //! goes, chunk by chunk, to its exchange's consumers: every Tstore (a broadcast: the
 //! local ones read the arena buffer in place, each remote node gets one copy) or the
-//! primary (a gather). Arriving chunks of a broadcast input are decoded *in place*
-//! in the receive ring (up to a budget; beyond it, or when the consumer waits for
-//! whole inputs, copied out) and handed to the consuming stage in arrival order, so
-//! a hash join probes the first chunk while the rest is in flight. When every stage
+//! primary (a gather). Arriving chunks of a broadcast input that a hash join probes
+//! are decoded *in place* in the receive ring (up to a budget; beyond it copied out);
+//! chunks of an input its consumer keeps until it has all of it (a hash table's build
+//! side, a sort's input) are copied out, since the ring releases in order. Batches go
+//! to the consuming stage in arrival order, so a hash join probes the first chunk
+//! while the rest is in flight. When every stage
 //! has finished and its output is sent, the Tstore answers `Done` with what its
 //! operators measured.
 //!
@@ -120,7 +122,8 @@ struct Input {
     queue: Arc<ExchangeQueue>,
     /// Senders (Tstore ids; `u32::MAX` for the primary) whose last chunk is due.
     waiting: BTreeSet<u32>,
-    /// Copy every chunk out (the consumer waits for the whole input).
+    /// Copy every chunk out: the consumer keeps what it reads until it has the whole
+    /// input (see [`smrdb_tstore::exec::probed_exchanges`]), or waits for all of it.
     copy: bool,
 }
 
@@ -425,7 +428,8 @@ impl Worker {
                 Input {
                     queue: q,
                     waiting: senders,
-                    copy: x.wait_complete,
+                    // Until a stage is known to probe it as it arrives (below).
+                    copy: true,
                 },
             );
         }
@@ -474,6 +478,11 @@ impl Worker {
                     continue;
                 }
             };
+            for id in smrdb_tstore::exec::probed_exchanges(&plan) {
+                if let (Some(i), Some(x)) = (task_inputs.get_mut(&id), frag.exchange(id)) {
+                    i.copy = x.wait_complete;
+                }
+            }
             let fut = Polled::new(
                 stage_future(plan.clone(), ctx.clone(), output.clone()),
                 self.woken.clone(),

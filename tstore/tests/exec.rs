@@ -707,8 +707,6 @@ fn decoded_float_arithmetic_is_unaffected() {
 }
 
 #[test]
-#[ignore = "bug: PgConverter checks only + - *; unary minus (NegativeExpr) of the smallest \
-            integer wraps instead of failing with 22003 as PostgreSQL does"]
 fn decoded_negation_of_the_smallest_integer_fails() {
     let t = one_column(SqlType::Integer, Arc::new(Int32Array::from(vec![i32::MIN])));
     let (_, d) = project(&t, |s| Arc::new(NegativeExpr::new(col("a", s).unwrap())));

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use arrow_schema::{Schema, SchemaRef};
-use datafusion_common::{DataFusionError, Result};
+use datafusion_common::{DataFusionError, Result, ScalarValue};
 use datafusion_execution::TaskContext;
 use datafusion_expr::Operator;
-use datafusion_physical_expr::expressions::BinaryExpr;
+use datafusion_physical_expr::expressions::{BinaryExpr, Literal, NegativeExpr};
 use datafusion_physical_expr::{LexOrdering, PhysicalExpr};
 use datafusion_physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::from_proto::{
@@ -209,7 +209,8 @@ impl PhysicalExtensionCodec for SmrdbCodec {
 }
 
 /// Decodes plans and expressions with PostgreSQL's arithmetic: integer and numeric
-/// `+`, `-`, `*` fail on overflow (SQLSTATE 22003) instead of wrapping.
+/// `+`, `-`, `*` and integer negation fail on overflow (SQLSTATE 22003) instead of
+/// wrapping.
 ///
 /// Every stage runs as decoded by this converter (the primary's own stages too), so
 /// the semantics do not depend on where a stage runs.
@@ -219,6 +220,17 @@ pub struct PgConverter;
 /// Applies [`PgConverter`]'s semantics to one decoded expression (its children were
 /// decoded, and so treated, first).
 fn pg_semantics(e: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
+    if let Some(n) = e.downcast_ref::<NegativeExpr>() {
+        // -x as 0 - x, which fails on the smallest integer instead of wrapping.
+        let t = n.arg().data_type(schema)?;
+        if t.is_signed_integer() {
+            let zero: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::new_zero(&t)?));
+            return Ok(Arc::new(
+                BinaryExpr::new(zero, Operator::Minus, n.arg().clone()).with_fail_on_overflow(true),
+            ));
+        }
+        return Ok(e);
+    }
     let Some(b) = e.downcast_ref::<BinaryExpr>() else {
         return Ok(e);
     };

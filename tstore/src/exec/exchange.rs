@@ -13,6 +13,9 @@ use datafusion_execution::{RecordBatchStream, TaskContext};
 use datafusion_physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr};
 use datafusion_physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion_physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion_physical_plan::filter::FilterExec;
+use datafusion_physical_plan::joins::HashJoinExec;
+use datafusion_physical_plan::projection::ProjectionExec;
 use datafusion_physical_plan::statistics::StatisticsArgs;
 use datafusion_physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -172,6 +175,40 @@ impl ExecutionPlan for ExchangeExec {
             None => Arc::new(Statistics::new_unknown(&self.schema())),
         })
     }
+}
+
+/// The exchanges of `plan` whose batches are probed as they arrive and then dropped:
+/// the probe (right) input of a hash join, through filters and projections. A
+/// consumer may keep their chunks in the receive ring (decoded in place); every
+/// other input (a hash table's build side, a sort's input, a nested-loop join's
+/// collected side) holds its batches until it has them all, and a ring, released in
+/// order, must not wait on that.
+pub fn probed_exchanges(plan: &Arc<dyn ExecutionPlan>) -> Vec<u16> {
+    fn probe_leaf(p: &Arc<dyn ExecutionPlan>) -> Option<u16> {
+        if let Some(x) = p.downcast_ref::<ExchangeExec>() {
+            return Some(x.id());
+        }
+        if p.is::<FilterExec>()
+            || p.is::<ProjectionExec>()
+            || matches!(p.name(), "CoalesceBatchesExec" | "CooperativeExec")
+        {
+            return probe_leaf(p.children().first()?);
+        }
+        None
+    }
+    fn walk(p: &Arc<dyn ExecutionPlan>, out: &mut Vec<u16>) {
+        if let Some(j) = p.downcast_ref::<HashJoinExec>() {
+            if let Some(id) = probe_leaf(j.right()) {
+                out.push(id);
+            }
+        }
+        for c in p.children() {
+            walk(c, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(plan, &mut out);
+    out
 }
 
 struct QueueStream {

@@ -36,7 +36,7 @@ use datafusion_execution::config::SessionConfig;
 use datafusion_execution::runtime_env::RuntimeEnv;
 use datafusion_execution::TaskContext;
 
-pub use exchange::ExchangeExec;
+pub use exchange::{probed_exchanges, ExchangeExec};
 pub use merge::MergePartitionsExec;
 pub use queue::ExchangeQueue;
 pub use scan::SliceScanExec;
