@@ -178,11 +178,13 @@ impl ExecutionPlan for ExchangeExec {
 }
 
 /// The exchanges of `plan` whose batches are probed as they arrive and then dropped:
-/// the probe (right) input of a hash join, through filters and projections. A
-/// consumer may keep their chunks in the receive ring (decoded in place); every
-/// other input (a hash table's build side, a sort's input, a nested-loop join's
-/// collected side) holds its batches until it has them all, and a ring, released in
-/// order, must not wait on that.
+/// the probe (right) input of a hash join, through filters and projections, whose
+/// build side reads no exchange (so the probing starts without waiting for other
+/// chunks). A consumer may keep these chunks in the receive ring (decoded in place).
+/// Every other input holds its batches until something else has arrived (a hash
+/// table's build side holds all of its own; a probe side waits for its build side's
+/// exchange), and a ring, released in order, must not wait on that: the chunks it
+/// waits for may be behind the held ones in the same ring.
 pub fn probed_exchanges(plan: &Arc<dyn ExecutionPlan>) -> Vec<u16> {
     fn probe_leaf(p: &Arc<dyn ExecutionPlan>) -> Option<u16> {
         if let Some(x) = p.downcast_ref::<ExchangeExec>() {
@@ -196,10 +198,15 @@ pub fn probed_exchanges(plan: &Arc<dyn ExecutionPlan>) -> Vec<u16> {
         }
         None
     }
+    fn reads_exchange(p: &Arc<dyn ExecutionPlan>) -> bool {
+        p.is::<ExchangeExec>() || p.children().into_iter().any(reads_exchange)
+    }
     fn walk(p: &Arc<dyn ExecutionPlan>, out: &mut Vec<u16>) {
         if let Some(j) = p.downcast_ref::<HashJoinExec>() {
-            if let Some(id) = probe_leaf(j.right()) {
-                out.push(id);
+            if !reads_exchange(j.left()) {
+                if let Some(id) = probe_leaf(j.right()) {
+                    out.push(id);
+                }
             }
         }
         for c in p.children() {
