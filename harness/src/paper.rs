@@ -825,20 +825,34 @@ fn scaling(cx: &Ctx) -> Result<Section> {
 fn explain_pivot(c: &mut postgres::Client, sql: &str) -> Result<(String, Vec<String>)> {
     let lines =
         measure::pg_rows(c, &format!("EXPLAIN {sql}")).map_err(|e| anyhow!("EXPLAIN: {e}"))?;
-    let mut pivot = None;
-    let mut others = Vec::new();
-    // "Pivot purchases p: stays in place ..." / "Join table 1: customers c: ..."
-    let alias_of = |rest: &str| -> Option<String> {
-        let head = rest.split(':').next()?;
-        head.split_whitespace().last().map(str::to_string)
+    let mut pivot: Option<String> = None;
+    let mut others: Vec<String> = Vec::new();
+    // "  - Inner join: pivot [p] stays in place (...); [c] is broadcast; ..." (a side
+    // of several tables lists them all: "[c, o]").
+    let names = |inside: &str| -> Vec<String> {
+        inside
+            .split(", ")
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && !n.starts_with('('))
+            .map(str::to_string)
+            .collect()
     };
     for l in lines.iter().filter_map(|r| r.first()) {
-        if let Some(rest) = l.strip_prefix("Pivot ") {
-            pivot = alias_of(rest);
-        } else if let Some(rest) = l.strip_prefix("Join table ") {
-            if let Some((_, after)) = rest.split_once(": ") {
-                if let Some(a) = alias_of(after) {
-                    others.push(a);
+        let Some((_, rest)) = l.split_once("join: pivot [") else {
+            continue;
+        };
+        let Some((stay, rest)) = rest.split_once(']') else {
+            continue;
+        };
+        if pivot.is_none() {
+            pivot = names(stay).into_iter().next();
+        }
+        if let Some((_, moving)) = rest.split_once("; [") {
+            if let Some((moving, _)) = moving.split_once("] is broadcast") {
+                for n in names(moving) {
+                    if Some(&n) != pivot.as_ref() && !others.contains(&n) {
+                        others.push(n);
+                    }
                 }
             }
         }
