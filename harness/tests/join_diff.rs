@@ -430,7 +430,10 @@ enum Sub {
 enum Pred {
     Cmp(Cond),
     /// `col IS NULL` (`IS NOT NULL` when negated).
-    IsNull { col: ColRef, negated: bool },
+    IsNull {
+        col: ColRef,
+        negated: bool,
+    },
     Sub(Sub),
 }
 
@@ -490,7 +493,11 @@ struct Query {
 #[derive(Clone, Debug)]
 enum Stmt {
     One(Query),
-    Union { all: bool, left: Query, right: Query },
+    Union {
+        all: bool,
+        left: Query,
+        right: Query,
+    },
 }
 
 fn alias(r: usize) -> String {
@@ -930,14 +937,7 @@ fn random_query(rng: &mut Rng, shape: Shape) -> Query {
                 AggKind::Sum => rng.range(-60, 60),
                 _ => rng.range(-30, 30),
             };
-            let op = *rng.pick(&[
-                Cmp::Gt,
-                Cmp::GtEq,
-                Cmp::Lt,
-                Cmp::LtEq,
-                Cmp::Eq,
-                Cmp::NotEq,
-            ]);
+            let op = *rng.pick(&[Cmp::Gt, Cmp::GtEq, Cmp::Lt, Cmp::LtEq, Cmp::Eq, Cmp::NotEq]);
             Having { agg, op, lit }
         });
         Select::Aggs {
@@ -1462,7 +1462,13 @@ fn query_and_expected(seed: u64, qi: usize, tables: &[Table]) -> (Stmt, Vec<Stri
     let mut rng = Rng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (qi as u64 + 1));
     loop {
         let s = random_stmt(&mut rng);
-        let aggs = matches!(s, Stmt::One(Query { select: Select::Aggs { .. }, .. }));
+        let aggs = matches!(
+            s,
+            Stmt::One(Query {
+                select: Select::Aggs { .. },
+                ..
+            })
+        );
         match reference(tables, &s) {
             Some(e) if aggs || e.len() <= MAX_PROJECTED_ROWS => return (s, e),
             _ => {}

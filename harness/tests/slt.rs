@@ -559,7 +559,12 @@ fn format_interval(months: i32, days: i32, us: i64) -> String {
     if us != 0 || parts.is_empty() {
         let neg = us < 0;
         let a = us.unsigned_abs();
-        let (h, m, s, f) = (a / 3_600_000_000, a / 60_000_000 % 60, a / 1_000_000 % 60, a % 1_000_000);
+        let (h, m, s, f) = (
+            a / 3_600_000_000,
+            a / 60_000_000 % 60,
+            a / 1_000_000 % 60,
+            a % 1_000_000,
+        );
         let mut t = format!("{}{h:02}:{m:02}:{s:02}", if neg { "-" } else { "" });
         if f != 0 {
             t.push('.');
@@ -746,7 +751,12 @@ fn run_fabric(fabric: &str) {
     let mut passing: Vec<_> = gaps
         .iter()
         .filter(|(k, _)| run_files.contains(&k.0) && !gaps_hit.contains(*k))
-        .map(|(k, why)| format!("[{fabric}] {}:{} ({why}) now passes: remove it from tests/slt/known_gaps.txt", k.0, k.1))
+        .map(|(k, why)| {
+            format!(
+                "[{fabric}] {}:{} ({why}) now passes: remove it from tests/slt/known_gaps.txt",
+                k.0, k.1
+            )
+        })
         .collect();
     passing.sort();
     failures.extend(passing);
@@ -799,7 +809,11 @@ fn known_gaps() -> std::collections::HashMap<(String, usize), String> {
             .rsplit_once(':')
             .and_then(|(f, n)| Some((f.to_string(), n.parse::<usize>().ok()?)));
         let Some(key) = parsed else {
-            panic!("{}:{}: not `file.slt:LINE reason`: {l}", path.display(), i + 1);
+            panic!(
+                "{}:{}: not `file.slt:LINE reason`: {l}",
+                path.display(),
+                i + 1
+            );
         };
         out.insert(key, why.trim().to_string());
     }
@@ -844,14 +858,23 @@ fn renders_numeric_timestamp_and_interval_like_postgres() {
         ("-0.0004", "0.000"),
         ("9.9995", "10.000"),
         ("12", "12.000"),
-        ("123456789012345678901234567.123456", "123456789012345678901234567.123"),
+        (
+            "123456789012345678901234567.123456",
+            "123456789012345678901234567.123",
+        ),
     ] {
         assert_eq!(format_decimal(t), want, "{t}");
     }
     assert_eq!(format_timestamp(0), "2000-01-01 00:00:00");
     assert_eq!(format_timestamp(-1), "1999-12-31 23:59:59.999999");
-    assert_eq!(format_timestamp(86_400_000_000 + 1_500_000), "2000-01-02 00:00:01.5");
-    assert_eq!(format_interval(14, 3, 3_600_000_000), "1 year 2 mons 3 days 01:00:00");
+    assert_eq!(
+        format_timestamp(86_400_000_000 + 1_500_000),
+        "2000-01-02 00:00:01.5"
+    );
+    assert_eq!(
+        format_interval(14, 3, 3_600_000_000),
+        "1 year 2 mons 3 days 01:00:00"
+    );
     assert_eq!(format_interval(0, -1, 0), "-1 days");
     assert_eq!(format_interval(0, 0, 0), "00:00:00");
 }

@@ -1504,6 +1504,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(m.contains("SET smrdb.max_intermediate_mib = 10"), "{m}");
-        session.check_streaming(2 << 20, 2 << 20, 64 << 20, 4).unwrap();
+        session
+            .check_streaming(2 << 20, 2 << 20, 64 << 20, 4)
+            .unwrap();
     }
 }

@@ -571,7 +571,9 @@ mod tests {
         let o = asm.push(deliver(ts, 2, 1, false, 60)).unwrap().unwrap();
         let env = decode(&o.bytes, 42).unwrap();
         match env.body {
-            Body::Reply(Reply::Error { sqlstate, message, .. }) => {
+            Body::Reply(Reply::Error {
+                sqlstate, message, ..
+            }) => {
                 assert_eq!(sqlstate, "54000");
                 assert!(message.contains("tstore 0"), "{message}");
             }

@@ -283,7 +283,9 @@ impl Engine {
                     gathered += bytes.len() as u64;
                     *shares.entry(t).or_default() += bytes.len() as u64;
                     let largest = shares.values().copied().max().unwrap_or(0);
-                    if let Err(e) = limit.check_streaming(gathered, largest, expected, tstores as usize) {
+                    if let Err(e) =
+                        limit.check_streaming(gathered, largest, expected, tstores as usize)
+                    {
                         fail_all(&gathers, "the query gathered too much");
                         break 'run Err(e);
                     }

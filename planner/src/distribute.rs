@@ -260,7 +260,10 @@ fn estimate(plan: &Arc<dyn ExecutionPlan>) -> (Option<usize>, Option<usize>) {
 
 /// Bytes per row of the variable-width columns of the slice scans under `plan`, by
 /// column name, from their tables' statistics.
-fn scan_text_widths(plan: &Arc<dyn ExecutionPlan>, out: &mut std::collections::HashMap<String, usize>) {
+fn scan_text_widths(
+    plan: &Arc<dyn ExecutionPlan>,
+    out: &mut std::collections::HashMap<String, usize>,
+) {
     if plan.is::<SliceScanExec>() {
         let Ok(s) = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new()) else {
             return;

@@ -124,13 +124,16 @@ impl PlanError {
                     } => match &field.relation {
                         // A qualifier that names no relation in scope.
                         Some(q)
-                            if !valid_fields
-                                .iter()
-                                .any(|v| v.relation.as_ref().is_some_and(|r| r.table() == q.table())) =>
+                            if !valid_fields.iter().any(|v| {
+                                v.relation.as_ref().is_some_and(|r| r.table() == q.table())
+                            }) =>
                         {
                             PlanError::Other {
                                 code: "42P01",
-                                msg: format!("missing FROM-clause entry for table \"{}\"", q.table()),
+                                msg: format!(
+                                    "missing FROM-clause entry for table \"{}\"",
+                                    q.table()
+                                ),
                             }
                         }
                         _ => PlanError::UndefinedColumn(format!(

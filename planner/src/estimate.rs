@@ -179,7 +179,10 @@ pub fn rows(plan: &LogicalPlan) -> f64 {
             let l = rows(&j.left);
             let r = rows(&j.right);
             let inner = join_rows(&j.left, &j.right, &j.on, l, r)
-                * j.filter.as_ref().map(|f| selectivity(plan, f)).unwrap_or(1.0);
+                * j.filter
+                    .as_ref()
+                    .map(|f| selectivity(plan, f))
+                    .unwrap_or(1.0);
             match j.join_type {
                 JoinType::Inner => inner,
                 JoinType::Left => inner.max(l),
@@ -271,9 +274,10 @@ pub fn selectivity(plan: &LogicalPlan, e: &Expr) -> f64 {
             }
             Operator::Eq | Operator::NotEq => {
                 let eq = match (col_of(left), col_of(right), literal(left), literal(right)) {
-                    (Some(c), _, _, Some(_)) | (_, Some(c), Some(_), _) => {
-                        uncapped(plan, c).ndv.map(|n| 1.0 / n.max(1.0)).unwrap_or(0.1)
-                    }
+                    (Some(c), _, _, Some(_)) | (_, Some(c), Some(_), _) => uncapped(plan, c)
+                        .ndv
+                        .map(|n| 1.0 / n.max(1.0))
+                        .unwrap_or(0.1),
                     (Some(a), Some(b), _, _) => {
                         let n = uncapped(plan, a)
                             .ndv
@@ -319,7 +323,10 @@ pub fn selectivity(plan: &LogicalPlan, e: &Expr) -> f64 {
         }
         Expr::InList(l) => {
             let one = match col_of(&l.expr) {
-                Some(c) => uncapped(plan, c).ndv.map(|n| 1.0 / n.max(1.0)).unwrap_or(0.1),
+                Some(c) => uncapped(plan, c)
+                    .ndv
+                    .map(|n| 1.0 / n.max(1.0))
+                    .unwrap_or(0.1),
                 None => 0.1,
             };
             let s = (one * l.list.len() as f64).min(1.0);

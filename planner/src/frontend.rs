@@ -172,7 +172,11 @@ impl Frontend {
     ///
     /// # Errors
     /// Binding errors with their SQLSTATEs.
-    pub fn bind(&self, mut stmt: Statement, catalog: &dyn Catalog) -> Result<LogicalPlan, PlanError> {
+    pub fn bind(
+        &self,
+        mut stmt: Statement,
+        catalog: &dyn Catalog,
+    ) -> Result<LogicalPlan, PlanError> {
         crate::names::dedup_select_names(&mut stmt);
         let provider = Provider {
             state: &self.state,

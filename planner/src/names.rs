@@ -112,7 +112,9 @@ mod tests {
     use datafusion::sql::sqlparser::parser::Parser;
 
     fn dedup(sql: &str) -> String {
-        let mut s = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap().remove(0);
+        let mut s = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
         dedup_select_names(&mut s);
         s.to_string().replace(MARK, "#")
     }

@@ -48,7 +48,12 @@ fn is_region_join(p: &LogicalPlan) -> bool {
             && !j.null_aware)
 }
 
-fn flatten(p: LogicalPlan, leaves: &mut Vec<LogicalPlan>, on: &mut Vec<(Expr, Expr)>, filters: &mut Vec<Expr>) {
+fn flatten(
+    p: LogicalPlan,
+    leaves: &mut Vec<LogicalPlan>,
+    on: &mut Vec<(Expr, Expr)>,
+    filters: &mut Vec<Expr>,
+) {
     match p {
         LogicalPlan::Join(j) if is_region_join(&LogicalPlan::Join(j.clone())) => {
             on.extend(j.on);
@@ -115,7 +120,11 @@ fn covers(p: &LogicalPlan, e: &Expr) -> bool {
 
 /// Joins `leaves` greedily: at each step the connected pair with the smallest
 /// estimated join; unconnected inputs (cross products) last, smallest first.
-fn greedy(leaves: Vec<LogicalPlan>, on: Vec<(Expr, Expr)>, filters: Vec<Expr>) -> Result<LogicalPlan> {
+fn greedy(
+    leaves: Vec<LogicalPlan>,
+    on: Vec<(Expr, Expr)>,
+    filters: Vec<Expr>,
+) -> Result<LogicalPlan> {
     let mut groups: Vec<Group> = leaves
         .into_iter()
         .map(|plan| Group {
@@ -143,10 +152,7 @@ fn greedy(leaves: Vec<LogicalPlan>, on: Vec<(Expr, Expr)>, filters: Vec<Expr>) -
                 if keys.is_empty() {
                     continue;
                 }
-                let pairs: Vec<(Expr, Expr)> = keys
-                    .iter()
-                    .filter_map(|&k| on[k].clone())
-                    .collect();
+                let pairs: Vec<(Expr, Expr)> = keys.iter().filter_map(|&k| on[k].clone()).collect();
                 let est = estimate::join_rows(
                     &groups[i].plan,
                     &groups[j].plan,

@@ -113,9 +113,7 @@ fn table(r: &mut Rng, rows: usize, keys: i64, nulls: usize, batch: usize) -> Vec
         let k: Vec<Option<i32>> = (0..n)
             .map(|_| (!null(r)).then(|| r.range(-1, keys) as i32))
             .collect();
-        let g: Vec<Option<i64>> = (0..n)
-            .map(|_| (!null(r)).then(|| r.range(0, 4)))
-            .collect();
+        let g: Vec<Option<i64>> = (0..n).map(|_| (!null(r)).then(|| r.range(0, 4))).collect();
         let num: Vec<Option<i128>> = (0..n)
             .map(|_| (!null(r)).then(|| i128::from(r.range(-8, 40) * 25)))
             .collect();
@@ -125,9 +123,7 @@ fn table(r: &mut Rng, rows: usize, keys: i64, nulls: usize, batch: usize) -> Vec
         let d: Vec<Option<i32>> = (0..n)
             .map(|_| (!null(r)).then(|| DAY0 + r.range(0, 10) as i32))
             .collect();
-        let f: Vec<Option<bool>> = (0..n)
-            .map(|_| (!null(r)).then(|| r.chance(50)))
-            .collect();
+        let f: Vec<Option<bool>> = (0..n).map(|_| (!null(r)).then(|| r.chance(50))).collect();
         let cols: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(id)),
             Arc::new(Int32Array::from(k)),
@@ -221,7 +217,12 @@ impl Gen<'_> {
             Ty::Int | Ty::Big => self.r.range(-1, 9).to_string(),
             Ty::Num | Ty::Float => {
                 let c = self.r.range(-8, 40) * 25;
-                format!("{}{}.{:02}", if c < 0 { "-" } else { "" }, c.abs() / 100, c.abs() % 100)
+                format!(
+                    "{}{}.{:02}",
+                    if c < 0 { "-" } else { "" },
+                    c.abs() / 100,
+                    c.abs() % 100
+                )
             }
             Ty::Text => format!("'{}'", self.r.pick(&TEXTS)),
             Ty::Date => format!("DATE '{}'", ymd(DAY0 + self.r.range(-1, 11) as i32)),
@@ -245,7 +246,11 @@ impl Gen<'_> {
 
     /// A predicate over `scope`.
     fn pred(&mut self, scope: &Scope, depth: usize) -> String {
-        let choice = if depth == 0 { self.r.below(9) } else { self.r.below(12) };
+        let choice = if depth == 0 {
+            self.r.below(9)
+        } else {
+            self.r.below(12)
+        };
         match choice {
             0 | 1 => {
                 let c = self.col_of(scope, |t| t != Ty::Bool && t != Ty::Float);
@@ -262,7 +267,9 @@ impl Gen<'_> {
                 )
             }
             3 => {
-                let c = self.col_of(scope, |t| matches!(t, Ty::Int | Ty::Big | Ty::Num | Ty::Date));
+                let c = self.col_of(scope, |t| {
+                    matches!(t, Ty::Int | Ty::Big | Ty::Num | Ty::Date)
+                });
                 let Some(c) = c else { return "FALSE".into() };
                 let (a, b) = (self.lit(c.ty), self.lit(c.ty));
                 format!("{} BETWEEN {a} AND {b}", c.sql)
@@ -270,12 +277,18 @@ impl Gen<'_> {
             4 => {
                 let c = self.col_of(scope, |t| t != Ty::Bool && t != Ty::Float);
                 let Some(c) = c else { return "TRUE".into() };
-                let mut items: Vec<String> = (0..self.r.range(1, 3)).map(|_| self.lit(c.ty)).collect();
+                let mut items: Vec<String> =
+                    (0..self.r.range(1, 3)).map(|_| self.lit(c.ty)).collect();
                 let not = self.r.chance(40);
                 if self.r.chance(20) {
                     items.push("NULL".into());
                 }
-                format!("{} {}IN ({})", c.sql, if not { "NOT " } else { "" }, items.join(", "))
+                format!(
+                    "{} {}IN ({})",
+                    c.sql,
+                    if not { "NOT " } else { "" },
+                    items.join(", ")
+                )
             }
             5 => {
                 // Two columns of one class.
@@ -309,8 +322,16 @@ impl Gen<'_> {
                 let (l1, l2) = (self.lit(c.ty), self.lit(c.ty));
                 format!("COALESCE({}, {l1}) > {l2}", c.sql)
             }
-            9 => format!("({} AND {})", self.pred(scope, depth - 1), self.pred(scope, depth - 1)),
-            10 => format!("({} OR {})", self.pred(scope, depth - 1), self.pred(scope, depth - 1)),
+            9 => format!(
+                "({} AND {})",
+                self.pred(scope, depth - 1),
+                self.pred(scope, depth - 1)
+            ),
+            10 => format!(
+                "({} OR {})",
+                self.pred(scope, depth - 1),
+                self.pred(scope, depth - 1)
+            ),
             _ => format!("NOT ({})", self.pred(scope, depth - 1)),
         }
     }
@@ -341,9 +362,15 @@ impl Gen<'_> {
             String::new()
         };
         match (self.r.below(8), outer_int) {
-            (0, Some(o)) => format!("EXISTS (SELECT 1 FROM {t} {x} WHERE {x}.k = {}{extra})", o.sql),
+            (0, Some(o)) => format!(
+                "EXISTS (SELECT 1 FROM {t} {x} WHERE {x}.k = {}{extra})",
+                o.sql
+            ),
             (1, Some(o)) => {
-                format!("NOT EXISTS (SELECT 1 FROM {t} {x} WHERE {x}.k = {}{extra})", o.sql)
+                format!(
+                    "NOT EXISTS (SELECT 1 FROM {t} {x} WHERE {x}.k = {}{extra})",
+                    o.sql
+                )
             }
             (2, _) | (0, None) => {
                 let c = self.any_col(scope);
@@ -361,11 +388,16 @@ impl Gen<'_> {
                     .col_of(scope, |t| matches!(t, Ty::Int | Ty::Big | Ty::Text))
                     .unwrap_or_else(|| scope.cols[0].clone());
                 let ic = if c.ty == Ty::Text { "s" } else { "k" };
-                format!("{} NOT IN (SELECT {x}.{ic} FROM {t} {x}{inner_where})", c.sql)
+                format!(
+                    "{} NOT IN (SELECT {x}.{ic} FROM {t} {x}{inner_where})",
+                    c.sql
+                )
             }
             (4, Some(o)) => {
                 // Correlated IN.
-                let c = self.col_of(scope, |t| matches!(t, Ty::Int | Ty::Big)).unwrap_or(o.clone());
+                let c = self
+                    .col_of(scope, |t| matches!(t, Ty::Int | Ty::Big))
+                    .unwrap_or(o.clone());
                 format!(
                     "{} IN (SELECT {x}.k FROM {t} {x} WHERE {x}.g = {}{extra})",
                     c.sql, o.sql
@@ -387,7 +419,9 @@ impl Gen<'_> {
             (6, _) => {
                 // Uncorrelated scalar subquery.
                 let c = self
-                    .col_of(scope, |t| matches!(t, Ty::Int | Ty::Big | Ty::Num | Ty::Date))
+                    .col_of(scope, |t| {
+                        matches!(t, Ty::Int | Ty::Big | Ty::Num | Ty::Date)
+                    })
                     .unwrap_or_else(|| scope.cols[0].clone());
                 let ic = inner
                     .cols
@@ -397,7 +431,10 @@ impl Gen<'_> {
                     .unwrap_or_else(|| inner.cols[1].clone());
                 let agg = *self.r.pick(&["MAX", "MIN"]);
                 let op = *self.r.pick(&["=", "<", ">=", "<>"]);
-                format!("{} {op} (SELECT {agg}({}) FROM {t} {x}{inner_where})", c.sql, ic.sql)
+                format!(
+                    "{} {op} (SELECT {agg}({}) FROM {t} {x}{inner_where})",
+                    c.sql, ic.sql
+                )
             }
             (_, o) => {
                 // EXISTS inside OR (a mark join), or a count compared.
@@ -475,9 +512,18 @@ impl Gen<'_> {
                                 self.opt_where(&ys)
                             ),
                             vec![
-                                Col { sql: "c0".into(), ty: Ty::Big },
-                                Col { sql: "c1".into(), ty: Ty::Int },
-                                Col { sql: "c2".into(), ty: Ty::Date },
+                                Col {
+                                    sql: "c0".into(),
+                                    ty: Ty::Big,
+                                },
+                                Col {
+                                    sql: "c1".into(),
+                                    ty: Ty::Int,
+                                },
+                                Col {
+                                    sql: "c2".into(),
+                                    ty: Ty::Date,
+                                },
                             ],
                         )
                     };
@@ -582,7 +628,11 @@ impl Gen<'_> {
     /// A column of class `class` of `scope`, a key column (`k`, `c0`, `c1`) more
     /// often than not.
     fn key_of(&mut self, scope: &Scope, class: u8) -> Col {
-        let all: Vec<&Col> = scope.cols.iter().filter(|c| c.ty.class() == class).collect();
+        let all: Vec<&Col> = scope
+            .cols
+            .iter()
+            .filter(|c| c.ty.class() == class)
+            .collect();
         let keys: Vec<&Col> = all
             .iter()
             .copied()
@@ -599,7 +649,8 @@ impl Gen<'_> {
     fn expr(&mut self, scope: &Scope) -> Col {
         match self.r.below(10) {
             0 => {
-                let Some(c) = self.col_of(scope, |t| matches!(t, Ty::Int | Ty::Big | Ty::Num)) else {
+                let Some(c) = self.col_of(scope, |t| matches!(t, Ty::Int | Ty::Big | Ty::Num))
+                else {
                     return self.any_col(scope);
                 };
                 let l = self.lit(c.ty);
@@ -640,29 +691,56 @@ impl Gen<'_> {
     fn agg(&mut self, scope: &Scope) -> Col {
         let c = self.any_col(scope);
         match self.r.below(9) {
-            0 => Col { sql: "COUNT(*)".into(), ty: Ty::Big },
-            1 => Col { sql: format!("COUNT({})", c.sql), ty: Ty::Big },
-            2 => Col { sql: format!("COUNT(DISTINCT {})", c.sql), ty: Ty::Big },
+            0 => Col {
+                sql: "COUNT(*)".into(),
+                ty: Ty::Big,
+            },
+            1 => Col {
+                sql: format!("COUNT({})", c.sql),
+                ty: Ty::Big,
+            },
+            2 => Col {
+                sql: format!("COUNT(DISTINCT {})", c.sql),
+                ty: Ty::Big,
+            },
             3 | 4 => match self.col_of(scope, |t| matches!(t, Ty::Int | Ty::Big | Ty::Num)) {
                 Some(n) => Col {
                     sql: format!("SUM({})", n.sql),
                     ty: if n.ty == Ty::Num { Ty::Num } else { Ty::Big },
                 },
-                None => Col { sql: "COUNT(*)".into(), ty: Ty::Big },
+                None => Col {
+                    sql: "COUNT(*)".into(),
+                    ty: Ty::Big,
+                },
             },
             5 => match self.col_of(scope, |t| matches!(t, Ty::Int | Ty::Big | Ty::Num)) {
                 Some(n) => Col {
                     sql: format!("AVG({})", n.sql),
                     ty: if n.ty == Ty::Num { Ty::Num } else { Ty::Float },
                 },
-                None => Col { sql: "COUNT(*)".into(), ty: Ty::Big },
+                None => Col {
+                    sql: "COUNT(*)".into(),
+                    ty: Ty::Big,
+                },
             },
             6 => match self.col_of(scope, |t| matches!(t, Ty::Int | Ty::Big)) {
-                Some(n) => Col { sql: format!("SUM(DISTINCT {})", n.sql), ty: Ty::Big },
-                None => Col { sql: "COUNT(*)".into(), ty: Ty::Big },
+                Some(n) => Col {
+                    sql: format!("SUM(DISTINCT {})", n.sql),
+                    ty: Ty::Big,
+                },
+                None => Col {
+                    sql: "COUNT(*)".into(),
+                    ty: Ty::Big,
+                },
             },
-            7 => Col { sql: format!("MIN({})", c.sql), ty: c.ty },
-            _ => Col { sql: format!("MAX({})", c.sql), ty: c.ty },
+            7 => Col {
+                sql: format!("MIN({})", c.sql),
+                ty: c.ty,
+            },
+            _ => Col {
+                sql: format!("MAX({})", c.sql),
+                ty: c.ty,
+            },
         }
     }
 
@@ -685,7 +763,10 @@ impl Gen<'_> {
                 ty: Ty::Text,
             },
             _ => Col {
-                sql: format!("(SELECT {x}.k FROM {t} {x} WHERE {x}.id = {})", self.r.range(0, 3)),
+                sql: format!(
+                    "(SELECT {x}.k FROM {t} {x} WHERE {x}.id = {})",
+                    self.r.range(0, 3)
+                ),
                 ty: Ty::Int,
             },
         }
@@ -739,7 +820,10 @@ impl Gen<'_> {
             .iter()
             .map(|t| {
                 self.col_of(&scope, |c| c.class() == t.class())
-                    .unwrap_or(Col { sql: "NULL".into(), ty: *t })
+                    .unwrap_or(Col {
+                        sql: "NULL".into(),
+                        ty: *t,
+                    })
             })
             .collect();
         let w = self.where_clause(&scope);
@@ -752,14 +836,18 @@ impl Gen<'_> {
             // Plain SELECT, maybe DISTINCT, maybe a scalar subquery in the list.
             0..=29 => {
                 let (from, scope) = self.from();
-                let mut cols: Vec<Col> = (0..self.r.range(1, 4)).map(|_| self.expr(&scope)).collect();
+                let mut cols: Vec<Col> =
+                    (0..self.r.range(1, 4)).map(|_| self.expr(&scope)).collect();
                 if self.r.chance(15) {
                     cols.push(self.scalar_subquery(&scope));
                 }
                 let w = self.where_clause(&scope);
                 let distinct = if self.r.chance(20) { "DISTINCT " } else { "" };
                 (
-                    format!("SELECT {distinct}{} FROM {from}{w}", Self::select_list(&cols)),
+                    format!(
+                        "SELECT {distinct}{} FROM {from}{w}",
+                        Self::select_list(&cols)
+                    ),
                     cols.len(),
                     true,
                 )
@@ -767,7 +855,9 @@ impl Gen<'_> {
             // Aggregates.
             30..=59 => {
                 let (from, scope) = self.from();
-                let groups: Vec<Col> = (0..self.r.range(0, 2)).map(|_| self.any_col(&scope)).collect();
+                let groups: Vec<Col> = (0..self.r.range(0, 2))
+                    .map(|_| self.any_col(&scope))
+                    .collect();
                 let mut cols = groups.clone();
                 for _ in 0..self.r.range(1, 3) {
                     cols.push(self.agg(&scope));
@@ -778,7 +868,11 @@ impl Gen<'_> {
                 } else {
                     format!(
                         " GROUP BY {}",
-                        groups.iter().map(|c| c.sql.clone()).collect::<Vec<_>>().join(", ")
+                        groups
+                            .iter()
+                            .map(|c| c.sql.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 };
                 let h = if !groups.is_empty() && self.r.chance(30) {
@@ -802,7 +896,12 @@ impl Gen<'_> {
                 ];
                 let sig = *self.r.pick(&sigs);
                 let op = *self.r.pick(&[
-                    "UNION", "UNION ALL", "INTERSECT", "EXCEPT", "INTERSECT ALL", "EXCEPT ALL",
+                    "UNION",
+                    "UNION ALL",
+                    "INTERSECT",
+                    "EXCEPT",
+                    "INTERSECT ALL",
+                    "EXCEPT ALL",
                 ]);
                 let a = self.simple_select(sig);
                 let b = self.simple_select(sig);
@@ -811,7 +910,10 @@ impl Gen<'_> {
             // Window functions.
             75..=87 => {
                 let (from, scope) = self.from();
-                let single = scope.base.len() == 1 && !from.contains(" JOIN ") && !from.starts_with('(') && !from.starts_with('w');
+                let single = scope.base.len() == 1
+                    && !from.contains(" JOIN ")
+                    && !from.starts_with('(')
+                    && !from.starts_with('w');
                 let part = self.any_col(&scope);
                 let mut cols = vec![self.any_col(&scope)];
                 let val = self.col_of(&scope, |t| matches!(t, Ty::Int | Ty::Big | Ty::Num));
@@ -826,7 +928,10 @@ impl Gen<'_> {
                             ty: Ty::Big,
                         },
                         1 if single => Col {
-                            sql: format!("LAG({}.k) OVER (ORDER BY {}.id)", scope.base[0], scope.base[0]),
+                            sql: format!(
+                                "LAG({}.k) OVER (ORDER BY {}.id)",
+                                scope.base[0], scope.base[0]
+                            ),
                             ty: Ty::Int,
                         },
                         2 => Col {
@@ -848,7 +953,10 @@ impl Gen<'_> {
                                 ),
                                 ty: if v.ty == Ty::Num { Ty::Num } else { Ty::Big },
                             },
-                            None => Col { sql: "COUNT(*) OVER ()".into(), ty: Ty::Big },
+                            None => Col {
+                                sql: "COUNT(*) OVER ()".into(),
+                                ty: Ty::Big,
+                            },
                         },
                         _ => Col {
                             sql: format!("COUNT(*) OVER (PARTITION BY {})", part.sql),
@@ -867,7 +975,9 @@ impl Gen<'_> {
             // Grouped derived table joined back (a two-level aggregate).
             _ => {
                 let (from, scope) = self.from();
-                let key = self.col_of(&scope, |t| matches!(t, Ty::Int | Ty::Big)).unwrap_or_else(|| scope.cols[0].clone());
+                let key = self
+                    .col_of(&scope, |t| matches!(t, Ty::Int | Ty::Big))
+                    .unwrap_or_else(|| scope.cols[0].clone());
                 let w = self.where_clause(&scope);
                 let a = self.alias("a");
                 let inner = format!(
@@ -881,7 +991,11 @@ impl Gen<'_> {
                 )
             }
         };
-        let (order, ordered) = if ordered_ok { self.order(width) } else { (String::new(), false) };
+        let (order, ordered) = if ordered_ok {
+            self.order(width)
+        } else {
+            (String::new(), false)
+        };
         let with = if self.ctes.is_empty() {
             String::new()
         } else {
@@ -961,9 +1075,8 @@ fn check(
             "{}x{} pivot={:?} overlap={} stats={}",
             opts.nodes, opts.tstores_per_node, opts.pivot, opts.overlap, db.with_stats
         );
-        let report = |what: String| {
-            format!("case seed {seed}, {shape}\n  SQL: {}\n  {what}", g.sql)
-        };
+        let report =
+            |what: String| format!("case seed {seed}, {shape}\n  SQL: {}\n  {what}", g.sql);
         match (&want, &got) {
             (Err(_), Err(_)) => tally.both_failed += 1,
             (Ok(w), Err(e)) => tally.mismatches.push(report(format!(
@@ -983,8 +1096,10 @@ fn check(
                     ar.sort();
                 }
                 if wr != ar {
-                    let missing: Vec<&String> = wr.iter().filter(|r| !ar.contains(r)).take(5).collect();
-                    let extra: Vec<&String> = ar.iter().filter(|r| !wr.contains(r)).take(5).collect();
+                    let missing: Vec<&String> =
+                        wr.iter().filter(|r| !ar.contains(r)).take(5).collect();
+                    let extra: Vec<&String> =
+                        ar.iter().filter(|r| !wr.contains(r)).take(5).collect();
                     tally.mismatches.push(report(format!(
                         "expected {} rows, got {}{}; missing {missing:?}; extra {extra:?}\n  expected head {:?}\n  got head {:?}",
                         wr.len(),
@@ -1049,7 +1164,12 @@ fn finish(name: &str, tally: &Tally, t0: Instant) {
         t0.elapsed().as_secs_f64()
     );
     let ignore: Vec<String> = std::env::var("SMRDB_DIFF_IGNORE")
-        .map(|v| v.split(';').filter(|x| !x.is_empty()).map(String::from).collect())
+        .map(|v| {
+            v.split(';')
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     let (ignored, failed): (Vec<&String>, Vec<&String>) = tally
         .mismatches

@@ -23,8 +23,12 @@ fn db() -> Db {
     let b = RecordBatch::try_new(
         fact.to_arrow(),
         vec![
-            Arc::new(Int32Array::from((0..2000).map(|i| i % 50).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from((0..2000).map(|i| i * 7 % 101).collect::<Vec<_>>())),
+            Arc::new(Int32Array::from(
+                (0..2000).map(|i| i % 50).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                (0..2000).map(|i| i * 7 % 101).collect::<Vec<_>>(),
+            )),
         ],
     )
     .unwrap();
@@ -37,7 +41,9 @@ fn db() -> Db {
         dim.to_arrow(),
         vec![
             Arc::new(Int32Array::from((0..60).collect::<Vec<_>>())),
-            Arc::new(StringArray::from((0..60).map(|i| format!("n{}", i % 7)).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                (0..60).map(|i| format!("n{}", i % 7)).collect::<Vec<_>>(),
+            )),
         ],
     )
     .unwrap();
@@ -69,7 +75,10 @@ fn check(db: &Db, sql: &str, opts: &DistOptions) -> DistPlan {
 }
 
 /// The stages that run on the Tstores and scan `alias`.
-fn tstore_stages_scanning<'a>(d: &'a DistPlan, alias: &str) -> Vec<&'a smrdb_planner::distribute::Stage> {
+fn tstore_stages_scanning<'a>(
+    d: &'a DistPlan,
+    alias: &str,
+) -> Vec<&'a smrdb_planner::distribute::Stage> {
     d.stages
         .iter()
         .filter(|s| s.place == Place::Tstores && scans(&s.plan).iter().any(|a| a == alias))
@@ -79,7 +88,11 @@ fn tstore_stages_scanning<'a>(d: &'a DistPlan, alias: &str) -> Vec<&'a smrdb_pla
 #[test]
 fn an_aggregate_is_partial_on_the_tstores_and_final_on_the_primary() {
     let db = db();
-    let d = check(&db, "SELECT COUNT(*), SUM(v) FROM fact WHERE k > 10", &opts());
+    let d = check(
+        &db,
+        "SELECT COUNT(*), SUM(v) FROM fact WHERE k > 10",
+        &opts(),
+    );
     assert_eq!(d.exchanges.len(), 1, "{:?}", d.exchanges);
     assert_eq!(d.exchanges[0].kind, ExchangeKind::Gather);
     assert_eq!(d.exchanges[0].from, Place::Tstores);
@@ -96,18 +109,30 @@ fn a_join_keeps_the_largest_table_in_place_and_broadcasts_the_other() {
     let db = db();
     let sql = "SELECT d.name, SUM(f.v) FROM fact f JOIN dim d ON f.k = d.id GROUP BY d.name";
     let d = check(&db, sql, &opts());
-    let bcast: Vec<_> = d.exchanges.iter().filter(|x| x.kind == ExchangeKind::Broadcast).collect();
+    let bcast: Vec<_> = d
+        .exchanges
+        .iter()
+        .filter(|x| x.kind == ExchangeKind::Broadcast)
+        .collect();
     assert_eq!(bcast.len(), 1, "{:?}", d.exchanges);
     // The broadcast's producer scans dim only; fact is scanned where it lies, by the
     // stage that joins.
-    let producer = d.stages.iter().find(|s| s.output == Some(bcast[0].id)).unwrap();
+    let producer = d
+        .stages
+        .iter()
+        .find(|s| s.output == Some(bcast[0].id))
+        .unwrap();
     assert_eq!(scans(&producer.plan), vec!["d".to_string()]);
     let joiner = tstore_stages_scanning(&d, "f");
     assert_eq!(joiner.len(), 1);
     let ops = operators(&joiner[0].plan);
     assert!(ops.contains(&"HashJoinExec".to_string()), "{ops:?}");
     assert!(ops.contains(&"ExchangeExec".to_string()), "{ops:?}");
-    assert!(d.decisions.iter().any(|s| s.contains("pivot")), "{:?}", d.decisions);
+    assert!(
+        d.decisions.iter().any(|s| s.contains("pivot")),
+        "{:?}",
+        d.decisions
+    );
 
     // A forced pivot turns it around: fact travels, dim stays.
     let forced = DistOptions {
@@ -115,9 +140,17 @@ fn a_join_keeps_the_largest_table_in_place_and_broadcasts_the_other() {
         ..opts()
     };
     let d = check(&db, sql, &forced);
-    let bcast: Vec<_> = d.exchanges.iter().filter(|x| x.kind == ExchangeKind::Broadcast).collect();
+    let bcast: Vec<_> = d
+        .exchanges
+        .iter()
+        .filter(|x| x.kind == ExchangeKind::Broadcast)
+        .collect();
     assert_eq!(bcast.len(), 1);
-    let producer = d.stages.iter().find(|s| s.output == Some(bcast[0].id)).unwrap();
+    let producer = d
+        .stages
+        .iter()
+        .find(|s| s.output == Some(bcast[0].id))
+        .unwrap();
     assert_eq!(scans(&producer.plan), vec!["f".to_string()]);
 }
 
@@ -129,7 +162,11 @@ fn a_full_join_is_gathered_and_joined_on_the_primary() {
         "SELECT f.k, d.id FROM fact f FULL JOIN dim d ON f.k = d.id WHERE f.v < 3 OR d.id > 55",
         &opts(),
     );
-    assert!(d.exchanges.iter().all(|x| x.kind == ExchangeKind::Gather), "{:?}", d.exchanges);
+    assert!(
+        d.exchanges.iter().all(|x| x.kind == ExchangeKind::Gather),
+        "{:?}",
+        d.exchanges
+    );
     assert!(d.exchanges.len() >= 2);
     let fin = operators(&d.result_stage().plan);
     assert!(fin.iter().any(|o| o.contains("JoinExec")), "{fin:?}");
@@ -138,14 +175,21 @@ fn a_full_join_is_gathered_and_joined_on_the_primary() {
 #[test]
 fn order_by_limit_sorts_and_limits_on_the_tstores_and_merges_on_the_primary() {
     let db = db();
-    let d = check(&db, "SELECT k, v FROM fact ORDER BY v DESC, k LIMIT 5", &opts());
+    let d = check(
+        &db,
+        "SELECT k, v FROM fact ORDER BY v DESC, k LIMIT 5",
+        &opts(),
+    );
     assert_eq!(d.exchanges.len(), 1);
     assert!(d.exchanges[0].sorted_streams);
     let ts = tstore_stages_scanning(&d, "fact");
     let ops = operators(&ts[0].plan);
     assert!(ops.iter().any(|o| o.starts_with("Sort")), "{ops:?}");
     let fin = operators(&d.result_stage().plan);
-    assert!(fin.contains(&"SortPreservingMergeExec".to_string()), "{fin:?}");
+    assert!(
+        fin.contains(&"SortPreservingMergeExec".to_string()),
+        "{fin:?}"
+    );
 }
 
 #[test]

@@ -72,9 +72,10 @@ fn check_framing(bytes: &[u8]) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
-        let len = usize::try_from(i32::try_from(len).map_err(|_| {
-            bad(format!("negative metadata length at byte {}", at - 4))
-        })?)
+        let len = usize::try_from(
+            i32::try_from(len)
+                .map_err(|_| bad(format!("negative metadata length at byte {}", at - 4)))?,
+        )
         .expect("a positive i32 fits usize");
         let meta = bytes.get(at..at.saturating_add(len)).ok_or_else(|| {
             bad(format!(

@@ -12,8 +12,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{
-    Array, ArrayRef, Decimal128Array, Float64Array, Int16Array, Int32Array, Int64Array,
-    StringArray,
+    Array, ArrayRef, Decimal128Array, Float64Array, Int16Array, Int32Array, Int64Array, StringArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use common::{run, run_partition, Rng};
@@ -90,7 +89,12 @@ fn inputs(tables: &[(&str, &Slice)]) -> TaskInputs {
 fn int64s(batches: &[RecordBatch], column: usize) -> Vec<i64> {
     batches
         .iter()
-        .flat_map(|b| b.column(column).as_primitive::<Int64Type>().values().to_vec())
+        .flat_map(|b| {
+            b.column(column)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
         .collect()
 }
 
@@ -115,11 +119,7 @@ fn scan(
 
 /// A one-column (`k BIGINT`) batch of `values`.
 fn kbatch(values: &[i64]) -> RecordBatch {
-    RecordBatch::try_new(
-        kschema(),
-        vec![Arc::new(Int64Array::from(values.to_vec()))],
-    )
-    .unwrap()
+    RecordBatch::try_new(kschema(), vec![Arc::new(Int64Array::from(values.to_vec()))]).unwrap()
 }
 
 fn kschema() -> SchemaRef {
@@ -161,11 +161,23 @@ fn display(plan: &Arc<dyn ExecutionPlan>) -> String {
 #[test]
 fn slice_scan_returns_every_row_in_order_in_batches_of_at_most_batch_rows() {
     let mut rng = Rng::new(3);
-    for (chunk_rows, pieces) in [(7, true), (DEFAULT_CHUNK_ROWS, false), (DEFAULT_CHUNK_ROWS, true)] {
+    for (chunk_rows, pieces) in [
+        (7, true),
+        (DEFAULT_CHUNK_ROWS, false),
+        (DEFAULT_CHUNK_ROWS, true),
+    ] {
         for n in [0usize, 1, 6, 7, 8, 8191, 8192, 8193, 20_000] {
             let slice = slice_of(n, chunk_rows, pieces, &mut rng);
             for projection in [None, Some(vec![0]), Some(vec![2, 0]), Some(vec![])] {
-                for limit in [None, Some(0), Some(1), Some(7), Some(n / 2), Some(n), Some(n + 1)] {
+                for limit in [
+                    None,
+                    Some(0),
+                    Some(1),
+                    Some(7),
+                    Some(n / 2),
+                    Some(n),
+                    Some(n + 1),
+                ] {
                     let what = format!(
                         "chunk_rows {chunk_rows} pieces {pieces} n {n} projection {projection:?} limit {limit:?}"
                     );
@@ -189,9 +201,14 @@ fn slice_scan_returns_every_row_in_order_in_batches_of_at_most_batch_rows() {
                             assert_eq!(int64s(&out, 1), expect, "{what}");
                             let x: Vec<f64> = out
                                 .iter()
-                                .flat_map(|b| b.column(0).as_primitive::<Float64Type>().values().to_vec())
+                                .flat_map(|b| {
+                                    b.column(0).as_primitive::<Float64Type>().values().to_vec()
+                                })
                                 .collect();
-                            assert_eq!(x, expect.iter().map(|&k| k as f64 / 2.0).collect::<Vec<_>>());
+                            assert_eq!(
+                                x,
+                                expect.iter().map(|&k| k as f64 / 2.0).collect::<Vec<_>>()
+                            );
                         }
                         _ => assert!(out.iter().all(|b| b.num_columns() == 0), "{what}"),
                     }
@@ -238,7 +255,15 @@ fn slice_scan_reads_the_snapshot_it_was_given() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("TaskInputs"), "{e}");
-    assert!(SliceScanExec::try_new("t", None, table_schema().to_arrow(), Some(vec![3]), None, None).is_err());
+    assert!(SliceScanExec::try_new(
+        "t",
+        None,
+        table_schema().to_arrow(),
+        Some(vec![3]),
+        None,
+        None
+    )
+    .is_err());
 }
 
 // ---------------------------------------------------------------------------------
@@ -283,7 +308,10 @@ fn exchange_yields_batches_in_arrival_order_and_ends_after_every_sender() {
     let before = wakes.0.load(Ordering::SeqCst);
     q.finish_sender();
     assert!(q.is_complete());
-    assert!(wakes.0.load(Ordering::SeqCst) > before, "the last finish wakes the reader");
+    assert!(
+        wakes.0.load(Ordering::SeqCst) > before,
+        "the last finish wakes the reader"
+    );
     assert!(matches!(stream.poll_next_unpin(&mut cx), Poll::Ready(None)));
     assert_eq!(q.rows(), 5);
 }
@@ -348,14 +376,16 @@ fn exchange_errors_end_the_stream_and_reach_the_plan() {
     q.push(kbatch(&[1, 2, 3]));
     q.fail("deadline passed");
     let schema = kschema();
-    let exchange: Arc<dyn ExecutionPlan> = Arc::new(ExchangeExec::new(3, "broadcast", schema.clone(), 1, None));
+    let exchange: Arc<dyn ExecutionPlan> =
+        Arc::new(ExchangeExec::new(3, "broadcast", schema.clone(), 1, None));
     let pred = binary(col("k", &schema).unwrap(), Operator::Gt, lit(1i64), &schema).unwrap();
     let filter: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(pred, exchange).unwrap());
     let e = run(&filter, exchange_inputs(3, &[q])).unwrap_err();
     assert!(e.to_string().contains("deadline passed"), "{e}");
 
     // Expect: an exchange the task does not receive is an error, not a hang.
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(ExchangeExec::new(9, "broadcast", kschema(), 1, None));
+    let plan: Arc<dyn ExecutionPlan> =
+        Arc::new(ExchangeExec::new(9, "broadcast", kschema(), 1, None));
     let e = run(&plan, exchange_inputs(3, &[ExchangeQueue::new(1, false)])).unwrap_err();
     assert!(e.to_string().contains("exchange 9"), "{e}");
 }
@@ -379,7 +409,11 @@ fn wait_complete_holds_every_batch_until_every_sender_finished() {
     assert!(stream.poll_next_unpin(&mut cx).is_pending());
     assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
     q.finish_sender();
-    assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the last finish wakes the reader");
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        1,
+        "the last finish wakes the reader"
+    );
     assert_eq!(ks_of(stream.poll_next_unpin(&mut cx)), vec![1]);
     assert_eq!(ks_of(stream.poll_next_unpin(&mut cx)), vec![2]);
     assert_eq!(ks_of(stream.poll_next_unpin(&mut cx)), vec![3]);
@@ -405,21 +439,34 @@ fn a_sorted_gather_has_a_partition_per_producer() {
     let q0 = ExchangeQueue::new(1, false);
     let q1 = ExchangeQueue::new(1, false);
     let merge: Arc<dyn ExecutionPlan> = Arc::new(MergePartitionsExec::new(plan.clone()));
-    let ctx = task_context(Some(Arc::new(exchange_inputs(5, &[q0.clone(), q1.clone()]))));
+    let ctx = task_context(Some(Arc::new(exchange_inputs(
+        5,
+        &[q0.clone(), q1.clone()],
+    ))));
     let mut stream = merge.execute(0, ctx).unwrap();
     let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     assert!(stream.poll_next_unpin(&mut cx).is_pending());
     q1.push(kbatch(&[2]));
-    assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "partition 1 wakes the merge");
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        1,
+        "partition 1 wakes the merge"
+    );
     assert_eq!(ks_of(stream.poll_next_unpin(&mut cx)), vec![2]);
     q1.finish_sender();
-    assert!(stream.poll_next_unpin(&mut cx).is_pending(), "partition 0 is still open");
+    assert!(
+        stream.poll_next_unpin(&mut cx).is_pending(),
+        "partition 0 is still open"
+    );
     q0.push(kbatch(&[1]));
     q0.finish_sender();
     assert_eq!(ks_of(stream.poll_next_unpin(&mut cx)), vec![1]);
     assert!(matches!(stream.poll_next_unpin(&mut cx), Poll::Ready(None)));
-    assert!(merge.execute(1, task_context(None)).is_err(), "one output partition");
+    assert!(
+        merge.execute(1, task_context(None)).is_err(),
+        "one output partition"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -434,13 +481,20 @@ fn merge_over_a_union_of_scans_gives_the_union() {
     let empty = slice_of(0, 7, true, &mut rng);
     let schema = table_schema().to_arrow();
     let even = binary(
-        binary(col("k", &schema).unwrap(), Operator::Modulo, lit(2i64), &schema).unwrap(),
+        binary(
+            col("k", &schema).unwrap(),
+            Operator::Modulo,
+            lit(2i64),
+            &schema,
+        )
+        .unwrap(),
         Operator::Eq,
         lit(0i64),
         &schema,
     )
     .unwrap();
-    let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(even, scan("t", Some("t2"), None, None)).unwrap());
+    let filtered: Arc<dyn ExecutionPlan> =
+        Arc::new(FilterExec::try_new(even, scan("t", Some("t2"), None, None)).unwrap());
     let union = UnionExec::try_new(vec![
         scan("t", None, None, None),
         scan("u", None, None, Some(20)),
@@ -487,7 +541,10 @@ fn leafy_plan() -> Arc<dyn ExecutionPlan> {
     let proj: Arc<dyn ExecutionPlan> = Arc::new(
         ProjectionExec::try_new(
             vec![
-                (binary(col("k", &us).unwrap(), Operator::Plus, lit(100_000i64), &us).unwrap(), "k".to_string()),
+                (
+                    binary(col("k", &us).unwrap(), Operator::Plus, lit(100_000i64), &us).unwrap(),
+                    "k".to_string(),
+                ),
                 (col("x", &us).unwrap(), "x".to_string()),
             ],
             u,
@@ -538,9 +595,16 @@ fn plans_with_our_leaves_survive_bytes() {
     // Expect: the same plan (names, aliases, projections, limits, exchange ids).
     assert_eq!(display(&decoded), display(&plan));
     let shown = display(&decoded);
-    assert!(shown.contains("SliceScanExec: t AS a [k, x] limit=5000"), "{shown}");
+    assert!(
+        shown.contains("SliceScanExec: t AS a [k, x] limit=5000"),
+        "{shown}"
+    );
     assert!(shown.contains("ExchangeExec: broadcast #4"), "{shown}");
-    assert_eq!(plan_to_bytes(decoded.clone()).unwrap(), bytes, "a stable encoding");
+    assert_eq!(
+        plan_to_bytes(decoded.clone()).unwrap(),
+        bytes,
+        "a stable encoding"
+    );
     // Expect: the same rows, in the same order.
     let a = run(&plan, leafy_inputs(&t, &u)).unwrap();
     let b = run(&decoded, leafy_inputs(&t, &u)).unwrap();
@@ -563,7 +627,9 @@ fn scans_keep_their_description_through_bytes() {
     ] {
         let plan = scan("t", alias, projection.clone(), limit);
         let back = plan_from_bytes(&plan_to_bytes(plan).unwrap(), &task_context(None)).unwrap();
-        let s = back.downcast_ref::<SliceScanExec>().expect("a SliceScanExec");
+        let s = back
+            .downcast_ref::<SliceScanExec>()
+            .expect("a SliceScanExec");
         assert_eq!(s.table(), "t");
         assert_eq!(s.alias_opt(), alias);
         assert_eq!(s.projection(), projection.as_deref());
@@ -584,13 +650,18 @@ fn one_column(ty: SqlType, values: ArrayRef) -> Slice {
 }
 
 /// `SELECT <expr(a)> FROM t`, as built and after bytes.
-fn project(slice: &Slice, expr: impl Fn(&SchemaRef) -> Arc<dyn PhysicalExpr>) -> (Arc<dyn ExecutionPlan>, Arc<dyn ExecutionPlan>) {
+fn project(
+    slice: &Slice,
+    expr: impl Fn(&SchemaRef) -> Arc<dyn PhysicalExpr>,
+) -> (Arc<dyn ExecutionPlan>, Arc<dyn ExecutionPlan>) {
     let s = Arc::new(
         SliceScanExec::try_new("t", None, slice.arrow_schema(), None, None, None).unwrap(),
     ) as Arc<dyn ExecutionPlan>;
     let e = expr(&s.schema());
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(vec![(e, "r".to_string())], s).unwrap());
-    let decoded = plan_from_bytes(&plan_to_bytes(plan.clone()).unwrap(), &task_context(None)).unwrap();
+    let plan: Arc<dyn ExecutionPlan> =
+        Arc::new(ProjectionExec::try_new(vec![(e, "r".to_string())], s).unwrap());
+    let decoded =
+        plan_from_bytes(&plan_to_bytes(plan.clone()).unwrap(), &task_context(None)).unwrap();
     (plan, decoded)
 }
 
@@ -605,12 +676,24 @@ fn overflows(r: datafusion_common::Result<Vec<RecordBatch>>) -> bool {
 #[test]
 fn decoded_integer_arithmetic_fails_on_overflow() {
     // INTEGER: 2147483647 + 1, -2147483648 - 1, 1073741824 * 2.
-    let t = one_column(SqlType::Integer, Arc::new(Int32Array::from(vec![Some(2_147_483_647), None])));
+    let t = one_column(
+        SqlType::Integer,
+        Arc::new(Int32Array::from(vec![Some(2_147_483_647), None])),
+    );
     let (built, decoded) = project(&t, a_op(Operator::Plus, ScalarValue::Int32(Some(1))));
     // (Built in place, DataFusion wraps; the decoded plan is what every stage runs.)
     let wrapped = run(&built, inputs(&[("t", &t)])).unwrap();
-    assert_eq!(wrapped[0].column(0).as_primitive::<arrow_array::types::Int32Type>().value(0), i32::MIN);
-    assert!(overflows(run(&decoded, inputs(&[("t", &t)]))), "INT + overflows");
+    assert_eq!(
+        wrapped[0]
+            .column(0)
+            .as_primitive::<arrow_array::types::Int32Type>()
+            .value(0),
+        i32::MIN
+    );
+    assert!(
+        overflows(run(&decoded, inputs(&[("t", &t)]))),
+        "INT + overflows"
+    );
     let t = one_column(SqlType::Integer, Arc::new(Int32Array::from(vec![i32::MIN])));
     let (_, d) = project(&t, a_op(Operator::Minus, ScalarValue::Int32(Some(1))));
     assert!(overflows(run(&d, inputs(&[("t", &t)]))), "INT - overflows");
@@ -618,24 +701,47 @@ fn decoded_integer_arithmetic_fails_on_overflow() {
     let (_, d) = project(&t, a_op(Operator::Multiply, ScalarValue::Int32(Some(2))));
     assert!(overflows(run(&d, inputs(&[("t", &t)]))), "INT * overflows");
     // SMALLINT and BIGINT.
-    let t = one_column(SqlType::SmallInt, Arc::new(Int16Array::from(vec![i16::MAX])));
+    let t = one_column(
+        SqlType::SmallInt,
+        Arc::new(Int16Array::from(vec![i16::MAX])),
+    );
     let (_, d) = project(&t, a_op(Operator::Plus, ScalarValue::Int16(Some(1))));
-    assert!(overflows(run(&d, inputs(&[("t", &t)]))), "SMALLINT + overflows");
-    let t = one_column(SqlType::BigInt, Arc::new(Int64Array::from(vec![i64::MAX / 2 + 1])));
+    assert!(
+        overflows(run(&d, inputs(&[("t", &t)]))),
+        "SMALLINT + overflows"
+    );
+    let t = one_column(
+        SqlType::BigInt,
+        Arc::new(Int64Array::from(vec![i64::MAX / 2 + 1])),
+    );
     let (_, d) = project(&t, a_op(Operator::Multiply, ScalarValue::Int64(Some(2))));
-    assert!(overflows(run(&d, inputs(&[("t", &t)]))), "BIGINT * overflows");
+    assert!(
+        overflows(run(&d, inputs(&[("t", &t)]))),
+        "BIGINT * overflows"
+    );
     // Expect: in range, the same values as ever (NULL stays NULL).
-    let t = one_column(SqlType::Integer, Arc::new(Int32Array::from(vec![Some(2_147_483_646), None, Some(-5)])));
+    let t = one_column(
+        SqlType::Integer,
+        Arc::new(Int32Array::from(vec![Some(2_147_483_646), None, Some(-5)])),
+    );
     let (_, d) = project(&t, a_op(Operator::Plus, ScalarValue::Int32(Some(1))));
     let out = run(&d, inputs(&[("t", &t)])).unwrap();
-    let r = out[0].column(0).as_primitive::<arrow_array::types::Int32Type>();
-    assert_eq!(r.iter().collect::<Vec<_>>(), vec![Some(i32::MAX), None, Some(-4)]);
+    let r = out[0]
+        .column(0)
+        .as_primitive::<arrow_array::types::Int32Type>();
+    assert_eq!(
+        r.iter().collect::<Vec<_>>(),
+        vec![Some(i32::MAX), None, Some(-4)]
+    );
 }
 
 #[test]
 fn decoded_nested_and_filter_arithmetic_fails_on_overflow() {
     // (a * 2) - 1 where a * 2 overflows; WHERE a + 1 > 0.
-    let t = one_column(SqlType::Integer, Arc::new(Int32Array::from(vec![0, i32::MAX])));
+    let t = one_column(
+        SqlType::Integer,
+        Arc::new(Int32Array::from(vec![0, i32::MAX])),
+    );
     let (_, d) = project(&t, |s| {
         let twice = binary(col("a", s).unwrap(), Operator::Multiply, lit(2i32), s).unwrap();
         binary(twice, Operator::Minus, lit(1i32), s).unwrap()
@@ -645,7 +751,13 @@ fn decoded_nested_and_filter_arithmetic_fails_on_overflow() {
         as Arc<dyn ExecutionPlan>;
     let schema = s.schema();
     let pred = binary(
-        binary(col("a", &schema).unwrap(), Operator::Plus, lit(1i32), &schema).unwrap(),
+        binary(
+            col("a", &schema).unwrap(),
+            Operator::Plus,
+            lit(1i32),
+            &schema,
+        )
+        .unwrap(),
         Operator::Gt,
         lit(0i32),
         &schema,
@@ -655,7 +767,13 @@ fn decoded_nested_and_filter_arithmetic_fails_on_overflow() {
     let decoded = plan_from_bytes(&plan_to_bytes(plan).unwrap(), &task_context(None)).unwrap();
     assert!(overflows(run(&decoded, inputs(&[("t", &t)]))));
     // The same through expr_from_bytes (UPDATE / DELETE expressions).
-    let e = binary(col("a", &schema).unwrap(), Operator::Plus, lit(1i32), &schema).unwrap();
+    let e = binary(
+        col("a", &schema).unwrap(),
+        Operator::Plus,
+        lit(1i32),
+        &schema,
+    )
+    .unwrap();
     let back = expr_from_bytes(&expr_to_bytes(&e).unwrap(), &schema).unwrap();
     let batch = t.batches().next().unwrap().clone();
     assert!(back.evaluate(&batch).is_err());
@@ -665,7 +783,11 @@ fn decoded_nested_and_filter_arithmetic_fails_on_overflow() {
 #[test]
 fn decoded_decimal_arithmetic_fails_on_overflow() {
     let dec = |v: Vec<i128>| -> ArrayRef {
-        Arc::new(Decimal128Array::from(v).with_precision_and_scale(38, 0).unwrap())
+        Arc::new(
+            Decimal128Array::from(v)
+                .with_precision_and_scale(38, 0)
+                .unwrap(),
+        )
     };
     let ty = SqlType::Numeric {
         precision: 38,
@@ -674,27 +796,84 @@ fn decoded_decimal_arithmetic_fails_on_overflow() {
     let max = 10i128.pow(38) - 1;
     // a * a = 10^40, a + a = 2 * (10^38 - 1): beyond 128 bits.
     let t = one_column(ty, dec(vec![10i128.pow(20)]));
-    let (_, d) = project(&t, |s| binary(col("a", s).unwrap(), Operator::Multiply, col("a", s).unwrap(), s).unwrap());
-    assert!(overflows(run(&d, inputs(&[("t", &t)]))), "NUMERIC * overflows");
+    let (_, d) = project(&t, |s| {
+        binary(
+            col("a", s).unwrap(),
+            Operator::Multiply,
+            col("a", s).unwrap(),
+            s,
+        )
+        .unwrap()
+    });
+    assert!(
+        overflows(run(&d, inputs(&[("t", &t)]))),
+        "NUMERIC * overflows"
+    );
     let t = one_column(ty, dec(vec![max]));
-    let (_, d) = project(&t, |s| binary(col("a", s).unwrap(), Operator::Plus, col("a", s).unwrap(), s).unwrap());
-    assert!(overflows(run(&d, inputs(&[("t", &t)]))), "NUMERIC + overflows");
+    let (_, d) = project(&t, |s| {
+        binary(
+            col("a", s).unwrap(),
+            Operator::Plus,
+            col("a", s).unwrap(),
+            s,
+        )
+        .unwrap()
+    });
+    assert!(
+        overflows(run(&d, inputs(&[("t", &t)]))),
+        "NUMERIC + overflows"
+    );
     let t = one_column(ty, dec(vec![-max]));
-    let (_, d) = project(&t, |s| binary(col("a", s).unwrap(), Operator::Minus, col("a", s).unwrap().clone(), s).unwrap());
+    let (_, d) = project(&t, |s| {
+        binary(
+            col("a", s).unwrap(),
+            Operator::Minus,
+            col("a", s).unwrap().clone(),
+            s,
+        )
+        .unwrap()
+    });
     // -max - (-max) = 0: no overflow.
     let out = run(&d, inputs(&[("t", &t)])).unwrap();
-    assert_eq!(out[0].column(0).as_primitive::<arrow_array::types::Decimal128Type>().value(0), 0);
+    assert_eq!(
+        out[0]
+            .column(0)
+            .as_primitive::<arrow_array::types::Decimal128Type>()
+            .value(0),
+        0
+    );
     let (_, d) = project(&t, |s| {
-        let twice = binary(col("a", s).unwrap(), Operator::Plus, col("a", s).unwrap(), s).unwrap();
-        binary(twice, Operator::Minus, lit(ScalarValue::Decimal128(Some(1), 38, 0)), s).unwrap()
+        let twice = binary(
+            col("a", s).unwrap(),
+            Operator::Plus,
+            col("a", s).unwrap(),
+            s,
+        )
+        .unwrap();
+        binary(
+            twice,
+            Operator::Minus,
+            lit(ScalarValue::Decimal128(Some(1), 38, 0)),
+            s,
+        )
+        .unwrap()
     });
-    assert!(overflows(run(&d, inputs(&[("t", &t)]))), "NUMERIC - overflows");
+    assert!(
+        overflows(run(&d, inputs(&[("t", &t)]))),
+        "NUMERIC - overflows"
+    );
 }
 
 #[test]
 fn decoded_float_arithmetic_is_unaffected() {
-    let t = one_column(SqlType::Double, Arc::new(Float64Array::from(vec![f64::MAX, -f64::MAX, f64::NAN, 1.5])));
-    let (_, d) = project(&t, a_op(Operator::Multiply, ScalarValue::Float64(Some(2.0))));
+    let t = one_column(
+        SqlType::Double,
+        Arc::new(Float64Array::from(vec![f64::MAX, -f64::MAX, f64::NAN, 1.5])),
+    );
+    let (_, d) = project(
+        &t,
+        a_op(Operator::Multiply, ScalarValue::Float64(Some(2.0))),
+    );
     let out = run(&d, inputs(&[("t", &t)])).unwrap();
     let r = out[0].column(0).as_primitive::<Float64Type>();
     assert_eq!(r.value(0), f64::INFINITY);

@@ -98,7 +98,15 @@ fn corrupt_every_byte(good: &[u8], skip: &[std::ops::Range<usize>]) -> usize {
         if skip.iter().any(|r| r.contains(&i)) {
             continue;
         }
-        for v in [0x00u8, 0x01, 0x40, 0x7f, 0x80, 0xff, good[i].wrapping_add(1)] {
+        for v in [
+            0x00u8,
+            0x01,
+            0x40,
+            0x7f,
+            0x80,
+            0xff,
+            good[i].wrapping_add(1),
+        ] {
             let mut bad = good.to_vec();
             bad[i] = v;
             match no_panic(|| decode_batches(&bad)) {
@@ -179,7 +187,11 @@ fn random_bytes_are_not_a_stream() {
 // ---------------------------------------------------------------------------------
 // Plans and expressions
 
-fn scan(table: &str, projection: Option<Vec<usize>>, limit: Option<usize>) -> Arc<dyn ExecutionPlan> {
+fn scan(
+    table: &str,
+    projection: Option<Vec<usize>>,
+    limit: Option<usize>,
+) -> Arc<dyn ExecutionPlan> {
     Arc::new(
         SliceScanExec::try_new(
             table,
@@ -227,7 +239,8 @@ fn sample_plan() -> Arc<dyn ExecutionPlan> {
         )
         .unwrap(),
     );
-    let exchange: Arc<dyn ExecutionPlan> = Arc::new(ExchangeExec::new(2, "broadcast", xschema(), 1, None));
+    let exchange: Arc<dyn ExecutionPlan> =
+        Arc::new(ExchangeExec::new(2, "broadcast", xschema(), 1, None));
     let union = UnionExec::try_new(vec![filtered, proj, exchange]).unwrap();
     Arc::new(MergePartitionsExec::new(union))
 }
@@ -238,12 +251,20 @@ fn sample_expr(schema: &Schema) -> Arc<dyn PhysicalExpr> {
     let c = |n: &str| col(n, schema).unwrap();
     b(
         b(
-            b(b(c("id"), Operator::Modulo, lit(3i64)), Operator::Eq, lit(0i64)),
+            b(
+                b(c("id"), Operator::Modulo, lit(3i64)),
+                Operator::Eq,
+                lit(0i64),
+            ),
             Operator::And,
             not(is_null(c("s")).unwrap()).unwrap(),
         ),
         Operator::Or,
-        b(b(c("x"), Operator::Multiply, lit(2.5)), Operator::Gt, lit(1.0)),
+        b(
+            b(c("x"), Operator::Multiply, lit(2.5)),
+            Operator::Gt,
+            lit(1.0),
+        ),
     )
 }
 
@@ -255,7 +276,10 @@ fn sample_inputs(t: &Slice) -> TaskInputs {
     q.push(
         RecordBatch::try_new(
             xschema(),
-            vec![Arc::new(Int64Array::from(vec![-1i64])), Arc::new(Float64Array::from(vec![0.5]))],
+            vec![
+                Arc::new(Int64Array::from(vec![-1i64])),
+                Arc::new(Float64Array::from(vec![0.5])),
+            ],
         )
         .unwrap(),
     );
@@ -317,7 +341,10 @@ fn damaged_plans_are_errors_never_panics() {
             }
         }
     }
-    assert!(errors > 0 && decoded > 0, "{errors} errors, {decoded} decoded");
+    assert!(
+        errors > 0 && decoded > 0,
+        "{errors} errors, {decoded} decoded"
+    );
     assert!(
         ran_panics.is_empty(),
         "{} decoded plans panic when run, e.g. {:?}",
@@ -344,7 +371,10 @@ fn damaged_expressions_are_errors_never_panics() {
                 errors += 1;
             }
             Ok(Ok(x)) => {
-                assert!(what.starts_with("bit") || what.starts_with("cut"), "{what} decodes");
+                assert!(
+                    what.starts_with("bit") || what.starts_with("cut"),
+                    "{what} decodes"
+                );
                 decoded += 1;
                 if let Err(p) = no_panic(|| x.evaluate(&b).map(|v| v.into_array(10))) {
                     eval_panics.push(format!("{what}: {p}"));
@@ -352,7 +382,10 @@ fn damaged_expressions_are_errors_never_panics() {
             }
         }
     }
-    assert!(errors > 0 && decoded > 0, "{errors} errors, {decoded} decoded");
+    assert!(
+        errors > 0 && decoded > 0,
+        "{errors} errors, {decoded} decoded"
+    );
     assert!(
         eval_panics.is_empty(),
         "{} decoded expressions panic when evaluated, e.g. {:?}",
@@ -361,14 +394,20 @@ fn damaged_expressions_are_errors_never_panics() {
     );
     // Expect: an expression over columns the schema does not have is refused.
     let narrow = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
-    assert!(matches!(expr_from_bytes(&good, &narrow), Err(Error::Corrupt(_))));
+    assert!(matches!(
+        expr_from_bytes(&good, &narrow),
+        Err(Error::Corrupt(_))
+    ));
     let retyped = Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("s", DataType::Utf8, true),
         Field::new("x", DataType::Utf8, true),
     ]);
     let r = no_panic(|| expr_from_bytes(&good, &retyped).map(|x| x.evaluate(&b).is_ok()));
-    assert!(r.is_ok(), "an expression over a schema of other types: panic");
+    assert!(
+        r.is_ok(),
+        "an expression over a schema of other types: panic"
+    );
 }
 
 #[test]
@@ -429,10 +468,16 @@ fn damaged_fragments_are_errors_never_panics() {
                 assert_eq!(g.validate(), Ok(()));
                 decoded += 1;
                 for s in &g.stages {
-                    assert!(no_panic(|| plan_from_bytes(&s.plan, &ctx)).is_ok(), "{what}");
+                    assert!(
+                        no_panic(|| plan_from_bytes(&s.plan, &ctx)).is_ok(),
+                        "{what}"
+                    );
                 }
             }
         }
     }
-    assert!(errors > 0 && decoded > 0, "{errors} errors, {decoded} decoded");
+    assert!(
+        errors > 0 && decoded > 0,
+        "{errors} errors, {decoded} decoded"
+    );
 }

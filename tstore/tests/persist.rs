@@ -147,7 +147,11 @@ fn e_col(name: &str) -> Arc<dyn PhysicalExpr> {
     col(name, &arrow()).unwrap()
 }
 
-fn e_bin(l: Arc<dyn PhysicalExpr>, op: Operator, r: Arc<dyn PhysicalExpr>) -> Arc<dyn PhysicalExpr> {
+fn e_bin(
+    l: Arc<dyn PhysicalExpr>,
+    op: Operator,
+    r: Arc<dyn PhysicalExpr>,
+) -> Arc<dyn PhysicalExpr> {
     binary(l, op, r, &arrow()).unwrap()
 }
 
@@ -314,7 +318,9 @@ impl Set {
         };
         match self {
             Set::ScoreTimes(f) => new.score = old.score.map(|s| F(s.0 * f)),
-            Set::NameAppend(s) => new.name = check_name(old.name.as_ref().map(|n| format!("{n}{s}")))?,
+            Set::NameAppend(s) => {
+                new.name = check_name(old.name.as_ref().map(|n| format!("{n}{s}")))?
+            }
             Set::NameTo(v) => new.name = check_name(v.map(str::to_string))?,
             Set::AmountPlus(v) => {
                 new.amount = match old.amount.map(|a| a + v) {
@@ -357,7 +363,12 @@ impl Set {
 /// The model's UPDATE: evaluates every assignment on the old rows; the first
 /// assignment (in order) with a failing row decides the error, evaluation errors
 /// before storing errors.
-fn model_update(rows: &mut Vec<Row>, sets: &[Set], pred: &Pred, checked: bool) -> Result<usize, Kind> {
+fn model_update(
+    rows: &mut Vec<Row>,
+    sets: &[Set],
+    pred: &Pred,
+    checked: bool,
+) -> Result<usize, Kind> {
     let matched: Vec<usize> = (0..rows.len()).filter(|&i| pred.holds(&rows[i])).collect();
     let mut new = rows.clone();
     for s in sets {
@@ -403,9 +414,15 @@ fn stat_cells(rows: &[Row], c: usize) -> Vec<Option<(Option<StatValue>, String)>
                     (Some(StatValue::Float(f.0)), f.0.to_bits().to_string())
                 }
             }),
-            3 => r.amount.map(|a| (Some(StatValue::Decimal(a)), a.to_string())),
-            4 => r.day.map(|d| (Some(StatValue::Int(i64::from(d))), d.to_string())),
-            _ => r.flag.map(|b| (Some(StatValue::Int(i64::from(b))), b.to_string())),
+            3 => r
+                .amount
+                .map(|a| (Some(StatValue::Decimal(a)), a.to_string())),
+            4 => r
+                .day
+                .map(|d| (Some(StatValue::Int(i64::from(d))), d.to_string())),
+            _ => r
+                .flag
+                .map(|b| (Some(StatValue::Int(i64::from(b))), b.to_string())),
         })
         .collect()
 }
@@ -435,18 +452,37 @@ fn check_stats_within(s: &TableStats, rows: &[Row], what: &str, rel: f64) {
         let cells = stat_cells(rows, c);
         let nulls = cells.iter().filter(|x| x.is_none()).count() as u64;
         assert_eq!(cs.nulls, nulls, "{what}: nulls of column {c}");
-        let values: Vec<&StatValue> = cells.iter().flatten().filter_map(|(v, _)| v.as_ref()).collect();
-        let min = values.iter().copied().reduce(|a, b| if stat_less(b, a) { b } else { a });
-        let max = values.iter().copied().reduce(|a, b| if stat_less(a, b) { b } else { a });
+        let values: Vec<&StatValue> = cells
+            .iter()
+            .flatten()
+            .filter_map(|(v, _)| v.as_ref())
+            .collect();
+        let min = values
+            .iter()
+            .copied()
+            .reduce(|a, b| if stat_less(b, a) { b } else { a });
+        let max = values
+            .iter()
+            .copied()
+            .reduce(|a, b| if stat_less(a, b) { b } else { a });
         assert_eq!(cs.min.as_ref(), min, "{what}: min of column {c}");
         assert_eq!(cs.max.as_ref(), max, "{what}: max of column {c}");
-        let exact = cells.iter().flatten().map(|(_, k)| k).collect::<HashSet<_>>().len() as f64;
+        let exact = cells
+            .iter()
+            .flatten()
+            .map(|(_, k)| k)
+            .collect::<HashSet<_>>()
+            .len() as f64;
         let est = cs.distinct() as f64;
         // 1024 HyperLogLog registers: 3.25 % standard error. Thousands of checks of
         // a 10 % (3 sigma) bound cross it now and then (seed 1 of 150 x 300 steps:
         // 2709 for 2433), so the bound here is 4.5 sigma; a bias or a broken sketch
         // is far outside it.
-        let tolerance = if exact > 1000.0 { rel * exact } else { (0.146 * exact).max(3.0) };
+        let tolerance = if exact > 1000.0 {
+            rel * exact
+        } else {
+            (0.146 * exact).max(3.0)
+        };
         assert!(
             (est - exact).abs() <= tolerance,
             "{what}: distinct of column {c}: estimate {est}, exact {exact}"
@@ -461,8 +497,16 @@ fn check_stats_within(s: &TableStats, rows: &[Row], what: &str, rel: f64) {
 fn workload(s: &mut Store) {
     s.create_table("a", schema()).unwrap();
     s.create_table("b", schema()).unwrap();
-    assert_eq!(s.insert("a", batch(&(0..20).map(row).collect::<Vec<_>>())).unwrap(), 20);
-    assert_eq!(s.insert("b", batch(&(100..105).map(row).collect::<Vec<_>>())).unwrap(), 5);
+    assert_eq!(
+        s.insert("a", batch(&(0..20).map(row).collect::<Vec<_>>()))
+            .unwrap(),
+        20
+    );
+    assert_eq!(
+        s.insert("b", batch(&(100..105).map(row).collect::<Vec<_>>()))
+            .unwrap(),
+        5
+    );
     // name = 'upd' WHERE id < 5
     let n = s
         .update(
@@ -519,9 +563,18 @@ fn reopen_replays_every_kind_of_write() {
         let len = wal_len(&dir);
         // Expect: failed writes change nothing and are not logged.
         let div0 = vec![(0, e_bin(lit(1i64), Operator::Divide, lit(0i64)))];
-        assert!(matches!(s.update("a", &div0, None), Err(Error::DivisionByZero)));
-        assert!(matches!(s.create_table("a", schema()), Err(Error::TableExists(_))));
-        assert!(matches!(s.insert("zzz", batch(&[row(1)])), Err(Error::UnknownTable(_))));
+        assert!(matches!(
+            s.update("a", &div0, None),
+            Err(Error::DivisionByZero)
+        ));
+        assert!(matches!(
+            s.create_table("a", schema()),
+            Err(Error::TableExists(_))
+        ));
+        assert!(matches!(
+            s.insert("zzz", batch(&[row(1)])),
+            Err(Error::UnknownTable(_))
+        ));
         assert!(matches!(s.delete("zzz", None), Err(Error::UnknownTable(_))));
         assert!(matches!(s.drop_table("zzz"), Err(Error::UnknownTable(_))));
         // A batch of other types is refused (callers coerce first).
@@ -530,7 +583,13 @@ fn reopen_replays_every_kind_of_write() {
             Arc::new(Int64Array::from(vec![1i64])) as ArrayRef,
         )])
         .unwrap();
-        assert!(matches!(s.insert("a", wrong), Err(Error::Arity { expected: 6, got: 1 })));
+        assert!(matches!(
+            s.insert("a", wrong),
+            Err(Error::Arity {
+                expected: 6,
+                got: 1
+            })
+        ));
         assert_eq!(wal_len(&dir), len, "failed writes are not logged");
         snapshot(&s)
     };
@@ -553,7 +612,11 @@ fn checkpoint_then_more_writes() {
         let mut s = Store::open_with_chunk_rows(dir.path(), 7).unwrap();
         workload(&mut s);
         s.checkpoint().unwrap();
-        assert_eq!(wal_len(&dir), WAL_HEADER_LEN, "a checkpoint starts an empty log");
+        assert_eq!(
+            wal_len(&dir),
+            WAL_HEADER_LEN,
+            "a checkpoint starts an empty log"
+        );
         s.insert("b", batch(&(200..230).map(row).collect::<Vec<_>>()))
             .unwrap();
         s.set_meta("b", "rr", 7).unwrap();
@@ -578,7 +641,13 @@ fn checkpoint_then_more_writes() {
     // Expect: only the latest checkpoint's table files remain.
     let arrow_files = std::fs::read_dir(dir.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".arrow"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".arrow")
+        })
         .count();
     assert_eq!(arrow_files, 2);
 }
@@ -637,7 +706,11 @@ fn torn_tail_is_ignored_and_later_writes_survive() {
         std::fs::write(d2.join("wal.log"), &log[..cut as usize]).unwrap();
         let mut s = Store::open(d2.path()).unwrap();
         assert_eq!(snapshot(&s), before_last, "cut at {cut}");
-        assert_eq!(wal_len(&d2), len_before_last, "the torn tail is truncated away");
+        assert_eq!(
+            wal_len(&d2),
+            len_before_last,
+            "the torn tail is truncated away"
+        );
         s.insert("b", batch(&[row(9)])).unwrap();
         drop(s);
         let s = Store::open(d2.path()).unwrap();
@@ -646,7 +719,10 @@ fn torn_tail_is_ignored_and_later_writes_survive() {
         assert_eq!(snapshot(&s), expect, "cut at {cut}");
     }
     // Expect: a zero-filled tail (preallocated block) is torn too.
-    let mut f = OpenOptions::new().append(true).open(dir.join("wal.log")).unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(dir.join("wal.log"))
+        .unwrap();
     std::io::Write::write_all(&mut f, &[0u8; 64]).unwrap();
     drop(f);
     assert_eq!(snapshot(&Store::open(dir.path()).unwrap()), full);
@@ -733,7 +809,14 @@ fn damaged_logs_are_corrupt() {
     let mut ok = good[..offs[3]].to_vec();
     ok.extend(frame(&[3, 1, b'a', 1, 19]));
     std::fs::write(dir.join("wal.log"), &ok).unwrap();
-    assert_eq!(Store::open(dir.path()).unwrap().table("a").unwrap().row_count(), 19);
+    assert_eq!(
+        Store::open(dir.path())
+            .unwrap()
+            .table("a")
+            .unwrap()
+            .row_count(),
+        19
+    );
     // Expect: a log from a generation after the checkpoint's.
     let mut bad = good.clone();
     bad[12] = 5;
@@ -773,7 +856,10 @@ fn damaged_manifests_are_corrupt() {
         matches!(Store::open(dir.path()), Err(Error::Corrupt(m)) if m.contains("manifest version 1"))
     );
     std::fs::write(dir.join("MANIFEST.json"), &good).unwrap();
-    assert_eq!(Store::open(dir.path()).unwrap().table_names(), vec!["a", "b"]);
+    assert_eq!(
+        Store::open(dir.path()).unwrap().table_names(),
+        vec!["a", "b"]
+    );
 }
 
 /// A checkpointed store of one table; returns the path of its table file.
@@ -805,7 +891,10 @@ fn truncated_checkpoint_files_are_errors() {
         }
     }
     std::fs::write(&file, &good).unwrap();
-    assert_eq!(rows_of(&Store::open(dir.path()).unwrap(), "a"), workload_a());
+    assert_eq!(
+        rows_of(&Store::open(dir.path()).unwrap(), "a"),
+        workload_a()
+    );
 }
 
 #[test]
@@ -829,7 +918,12 @@ fn damaged_checkpoint_files_are_errors_not_panics() {
             }
         }
     }
-    assert!(panics.is_empty(), "{} panics: {:?}", panics.len(), &panics[..panics.len().min(5)]);
+    assert!(
+        panics.is_empty(),
+        "{} panics: {:?}",
+        panics.len(),
+        &panics[..panics.len().min(5)]
+    );
 }
 
 #[test]
@@ -890,7 +984,10 @@ fn statement_writes_apply_once_and_their_ids_survive_reopen_and_checkpoint() {
             Err(Error::DivisionByZero)
         ));
         assert!(matches!(
-            s.write_stmt(5, stmt_update(&[Set::IdTimes(1 << 62)], &Pred::IdMod(4, 3), "a")),
+            s.write_stmt(
+                5,
+                stmt_update(&[Set::IdTimes(1 << 62)], &Pred::IdMod(4, 3), "a")
+            ),
             Err(Error::Overflow(_))
         ));
         assert!(matches!(
@@ -922,7 +1019,13 @@ fn statement_writes_apply_once_and_their_ids_survive_reopen_and_checkpoint() {
         let names: Vec<_> = rows_of(&s, "a").into_iter().map(|r| r.name).collect();
         assert_eq!(
             names,
-            vec![Some("u".into()), Some("u".into()), Some("n2".into()), None, Some("n50".into())]
+            vec![
+                Some("u".into()),
+                Some("u".into()),
+                Some("n2".into()),
+                None,
+                Some("n50".into())
+            ]
         );
         s.checkpoint().unwrap();
         let del = stmt_delete(&Pred::IdMod(50, 0), "a");
@@ -932,7 +1035,10 @@ fn statement_writes_apply_once_and_their_ids_survive_reopen_and_checkpoint() {
     }
     let s = Store::open(dir.path()).unwrap();
     assert_eq!(s.last_stmt(), 6, "kept by the checkpoint's manifest");
-    assert_eq!(rows_of(&s, "a").iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        rows_of(&s, "a").iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
 }
 
 #[test]
@@ -946,7 +1052,10 @@ fn update_is_atomic_over_every_chunk() {
     s.insert("t", batch(&rows)).unwrap();
     let sets = [Set::ScoreTimes(2.5), Set::AmountPlus(125)];
     let exprs: Vec<_> = sets.iter().map(|x| (x.column(), x.expr())).collect();
-    assert!(matches!(s.update("t", &exprs, None), Err(Error::Overflow(_))));
+    assert!(matches!(
+        s.update("t", &exprs, None),
+        Err(Error::Overflow(_))
+    ));
     assert_eq!(rows_of(&s, "t"), rows);
     let pred = Pred::AmountLt(1_000_000);
     assert_eq!(s.update("t", &exprs, pred.expr().as_ref()).unwrap(), 9);
@@ -968,7 +1077,10 @@ fn nan_does_not_hide_larger_values_from_the_maximum() {
     s.insert("t", batch(&more)).unwrap();
     rows.extend(more);
     // Expect: the maximum of the numbers, 7.0 (NaN is no maximum); it is 1.0.
-    assert_eq!(s.stats("t").unwrap().columns[2].max, Some(StatValue::Float(7.0)));
+    assert_eq!(
+        s.stats("t").unwrap().columns[2].max,
+        Some(StatValue::Float(7.0))
+    );
     check_stats(s.stats("t").unwrap(), &rows, "t");
 }
 
@@ -996,7 +1108,11 @@ fn statistics_follow_every_kind_of_write() {
         check_stats_within(s.stats("t").unwrap(), &rows, &format!("insert {k}"), 0.1);
     }
     s.checkpoint().unwrap();
-    let sets = [Set::ScoreTimes(-0.5), Set::AmountPlus(-99_999), Set::NameTo(None)];
+    let sets = [
+        Set::ScoreTimes(-0.5),
+        Set::AmountPlus(-99_999),
+        Set::NameTo(None),
+    ];
     let exprs: Vec<_> = sets.iter().map(|x| (x.column(), x.expr())).collect();
     let pred = Pred::IdMod(3, 1);
     let n = s.update("t", &exprs, pred.expr().as_ref()).unwrap();
@@ -1148,7 +1264,11 @@ impl Run {
             for (k, v) in &t.meta {
                 assert_eq!(self.store.meta(name, k), Some(*v), "{ctx}");
             }
-            check_stats(self.store.stats(name).unwrap(), &t.rows, &format!("{ctx}\ntable {name}"));
+            check_stats(
+                self.store.stats(name).unwrap(),
+                &t.rows,
+                &format!("{ctx}\ntable {name}"),
+            );
         }
     }
 
@@ -1166,7 +1286,11 @@ impl Run {
             }
             (Err(e), Err(k)) => {
                 assert_eq!(kind(&e), Some(k), "{ctx}\nerror: {e}");
-                assert_eq!(wal_len(&self.dir), len_before, "{ctx}\na failed write is logged");
+                assert_eq!(
+                    wal_len(&self.dir),
+                    len_before,
+                    "{ctx}\na failed write is logged"
+                );
             }
             (got, want) => panic!("{ctx}\ngot {got:?}, model says {want:?}"),
         }
@@ -1191,7 +1315,8 @@ impl Run {
                 };
                 let rows: Vec<Row> = (0..n).map(|_| self.gen_row()).collect();
                 let stmt = self.rng.chance(0.4);
-                self.trace.push(format!("insert {n} rows into {table} (stmt {stmt})"));
+                self.trace
+                    .push(format!("insert {n} rows into {table} (stmt {stmt})"));
                 if stmt {
                     let id = self.next_stmt;
                     self.next_stmt += 1;
@@ -1220,7 +1345,9 @@ impl Run {
                         sets.push(s);
                     }
                 }
-                self.trace.push(format!("update {table} set {sets:?} where {pred:?} (stmt {stmt})"));
+                self.trace.push(format!(
+                    "update {table} set {sets:?} where {pred:?} (stmt {stmt})"
+                ));
                 let mut rows = self.model.tables[&table].rows.clone();
                 let want = model_update(&mut rows, &sets, &pred, stmt);
                 let got = if stmt {
@@ -1247,8 +1374,10 @@ impl Run {
                 if matches!(pred, Pred::All) && self.rng.chance(0.7) {
                     pred = Pred::IdMod(3, 1);
                 }
-                self.trace.push(format!("delete from {table} where {pred:?} (stmt {stmt})"));
-                let want = model_delete(&mut self.model.tables.get_mut(&table).unwrap().rows, &pred);
+                self.trace
+                    .push(format!("delete from {table} where {pred:?} (stmt {stmt})"));
+                let want =
+                    model_delete(&mut self.model.tables.get_mut(&table).unwrap().rows, &pred);
                 let got = if stmt {
                     let id = self.next_stmt;
                     self.next_stmt += 1;
@@ -1266,7 +1395,12 @@ impl Run {
                 let v = self.rng.below(1000);
                 self.trace.push(format!("set_meta {table} rr={v}"));
                 self.store.set_meta(&table, "rr", v).unwrap();
-                self.model.tables.get_mut(&table).unwrap().meta.insert("rr".into(), v);
+                self.model
+                    .tables
+                    .get_mut(&table)
+                    .unwrap()
+                    .meta
+                    .insert("rr".into(), v);
                 self.logged();
             }
             75..=78 => {
@@ -1280,7 +1414,12 @@ impl Run {
                         1 => stmt_delete(&Pred::All, &table),
                         _ => stmt_update(&[Set::IdNull], &Pred::All, &table),
                     };
-                    assert_eq!(self.store.write_stmt(id, w).unwrap(), None, "{}", self.context());
+                    assert_eq!(
+                        self.store.write_stmt(id, w).unwrap(),
+                        None,
+                        "{}",
+                        self.context()
+                    );
                     assert_eq!(wal_len(&self.dir), len_before);
                 }
             }
@@ -1317,7 +1456,12 @@ impl Run {
         let store = Store::open_with_chunk_rows(self.dir.path(), chunk);
         self.store = store.unwrap_or_else(|e| panic!("{}\nreopen: {e}", self.context()));
         if let Some((len, model)) = expect {
-            assert_eq!(wal_len(&self.dir), len, "{}\nthe torn tail is cut", self.context());
+            assert_eq!(
+                wal_len(&self.dir),
+                len,
+                "{}\nthe torn tail is cut",
+                self.context()
+            );
             self.model = model;
         }
         self.history = vec![(wal_len(&self.dir), self.model.clone())];
@@ -1336,7 +1480,10 @@ impl Run {
         let (mode, cut) = match self.rng.below(3) {
             // (Cuts before the last open or checkpoint lose writes the history no
             // longer knows.)
-            0 => (0, self.rng.range(self.history[0].0 as i64, len as i64) as u64),
+            0 => (
+                0,
+                self.rng.range(self.history[0].0 as i64, len as i64) as u64,
+            ),
             1 => {
                 let (l, _) = self.history[self.rng.below(self.history.len() as u64) as usize];
                 (1, l)
@@ -1373,7 +1520,10 @@ impl Run {
             .find(|(l, _)| *l <= valid)
             .cloned()
             .unwrap();
-        self.trace.push(format!("crash mode {mode}: log of {len} bytes cut to {cut}; state of log length {}", expect.0));
+        self.trace.push(format!(
+            "crash mode {mode}: log of {len} bytes cut to {cut}; state of log length {}",
+            expect.0
+        ));
         self.reopen(Some(expect));
     }
 }

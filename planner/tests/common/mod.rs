@@ -249,12 +249,9 @@ impl Db {
 
 impl Catalog for Db {
     fn table(&self, name: &str) -> Option<(TableSchema, Option<TableStats>)> {
-        self.tables.get(name).map(|t| {
-            (
-                t.schema.clone(),
-                self.with_stats.then(|| t.stats.clone()),
-            )
-        })
+        self.tables
+            .get(name)
+            .map(|t| (t.schema.clone(), self.with_stats.then(|| t.stats.clone())))
     }
 }
 
@@ -536,7 +533,10 @@ pub fn with_subqueries(
         dists.extend(inner);
         dists.push(dist);
     }
-    Ok((substitute_scalar_subqueries(plan.clone(), &subs, &values)?, dists))
+    Ok((
+        substitute_scalar_subqueries(plan.clone(), &subs, &values)?,
+        dists,
+    ))
 }
 
 /// The distributed plan of `sql` (scalar subqueries planned, not run: NULL in their
@@ -615,7 +615,10 @@ pub fn reference(ctx: &SessionContext, sql: &str) -> Result<Answer, String> {
         let plan = df.create_physical_plan().await.map_err(|e| e.to_string())?;
         let plan = without_spawning(plan);
         if std::env::var_os("SMRDB_SHOW_REF_PLAN").is_some() {
-            println!("{}", datafusion::physical_plan::displayable(plan.as_ref()).indent(true));
+            println!(
+                "{}",
+                datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+            );
         }
         let batches = drive(&plan, ctx.task_ctx()).map_err(|e| e.to_string())?;
         Ok(Answer { schema, batches })
