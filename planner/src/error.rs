@@ -219,7 +219,32 @@ pub fn clean(m: &str) -> String {
     }
     let s = s.split("\n\nbacktrace").next().unwrap_or(s);
     let s = s.trim_end_matches("\")");
+    // DataFusion's plea to report a bug, on errors that are the user's.
+    let plea = "This issue was likely caused by a bug in DataFusion";
+    let mut s = s.to_string();
+    if let Some(i) = s.find(plea) {
+        let end = s[i..]
+            .find("/issues.")
+            .map_or(s.len(), |j| i + j + "/issues.".len());
+        s.replace_range(i..end, "");
+    }
     s.trim().to_string()
+}
+
+/// "value "40000" is out of range for type smallint" for a cast of an integer string
+/// to a type too narrow for it (Arrow says only that it cannot cast).
+fn int_out_of_range(c: &str) -> Option<String> {
+    let rest = c.strip_prefix("Cannot cast string '")?;
+    let (value, rest) = rest.split_once('\'')?;
+    let t = rest.strip_prefix(" to value of ")?.strip_suffix(" type")?;
+    let name = match t {
+        "Int16" => "smallint",
+        "Int32" => "integer",
+        "Int64" => "bigint",
+        _ => return None,
+    };
+    value.trim().parse::<i128>().ok()?;
+    Some(format!("value \"{value}\" is out of range for type {name}"))
 }
 
 /// The SQLSTATE class of an error message (execution errors of operators and
@@ -249,8 +274,69 @@ fn classify(m: &str) -> PlanError {
         || l.contains("can't cast value")
     {
         PlanError::OutOfRange(c)
+    } else if l.contains("inconsistent data length across values list") {
+        PlanError::Syntax(format!(
+            "VALUES lists must all be the same length as the target columns ({c})"
+        ))
+    } else if l.contains("order by column out of bounds") {
+        PlanError::Other {
+            code: "42P10",
+            msg: format!("ORDER BY position is not in select list ({c})"),
+        }
+    } else if l.contains("for select distinct, order by expressions") {
+        PlanError::Other {
+            code: "42P10",
+            msg: "for SELECT DISTINCT, ORDER BY expressions must appear in select list".into(),
+        }
+    } else if l.contains("limit must be >= 0") || l.contains("offset must be >= 0") {
+        PlanError::Other {
+            code: "2201W",
+            msg: format!("LIMIT must not be negative ({c})"),
+        }
+    } else if let Some(i) = l.find("no function matches the given name and argument types '") {
+        // "sum(Utf8)": PostgreSQL's "function sum(text) does not exist".
+        let from = i + "no function matches the given name and argument types '".len();
+        let call = c[from..].split('\'').next().unwrap_or("");
+        PlanError::UndefinedFunction(format!(
+            "function {call} does not exist; you might need to add explicit type casts"
+        ))
+    } else if l.contains("cannot coerce arithmetic expression")
+        || l.contains("cannot infer common argument type for comparison operation")
+        || (l.contains("there isn't a common type to coerce") && l.contains("like expression"))
+    {
+        // PostgreSQL: "operator does not exist: integer + text".
+        PlanError::UndefinedFunction(format!("operator does not exist ({c})"))
     } else if l.contains("more than one row") || l.contains("returned more than one row") {
         PlanError::CardinalityViolation
+    } else if l.contains("cannot cast value") && l.contains("boolean") {
+        let value = c.split('\'').nth(1).unwrap_or("");
+        PlanError::InvalidText(format!(
+            "invalid input syntax for type boolean: \"{value}\""
+        ))
+    } else if let Some(t) = int_out_of_range(&c) {
+        PlanError::OutOfRange(t)
+    } else if l.contains("cannot cast string")
+        && (l.contains("date32") || l.contains("date64") || l.contains("timestamp"))
+    {
+        // PostgreSQL: a well-formed date with a field out of range is 22008, anything
+        // else 22007.
+        let value = c.split('\'').nth(1).unwrap_or("");
+        let fields: Vec<&str> = value.split(['-', ' ', ':', 'T']).collect();
+        let shaped = fields.len() >= 3
+            && fields[..3]
+                .iter()
+                .all(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
+        if shaped {
+            PlanError::Other {
+                code: "22008",
+                msg: format!("date/time field value out of range: \"{value}\""),
+            }
+        } else {
+            PlanError::Other {
+                code: "22007",
+                msg: format!("invalid input syntax for type date: \"{value}\""),
+            }
+        }
     } else if l.contains("cannot cast string")
         || l.contains("cannot parse")
         || l.contains("invalid input syntax")
@@ -327,12 +413,30 @@ mod tests {
             ("Error during planning: table 'smrdb.public.nope' not found", "42P01"),
             ("Schema error: No field named nope.", "42703"),
             ("This feature is not implemented: Unsupported ast node", "0A000"),
-            ("Error during planning: Cannot infer common argument type for comparison operation Int32 = Boolean", "42804"),
+            ("Error during planning: Cannot infer common argument type for comparison operation Int32 = Boolean", "42883"),
+            ("Error during planning: Cannot coerce arithmetic expression Int32 + Utf8 to valid types", "42883"),
+            ("Error during planning: Inconsistent data length across values list: got 2 values in row 0 but expected 1", "42601"),
+            ("Error during planning: Order by column out of bounds, specified: 5, max: 1", "42P10"),
+            ("Error during planning: For SELECT DISTINCT, ORDER BY expressions er_t.id must appear in select list", "42P10"),
+            ("Error during planning: LIMIT must be >= 0, '-1' was provided", "2201W"),
+            ("Cast error: Cannot cast string 'notadate' to value of Date32 type", "22007"),
+            ("Cast error: Cannot cast string '40000' to value of Int16 type", "22003"),
+            ("Cast error: Cannot cast string 'x40' to value of Int16 type", "22P02"),
+            ("Cast error: Cannot cast value 'maybe' to value of Boolean type", "22P02"),
+            ("Cast error: Cannot cast string '2023-02-29' to value of Date32 type", "22008"),
         ];
         for (m, code) in cases {
             let e = classify(m);
             assert_eq!(e.sqlstate(), code, "{m} -> {e:?}");
         }
+        let sum = "Error during planning: Function 'sum' failed to match any signature.\nThis issue was likely caused by a bug in DataFusion's code. Please help us to resolve this by filing a bug report in our issue tracker: https://github.com/apache/datafusion/issues. No function matches the given name and argument types 'sum(Utf8)'. You might need to add explicit type casts.";
+        assert!(!clean(sum).contains("bug"), "{}", clean(sum));
+        let e = classify(sum);
+        assert_eq!(e.sqlstate(), "42883");
+        assert!(
+            e.to_string().contains("function sum(Utf8) does not exist"),
+            "{e}"
+        );
         assert_eq!(
             classify("Error during planning: table 'smrdb.public.nope' not found").to_string(),
             "relation \"nope\" does not exist"

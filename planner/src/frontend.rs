@@ -178,12 +178,15 @@ impl Frontend {
         catalog: &dyn Catalog,
     ) -> Result<LogicalPlan, PlanError> {
         crate::names::dedup_select_names(&mut stmt);
+        let cast_columns = cast_assignments(&stmt);
         let provider = Provider {
             state: &self.state,
             catalog,
         };
         let rel = SqlToRel::new_with_options(&provider, self.parser_options());
-        rel.sql_statement_to_plan(stmt).map_err(PlanError::from)
+        let plan = rel.sql_statement_to_plan(stmt).map_err(PlanError::from)?;
+        crate::pgtypes::check(&plan, &cast_columns)?;
+        Ok(plan)
     }
 
     /// Runs DataFusion's analyzer (type coercion) and logical optimizer.
@@ -243,6 +246,29 @@ impl Frontend {
             .create_physical_expr(e, schema)
             .map_err(PlanError::from)
     }
+}
+
+/// The columns an UPDATE sets to an explicit `CAST(...)` or `::` (their type is the
+/// user's choice, not an assignment cast).
+fn cast_assignments(stmt: &Statement) -> std::collections::HashSet<String> {
+    use datafusion::sql::sqlparser::ast::{AssignmentTarget, Expr as SqlExpr, ObjectNamePart};
+    let Statement::Update(u) = stmt else {
+        return Default::default();
+    };
+    u.assignments
+        .iter()
+        .filter(|a| matches!(a.value, SqlExpr::Cast { .. }))
+        .filter_map(|a| match &a.target {
+            AssignmentTarget::ColumnName(n) => match n.0.last() {
+                Some(ObjectNamePart::Identifier(i)) if i.quote_style.is_some() => {
+                    Some(i.value.clone())
+                }
+                Some(ObjectNamePart::Identifier(i)) => Some(i.value.to_lowercase()),
+                _ => None,
+            },
+            AssignmentTarget::Tuple(_) => None,
+        })
+        .collect()
 }
 
 /// Gives every scan under an alias (`FROM lineitem l1`) a table that knows it, so

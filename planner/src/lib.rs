@@ -23,6 +23,7 @@ pub mod estimate;
 pub mod explain;
 pub mod frontend;
 pub mod names;
+mod pgtypes;
 pub mod reorder;
 
 use datafusion::common::DFSchemaRef;

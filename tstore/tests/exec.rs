@@ -638,6 +638,91 @@ fn scans_keep_their_description_through_bytes() {
     }
 }
 
+/// Runs `f` on a thread with a Tstore's 64 MiB stack (DataFusion's codec recurses
+/// over the plan, and so do its streams).
+fn on_tstore_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// `depth` projections `k + 1 AS k` over a scan of `t`'s `k`, under one that also
+/// computes `k + k + ... + k` (`terms` of them).
+fn deep_plan(depth: usize, terms: usize) -> Arc<dyn ExecutionPlan> {
+    let mut p = scan("t", None, Some(vec![0]), None);
+    for _ in 0..depth {
+        let s = p.schema();
+        let e = binary(col("k", &s).unwrap(), Operator::Plus, lit(1i64), &s).unwrap();
+        p = Arc::new(ProjectionExec::try_new(vec![(e, "k".to_string())], p).unwrap());
+    }
+    let s = p.schema();
+    let mut sum = col("k", &s).unwrap();
+    for _ in 1..terms {
+        sum = binary(sum, Operator::Plus, col("k", &s).unwrap(), &s).unwrap();
+    }
+    let k = col("k", &s).unwrap();
+    Arc::new(ProjectionExec::try_new(vec![(k, "k".into()), (sum, "sum".into())], p).unwrap())
+}
+
+#[test]
+fn deep_plans_and_expressions_cross_in_pieces() {
+    on_tstore_stack(|| {
+        // 300 plan levels and a 100-term sum: several times prost's nesting limit of
+        // 100, so both go as pieces.
+        let mut rng = Rng::new(11);
+        let t = slice_of(50, 7, true, &mut rng);
+        let plan = deep_plan(300, 100);
+        let bytes = plan_to_bytes(plan.clone()).unwrap();
+        let decoded = plan_from_bytes(&bytes, &task_context(None)).unwrap();
+        // Expect: the same plan, the same bytes again, and the rows (k + 300, and
+        // 100 (k + 300)).
+        assert_eq!(display(&decoded), display(&plan));
+        assert_eq!(plan_to_bytes(decoded.clone()).unwrap(), bytes);
+        let got = run(&decoded, inputs(&[("t", &t)])).unwrap();
+        let mut pairs: Vec<(i64, i64)> = int64s(&got, 0).into_iter().zip(int64s(&got, 1)).collect();
+        pairs.sort_unstable();
+        let want: Vec<(i64, i64)> = (0..50).map(|k| (k + 300, 100 * (k + 300))).collect();
+        assert_eq!(pairs, want);
+        // A shallow plan is one message, as before: no piece in it.
+        let shallow = plan_to_bytes(deep_plan(3, 3)).unwrap();
+        let depth = |b: &[u8]| plan_from_bytes(b, &task_context(None)).map(|p| display(&p));
+        assert_eq!(depth(&shallow).unwrap(), display(&deep_plan(3, 3)));
+        assert!(bytes.len() > 300 * 10, "{} bytes", bytes.len());
+    });
+}
+
+#[test]
+fn deep_expressions_cross_in_pieces() {
+    let s = kschema();
+    let mut e = col("k", &s).unwrap();
+    for i in 0..250i64 {
+        e = binary(e, Operator::Minus, lit(i), &s).unwrap();
+    }
+    let bytes = expr_to_bytes(&e).unwrap();
+    let back = on_tstore_stack(move || {
+        let schema = Schema::new(vec![Field::new("k", DataType::Int64, false)]);
+        expr_from_bytes(&bytes, &schema).map(|e| e.to_string())
+    })
+    .unwrap();
+    assert_eq!(back, e.to_string());
+}
+
+#[test]
+fn plans_nested_past_the_piece_limit_are_refused() {
+    on_tstore_stack(|| {
+        // 40 pieces of 16 levels: more than MAX_PIECE_NESTING (32).
+        let bytes = plan_to_bytes(deep_plan(40 * 16, 1)).unwrap();
+        let e = plan_from_bytes(&bytes, &task_context(None)).unwrap_err();
+        assert!(e.to_string().contains("nested deeper than 32"), "{e}");
+        // At the limit: decodes.
+        let bytes = plan_to_bytes(deep_plan(32 * 16, 1)).unwrap();
+        assert!(plan_from_bytes(&bytes, &task_context(None)).is_ok());
+    });
+}
+
 // ---------------------------------------------------------------------------------
 // PgConverter: PostgreSQL arithmetic in decoded plans
 
@@ -671,6 +756,53 @@ fn a_op(op: Operator, v: ScalarValue) -> impl Fn(&SchemaRef) -> Arc<dyn Physical
 
 fn overflows(r: datafusion_common::Result<Vec<RecordBatch>>) -> bool {
     matches!(r, Err(e) if e.to_string().to_lowercase().contains("overflow"))
+}
+
+#[test]
+fn decoded_float_division_by_zero_fails() {
+    let one_over =
+        |s: &SchemaRef| binary(lit(1.0f64), Operator::Divide, col("a", s).unwrap(), s).unwrap();
+    let t = one_column(
+        SqlType::Double,
+        Arc::new(Float64Array::from(vec![Some(1.5), Some(0.0), None])),
+    );
+    let (built, decoded) = project(&t, one_over);
+    // (Built in place, DataFusion gives infinity; the decoded plan is what runs.)
+    let inf = run(&built, inputs(&[("t", &t)])).unwrap();
+    assert!(inf[0]
+        .column(0)
+        .as_primitive::<Float64Type>()
+        .value(1)
+        .is_infinite());
+    let r = run(&decoded, inputs(&[("t", &t)]));
+    assert!(
+        matches!(&r, Err(e) if e.to_string().contains("division by zero")),
+        "{r:?}"
+    );
+    let r = run(
+        &project(&t, a_op(Operator::Modulo, ScalarValue::Float64(Some(0.0)))).1,
+        inputs(&[("t", &t)]),
+    );
+    assert!(
+        matches!(&r, Err(e) if e.to_string().contains("division by zero")),
+        "{r:?}"
+    );
+    // Without a zero divisor: the quotients, NULL for NULL.
+    let t = one_column(
+        SqlType::Double,
+        Arc::new(Float64Array::from(vec![Some(4.0), None])),
+    );
+    let (_, decoded) = project(&t, one_over);
+    let got = run(&decoded, inputs(&[("t", &t)])).unwrap();
+    let col = got[0].column(0).as_primitive::<Float64Type>();
+    assert_eq!((col.value(0), col.is_null(1)), (0.25, true));
+    // Decoding again does not wrap the divisor twice.
+    let again = plan_from_bytes(
+        &plan_to_bytes(decoded.clone()).unwrap(),
+        &task_context(None),
+    )
+    .unwrap();
+    assert_eq!(display(&again), display(&decoded));
 }
 
 #[test]

@@ -4,10 +4,8 @@
 use std::sync::Arc;
 
 use arrow_schema::{Schema, SchemaRef};
-use datafusion_common::{DataFusionError, Result, ScalarValue};
+use datafusion_common::{DataFusionError, Result};
 use datafusion_execution::TaskContext;
-use datafusion_expr::Operator;
-use datafusion_physical_expr::expressions::{BinaryExpr, Literal, NegativeExpr};
 use datafusion_physical_expr::{LexOrdering, PhysicalExpr};
 use datafusion_physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::from_proto::{
@@ -21,6 +19,8 @@ use datafusion_proto::physical_plan::{
     PhysicalProtoConverterExtension,
 };
 use datafusion_proto::protobuf;
+use datafusion_proto::protobuf::physical_expr_node::ExprType;
+use datafusion_proto::protobuf::physical_plan_node::PhysicalPlanType;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +53,26 @@ enum Node {
         ordering: Option<Vec<u8>>,
     },
     Merge,
+    /// A piece of a deep plan or expression: the protobuf bytes of the subtree below
+    /// this point, decoded as a message of its own (see [`PIECE_LEVELS`]). Only
+    /// [`PgConverter`] reads it, never [`SmrdbCodec::try_decode`].
+    Piece {
+        bytes: Vec<u8>,
+    },
 }
+
+/// Levels of plan (or of expression) per protobuf message. prost refuses messages
+/// nested deeper than 100 (a plan level costs two, an expression level two, a node's
+/// schema about six), so a plan or expression deeper than this is cut: every node at a
+/// height that is a multiple of it (a leaf has height 0) goes as a [`Node::Piece`],
+/// its subtree encoded as a message of its own. A 64-table join plan is about 200
+/// levels deep; a sum of 64 columns 64.
+pub const PIECE_LEVELS: usize = 16;
+
+/// Most pieces nested in one another that a decoder accepts: with prost's limit per
+/// piece this bounds the recursion of a hostile message (about 50 plan levels per
+/// piece) to what a 64 MiB planning stack holds; an honest plan of 512 levels fits.
+pub const MAX_PIECE_NESTING: u8 = 32;
 
 fn err(msg: impl Into<String>) -> DataFusionError {
     DataFusionError::Plan(msg.into())
@@ -157,6 +176,7 @@ impl PhysicalExtensionCodec for SmrdbCodec {
                 [one] => Arc::new(MergePartitionsExec::new(one.clone())),
                 _ => return Err(err("a merge without exactly one input")),
             },
+            Node::Piece { .. } => return Err(err("a plan piece outside PgConverter")),
         })
     }
 
@@ -202,52 +222,79 @@ impl PhysicalExtensionCodec for SmrdbCodec {
                 node.name()
             )));
         };
-        buf.push(NODE_VERSION);
-        buf.extend(postcard::to_stdvec(&n).map_err(|e| err(format!("encode: {e}")))?);
+        buf.extend(node_bytes(&n)?);
         Ok(())
     }
 }
 
-/// Decodes plans and expressions with PostgreSQL's arithmetic: integer and numeric
-/// `+`, `-`, `*` and integer negation fail on overflow (SQLSTATE 22003) instead of
-/// wrapping.
+/// An extension node's payload: the version byte, then `n` in postcard.
+fn node_bytes(n: &Node) -> Result<Vec<u8>> {
+    let mut buf = vec![NODE_VERSION];
+    buf.extend(postcard::to_stdvec(n).map_err(|e| err(format!("encode: {e}")))?);
+    Ok(buf)
+}
+
+/// The bytes of a [`Node::Piece`] payload, if `payload` is one.
+fn piece_of(payload: &[u8]) -> Option<Vec<u8>> {
+    match payload.split_first() {
+        Some((&NODE_VERSION, rest)) => match postcard::from_bytes::<Node>(rest) {
+            Ok(Node::Piece { bytes }) => Some(bytes),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Height of a tree node (a leaf: 0) given its children.
+fn height<T: ?Sized>(n: &Arc<T>, children: &dyn Fn(&Arc<T>) -> Vec<&Arc<T>>) -> usize {
+    children(n)
+        .into_iter()
+        .map(|c| 1 + height(c, children))
+        .max()
+        .unwrap_or(0)
+}
+
+fn plan_height(p: &Arc<dyn ExecutionPlan>) -> usize {
+    height(p, &|p| p.children())
+}
+
+fn expr_height(e: &Arc<dyn PhysicalExpr>) -> usize {
+    height(e, &|e| e.children())
+}
+
+/// Whether a node of this height (not the root of the message) goes as a piece.
+fn cut_here(height: usize) -> bool {
+    height > 0 && height % PIECE_LEVELS == 0
+}
+
+/// Decodes plans and expressions with PostgreSQL's arithmetic
+/// ([`super::pgmath`]): integer and numeric `+`, `-`, `*` and integer negation fail on
+/// overflow (SQLSTATE 22003) instead of wrapping; floating-point `/` and `%` fail on a
+/// zero divisor (22012).
 ///
 /// Every stage runs as decoded by this converter (the primary's own stages too), so
 /// the semantics do not depend on where a stage runs.
+///
+/// It also cuts plans and expressions deeper than [`PIECE_LEVELS`] into pieces
+/// (protobuf messages of their own, within prost's nesting limit) and joins them on
+/// decode; `nesting` counts the pieces around the one being decoded.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct PgConverter;
+pub struct PgConverter {
+    nesting: u8,
+}
 
-/// Applies [`PgConverter`]'s semantics to one decoded expression (its children were
-/// decoded, and so treated, first).
-fn pg_semantics(e: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
-    if let Some(n) = e.downcast_ref::<NegativeExpr>() {
-        // -x as 0 - x, which fails on the smallest integer instead of wrapping.
-        let t = n.arg().data_type(schema)?;
-        if t.is_signed_integer() {
-            let zero: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::new_zero(&t)?));
-            return Ok(Arc::new(
-                BinaryExpr::new(zero, Operator::Minus, n.arg().clone()).with_fail_on_overflow(true),
-            ));
+impl PgConverter {
+    /// The converter for a piece inside the one this converter decodes.
+    fn inner(self) -> Result<Self> {
+        if self.nesting >= MAX_PIECE_NESTING {
+            return Err(err(format!(
+                "malformed plan: pieces nested deeper than {MAX_PIECE_NESTING}"
+            )));
         }
-        return Ok(e);
+        Ok(Self {
+            nesting: self.nesting + 1,
+        })
     }
-    let Some(b) = e.downcast_ref::<BinaryExpr>() else {
-        return Ok(e);
-    };
-    if !matches!(
-        b.op(),
-        Operator::Plus | Operator::Minus | Operator::Multiply
-    ) {
-        return Ok(e);
-    }
-    let t = b.left().data_type(schema)?;
-    if t.is_integer() || t.is_decimal() {
-        return Ok(Arc::new(
-            BinaryExpr::new(b.left().clone(), *b.op(), b.right().clone())
-                .with_fail_on_overflow(true),
-        ));
-    }
-    Ok(e)
 }
 
 impl PhysicalProtoConverterExtension for PgConverter {
@@ -256,6 +303,16 @@ impl PhysicalProtoConverterExtension for PgConverter {
         proto: &protobuf::PhysicalPlanNode,
         ctx: &PhysicalPlanDecodeContext<'_>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(PhysicalPlanType::Extension(x)) = &proto.physical_plan_type {
+            if let Some(bytes) = piece_of(&x.node) {
+                if !x.inputs.is_empty() {
+                    return Err(err("malformed plan: a plan piece with inputs"));
+                }
+                let p = protobuf::PhysicalPlanNode::decode(bytes.as_slice())
+                    .map_err(|e| err(format!("malformed plan piece: {e}")))?;
+                return self.inner()?.proto_to_execution_plan(&p, ctx);
+            }
+        }
         proto.try_into_physical_plan_with_context(ctx, self)
     }
 
@@ -264,7 +321,25 @@ impl PhysicalProtoConverterExtension for PgConverter {
         plan: &Arc<dyn ExecutionPlan>,
         codec: &dyn PhysicalExtensionCodec,
     ) -> Result<protobuf::PhysicalPlanNode> {
-        protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(plan.clone(), codec, self)
+        let p = protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(
+            plan.clone(),
+            codec,
+            self,
+        )?;
+        if !cut_here(plan_height(plan)) {
+            return Ok(p);
+        }
+        let node = node_bytes(&Node::Piece {
+            bytes: p.encode_to_vec(),
+        })?;
+        Ok(protobuf::PhysicalPlanNode {
+            physical_plan_type: Some(PhysicalPlanType::Extension(
+                protobuf::PhysicalExtensionNode {
+                    node,
+                    inputs: vec![],
+                },
+            )),
+        })
     }
 
     fn proto_to_physical_expr(
@@ -273,8 +348,18 @@ impl PhysicalProtoConverterExtension for PgConverter {
         input_schema: &Schema,
         ctx: &PhysicalPlanDecodeContext<'_>,
     ) -> Result<Arc<dyn PhysicalExpr>> {
+        if let Some(ExprType::Extension(x)) = &proto.expr_type {
+            if let Some(bytes) = piece_of(&x.expr) {
+                if !x.inputs.is_empty() {
+                    return Err(err("malformed expression: a piece with inputs"));
+                }
+                let p = protobuf::PhysicalExprNode::decode(bytes.as_slice())
+                    .map_err(|e| err(format!("malformed expression piece: {e}")))?;
+                return self.inner()?.proto_to_physical_expr(&p, input_schema, ctx);
+            }
+        }
         let e = parse_physical_expr_with_converter(proto, input_schema, ctx, self)?;
-        pg_semantics(e, input_schema)
+        super::pgmath::pg_semantics(e, input_schema)
     }
 
     fn physical_expr_to_proto(
@@ -282,7 +367,20 @@ impl PhysicalProtoConverterExtension for PgConverter {
         expr: &Arc<dyn PhysicalExpr>,
         codec: &dyn PhysicalExtensionCodec,
     ) -> Result<protobuf::PhysicalExprNode> {
-        serialize_physical_expr_with_converter(expr, codec, self)
+        let p = serialize_physical_expr_with_converter(expr, codec, self)?;
+        if !cut_here(expr_height(expr)) {
+            return Ok(p);
+        }
+        let expr = node_bytes(&Node::Piece {
+            bytes: p.encode_to_vec(),
+        })?;
+        Ok(protobuf::PhysicalExprNode {
+            expr_id: None,
+            expr_type: Some(ExprType::Extension(protobuf::PhysicalExtensionExprNode {
+                expr,
+                inputs: vec![],
+            })),
+        })
     }
 }
 
@@ -291,7 +389,12 @@ impl PhysicalProtoConverterExtension for PgConverter {
 /// # Errors
 /// A node `datafusion-proto` cannot serialize.
 pub fn plan_to_bytes(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
-    let p = PgConverter.execution_plan_to_proto(&plan, &SmrdbCodec)?;
+    // The root directly (the converter's hook, called for each child, cuts pieces).
+    let p = protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(
+        plan,
+        &SmrdbCodec,
+        &PgConverter::default(),
+    )?;
     Ok(p.encode_to_vec())
 }
 
@@ -306,7 +409,7 @@ pub fn plan_from_bytes(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn Execut
         let p = protobuf::PhysicalPlanNode::decode(bytes)
             .map_err(|e| err(format!("malformed plan: {e}")))?;
         let dctx = PhysicalPlanDecodeContext::new(ctx, &SmrdbCodec);
-        PgConverter.proto_to_execution_plan(&p, &dctx)
+        PgConverter::default().proto_to_execution_plan(&p, &dctx)
     })
 }
 
@@ -315,9 +418,10 @@ pub fn plan_from_bytes(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn Execut
 /// # Errors
 /// An expression `datafusion-proto` cannot serialize.
 pub fn expr_to_bytes(e: &Arc<dyn PhysicalExpr>) -> Result<Vec<u8>> {
-    Ok(PgConverter
-        .physical_expr_to_proto(e, &SmrdbCodec)?
-        .encode_to_vec())
+    Ok(
+        serialize_physical_expr_with_converter(e, &SmrdbCodec, &PgConverter::default())?
+            .encode_to_vec(),
+    )
 }
 
 /// The expression in `bytes`, over `schema`, with [`PgConverter`]'s semantics.
@@ -330,7 +434,7 @@ pub fn expr_from_bytes(bytes: &[u8], schema: &Schema) -> crate::Result<Arc<dyn P
         let p = protobuf::PhysicalExprNode::decode(bytes)
             .map_err(|e| err(format!("malformed expression: {e}")))?;
         let dctx = PhysicalPlanDecodeContext::new(&ctx, &SmrdbCodec);
-        PgConverter.proto_to_physical_expr(&p, schema, &dctx)
+        PgConverter::default().proto_to_physical_expr(&p, schema, &dctx)
     })
     .map_err(|e| crate::Error::Corrupt(e.to_string()))
 }

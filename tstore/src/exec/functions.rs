@@ -43,6 +43,9 @@ impl Functions {
                 f.scalar.insert(n.to_string(), u.clone());
             }
         }
+        for (name, u) in super::pgmath::udfs() {
+            f.scalar.insert(name.to_string(), u);
+        }
         for u in smrdb_aggregates()
             .into_iter()
             .chain(datafusion_functions_aggregate::all_default_aggregate_functions())

@@ -20,6 +20,7 @@
 pub mod codec;
 pub mod fragment;
 pub mod functions;
+pub mod pgmath;
 pub mod queue;
 
 mod exchange;
