@@ -186,7 +186,7 @@ impl Frontend {
         let rel = SqlToRel::new_with_options(&provider, self.parser_options());
         let plan = rel.sql_statement_to_plan(stmt).map_err(PlanError::from)?;
         crate::pgtypes::check(&plan, &cast_columns)?;
-        Ok(plan)
+        crate::pgtypes::integer_literals(plan)
     }
 
     /// Runs DataFusion's analyzer (type coercion) and logical optimizer.

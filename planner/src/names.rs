@@ -82,11 +82,36 @@ fn key(e: &Expr) -> String {
     }
 }
 
+/// PostgreSQL's name of a scalar subquery's column: its select item's.
+fn subquery_name(q: &Query) -> String {
+    let SetExpr::Select(s) = &*q.body else {
+        return "?column?".into();
+    };
+    match s.projection.first() {
+        Some(SelectItem::UnnamedExpr(e)) => pg_name(e),
+        Some(SelectItem::ExprWithAlias { alias, .. }) => normal(alias),
+        _ => "?column?".into(),
+    }
+}
+
 fn dedup_items(items: &mut [SelectItem]) {
     // Keys: an unnamed expression by its text (DataFusion names it by its text), an
     // alias by its name.
     let mut seen = HashSet::new();
     for (pos, item) in items.iter_mut().enumerate() {
+        // A scalar subquery is named, as in PostgreSQL, after its column, and always
+        // gets a private alias: unnamed, DataFusion names it after the subquery's
+        // column, which is ambiguous beside an outer column of that name
+        // (`SELECT id, (SELECT id FROM u) FROM t`).
+        if let SelectItem::UnnamedExpr(e @ Expr::Subquery(_)) = item {
+            let Expr::Subquery(q) = &*e else { continue };
+            let alias = Ident::with_quote('"', format!("{}{MARK}{pos}", subquery_name(q)));
+            *item = SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias,
+            };
+            continue;
+        }
         let (key, name) = match item {
             SelectItem::UnnamedExpr(e) => (format!("e:{}", key(e)), pg_name(e)),
             SelectItem::ExprWithAlias { alias, .. } => {
@@ -133,6 +158,11 @@ mod tests {
         assert_eq!(
             dedup("SELECT * FROM (SELECT b, b FROM u) s WHERE EXISTS (SELECT c, c + 1 FROM v)"),
             "SELECT * FROM (SELECT b, b AS \"b#1\" FROM u) s WHERE EXISTS (SELECT c, c + 1 FROM v)"
+        );
+        // A scalar subquery is named after its column, with a private alias.
+        assert_eq!(
+            dedup("SELECT id, (SELECT id FROM u), (SELECT max(x) AS m FROM v) FROM t"),
+            "SELECT id, (SELECT id FROM u) AS \"id#1\", (SELECT max(x) AS m FROM v) AS \"m#2\" FROM t"
         );
         assert_eq!(pg_column_name("a\u{1}1"), "a");
         assert_eq!(pg_column_name("a"), "a");

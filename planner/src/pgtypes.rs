@@ -14,8 +14,9 @@
 use std::collections::HashSet;
 
 use arrow_schema::DataType;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
     BinaryExpr, Case, Expr, ExprSchemable, LogicalPlan, Operator, WriteOp,
 };
@@ -341,4 +342,72 @@ fn mismatch(field: &arrow_schema::Field, from: &DataType) -> Result<(), PlanErro
         pg_name(field.data_type()),
         pg_name(from)
     )))
+}
+
+/// PostgreSQL's type for an integer literal in arithmetic, set before DataFusion
+/// coerces: one that fits INTEGER is an INTEGER next to a SMALLINT or INTEGER operand
+/// (DataFusion makes every integer literal a BIGINT, so `i * 2` on an INTEGER column
+/// would compute in BIGINT and never overflow as PostgreSQL's does). Rewritten
+/// expressions keep their names (the nodes above refer to them by name); nodes whose
+/// expressions change get their schemas recomputed.
+///
+/// # Errors
+/// A plan whose schema cannot be recomputed (a bug).
+pub fn integer_literals(plan: LogicalPlan) -> Result<LogicalPlan, PlanError> {
+    plan.transform_up_with_subqueries(|node| {
+        let inputs = node.inputs();
+        if inputs.is_empty() {
+            return Ok(Transformed::no(node));
+        }
+        let mut schema = DFSchema::empty();
+        for i in inputs {
+            schema.merge(i.schema());
+        }
+        let names = NamePreserver::new(&node);
+        let t = node.map_expressions(|e| {
+            let saved = names.save(&e);
+            Ok(e.transform_up(|x| narrow(x, &schema))?
+                .update_data(|e| saved.restore(e)))
+        })?;
+        if t.transformed {
+            t.map_data(|n| n.recompute_schema())
+        } else {
+            Ok(t)
+        }
+    })
+    .map(|t| t.data)
+    .map_err(PlanError::from)
+}
+
+fn narrow(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &e else {
+        return Ok(Transformed::no(e));
+    };
+    if !matches!(
+        op,
+        Operator::Plus | Operator::Minus | Operator::Multiply | Operator::Divide | Operator::Modulo
+    ) {
+        return Ok(Transformed::no(e));
+    }
+    let int32 = |lit: &Expr, other: &Expr| -> Option<Expr> {
+        let Expr::Literal(ScalarValue::Int64(Some(v)), m) = lit else {
+            return None;
+        };
+        let t = type_of(other, schema)?;
+        if !matches!(t, DataType::Int8 | DataType::Int16 | DataType::Int32) {
+            return None;
+        }
+        let v = i32::try_from(*v).ok()?;
+        Some(Expr::Literal(ScalarValue::Int32(Some(v)), m.clone()))
+    };
+    let (l, r) = match (int32(right, left), int32(left, right)) {
+        (Some(r), _) => ((**left).clone(), r),
+        (None, Some(l)) => (l, (**right).clone()),
+        (None, None) => return Ok(Transformed::no(e)),
+    };
+    Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+        Box::new(l),
+        *op,
+        Box::new(r),
+    ))))
 }
