@@ -66,8 +66,8 @@ fi
 # The sql seeds: each statement of the sqllogictest corpus (the lines after a
 # `statement ...` / `query ...` record header, up to a blank line or `----`) of at most
 # 1 KiB: the longer ones are the 32- and 64-table joins of join_wide.slt, which take
-# 10 to 15 s each to plan in this build (dependencies barely optimized, under ASan),
-# and every seed runs before the timed fuzzing starts.
+# seconds each to plan in this build (dependencies barely optimized, under ASan), and
+# every seed runs before the timed fuzzing starts.
 sqlseeds="$here/work/seeds-sql"
 rm -rf "$sqlseeds"; mkdir -p "$sqlseeds"
 awk -v dir="$sqlseeds" '

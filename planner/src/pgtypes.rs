@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use arrow_schema::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
     BinaryExpr, Case, Expr, ExprSchemable, LogicalPlan, Operator, WriteOp,
@@ -104,44 +104,34 @@ fn symbol(op: &Operator) -> Option<&'static str> {
 /// 42883 for an operator PostgreSQL does not have, 42804 for CASE branches or an
 /// assignment of kinds that do not meet.
 pub fn check(plan: &LogicalPlan, cast_columns: &HashSet<String>) -> Result<(), PlanError> {
-    let mut found = Ok(());
+    // A PlanError travels through DataFusion's visitors as an External error and
+    // comes back out as itself (PlanError::from).
+    let external = |e: PlanError| DataFusionError::External(Box::new(e));
     plan.apply_with_subqueries(|node| {
-        let r = check_node(node, cast_columns);
-        if r.is_err() {
-            found = r;
-            return Ok(TreeNodeRecursion::Stop);
+        if let LogicalPlan::Dml(d) = node {
+            let target = d.target.schema();
+            check_assignments(&d.op, &d.input, target.as_ref(), cast_columns).map_err(external)?;
+            return Ok(TreeNodeRecursion::Continue);
         }
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .map_err(PlanError::from)?;
-    found
-}
-
-fn check_node(node: &LogicalPlan, cast_columns: &HashSet<String>) -> Result<(), PlanError> {
-    if let LogicalPlan::Dml(d) = node {
-        return check_assignments(&d.op, &d.input, d.target.schema().as_ref(), cast_columns);
-    }
-    let inputs = node.inputs();
-    if inputs.is_empty() {
-        return Ok(());
-    }
-    let mut schema = DFSchema::empty();
-    for i in inputs {
-        schema.merge(i.schema());
-    }
-    let mut found = Ok(());
-    node.apply_expressions(|e| {
-        e.apply(|x| {
-            let r = check_expr(x, &schema);
-            if r.is_err() {
-                found = r;
-                return Ok(TreeNodeRecursion::Stop);
-            }
-            Ok(TreeNodeRecursion::Continue)
+        let schema = input_schema(node);
+        node.apply_expressions(|e| {
+            e.apply(|x| {
+                check_expr(x, &schema).map_err(external)?;
+                Ok(TreeNodeRecursion::Continue)
+            })
         })
     })
-    .map_err(PlanError::from)?;
-    found
+    .map(|_| ())
+    .map_err(PlanError::from)
+}
+
+/// The schema a node's expressions see: its inputs' together.
+fn input_schema(node: &LogicalPlan) -> DFSchema {
+    let mut schema = DFSchema::empty();
+    for i in node.inputs() {
+        schema.merge(i.schema());
+    }
+    schema
 }
 
 /// The type of `e`, if it can be known here (a correlated column of an outer query
@@ -355,14 +345,10 @@ fn mismatch(field: &arrow_schema::Field, from: &DataType) -> Result<(), PlanErro
 /// A plan whose schema cannot be recomputed (a bug).
 pub fn integer_literals(plan: LogicalPlan) -> Result<LogicalPlan, PlanError> {
     plan.transform_up_with_subqueries(|node| {
-        let inputs = node.inputs();
-        if inputs.is_empty() {
+        if node.inputs().is_empty() {
             return Ok(Transformed::no(node));
         }
-        let mut schema = DFSchema::empty();
-        for i in inputs {
-            schema.merge(i.schema());
-        }
+        let schema = input_schema(&node);
         let names = NamePreserver::new(&node);
         let t = node.map_expressions(|e| {
             let saved = names.save(&e);

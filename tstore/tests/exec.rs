@@ -997,6 +997,47 @@ fn decoded_decimal_arithmetic_fails_on_overflow() {
 }
 
 #[test]
+fn decoded_float_to_integer_casts_round_ties_to_even() {
+    use datafusion_physical_expr::expressions::CastExpr;
+    let to_int = |s: &SchemaRef| -> Arc<dyn PhysicalExpr> {
+        Arc::new(CastExpr::new(col("a", s).unwrap(), DataType::Int32, None))
+    };
+    let t = one_column(
+        SqlType::Double,
+        Arc::new(Float64Array::from(vec![
+            Some(2.5),
+            Some(3.5),
+            Some(-2.5),
+            Some(2.75),
+            None,
+        ])),
+    );
+    let (built, decoded) = project(&t, to_int);
+    let ints = |r: Vec<RecordBatch>| -> Vec<Option<i32>> {
+        r[0].column(0)
+            .as_primitive::<arrow_array::types::Int32Type>()
+            .iter()
+            .collect()
+    };
+    // Built in place, Arrow truncates; decoded, PostgreSQL's rint.
+    assert_eq!(
+        ints(run(&built, inputs(&[("t", &t)])).unwrap()),
+        vec![Some(2), Some(3), Some(-2), Some(2), None]
+    );
+    assert_eq!(
+        ints(run(&decoded, inputs(&[("t", &t)])).unwrap()),
+        vec![Some(2), Some(4), Some(-2), Some(3), None]
+    );
+    // Decoding again does not round twice.
+    let again = plan_from_bytes(
+        &plan_to_bytes(decoded.clone()).unwrap(),
+        &task_context(None),
+    )
+    .unwrap();
+    assert_eq!(display(&again), display(&decoded));
+}
+
+#[test]
 fn decoded_float_arithmetic_is_unaffected() {
     let t = one_column(
         SqlType::Double,
