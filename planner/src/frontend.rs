@@ -178,6 +178,7 @@ impl Frontend {
         catalog: &dyn Catalog,
     ) -> Result<LogicalPlan, PlanError> {
         crate::names::dedup_select_names(&mut stmt);
+        reserved_table_names(&stmt)?;
         let cast_columns = cast_assignments(&stmt);
         let provider = Provider {
             state: &self.state,
@@ -245,6 +246,91 @@ impl Frontend {
         self.state
             .create_physical_expr(e, schema)
             .map_err(PlanError::from)
+    }
+}
+
+/// PostgreSQL's reserved words that sqlparser still takes for a table name
+/// (`SELECT FROM WHERE` reads a table `where`); unquoted, PostgreSQL refuses them.
+const RESERVED: &[&str] = &[
+    "all",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "column",
+    "constraint",
+    "create",
+    "default",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "from",
+    "grant",
+    "group",
+    "having",
+    "in",
+    "intersect",
+    "into",
+    "leading",
+    "limit",
+    "not",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "primary",
+    "references",
+    "returning",
+    "select",
+    "some",
+    "table",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "using",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// 42601 for an unquoted reserved word used as a table name.
+fn reserved_table_names(stmt: &Statement) -> Result<(), PlanError> {
+    use datafusion::sql::sqlparser::ast::{visit_relations, ObjectNamePart};
+    let found = visit_relations(stmt, |name| {
+        match name.0.last() {
+            Some(ObjectNamePart::Identifier(i))
+                if i.quote_style.is_none()
+                    && RESERVED.contains(&i.value.to_lowercase().as_str()) =>
+            {
+                return std::ops::ControlFlow::Break(i.value.clone());
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    match found {
+        std::ops::ControlFlow::Break(w) => Err(PlanError::Syntax(format!(
+            "syntax error at or near \"{w}\""
+        ))),
+        std::ops::ControlFlow::Continue(()) => Ok(()),
     }
 }
 

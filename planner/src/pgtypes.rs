@@ -3,7 +3,7 @@
 //! - an operator between a text expression and a number, a boolean or a date:
 //!   PostgreSQL has no such operator (42883); DataFusion would cast the text and fail
 //!   row by row, or compare as text;
-//! - CASE branches of different kinds (42804);
+//! - CASE branches, or UNION columns, of different kinds (42804);
 //! - an INSERT or UPDATE value whose type has no assignment cast to its column's type,
 //!   such as a boolean into an integer or a text into a number (42804).
 //!
@@ -113,6 +113,9 @@ pub fn check(plan: &LogicalPlan, cast_columns: &HashSet<String>) -> Result<(), P
             check_assignments(&d.op, &d.input, target.as_ref(), cast_columns).map_err(external)?;
             return Ok(TreeNodeRecursion::Continue);
         }
+        if let LogicalPlan::Union(u) = node {
+            check_union(&u.inputs).map_err(external)?;
+        }
         let schema = input_schema(node);
         node.apply_expressions(|e| {
             e.apply(|x| {
@@ -123,6 +126,38 @@ pub fn check(plan: &LogicalPlan, cast_columns: &HashSet<String>) -> Result<(), P
     })
     .map(|_| ())
     .map_err(PlanError::from)
+}
+
+/// 42804 if a column of a UNION's inputs mixes kinds (PostgreSQL does not turn an
+/// INTEGER into TEXT to match); a string literal or NULL matches any.
+fn check_union(inputs: &[std::sync::Arc<LogicalPlan>]) -> Result<(), PlanError> {
+    let Some(first) = inputs.first() else {
+        return Ok(());
+    };
+    for i in 0..first.schema().fields().len() {
+        let mut seen: Option<DataType> = None;
+        for input in inputs {
+            let Some(f) = input.schema().fields().get(i) else {
+                continue;
+            };
+            let t = f.data_type();
+            if kind(t) == Kind::Other || unknown_column(input, i) {
+                continue;
+            }
+            match &seen {
+                Some(t0) if kind(t0) != kind(t) => {
+                    return Err(PlanError::TypeMismatch(format!(
+                        "UNION types {} and {} cannot be matched",
+                        pg_name(t0),
+                        pg_name(t)
+                    )));
+                }
+                Some(_) => {}
+                None => seen = Some(t.clone()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The schema a node's expressions see: its inputs' together.

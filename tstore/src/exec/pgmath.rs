@@ -3,7 +3,8 @@
 //! negation fail on overflow (22003) instead of wrapping, a floating-point `/` or `%`
 //! by zero fails (22012) instead of giving an infinity or NaN, and a floating-point
 //! value cast to an integer rounds to the nearest, ties to even, instead of
-//! truncating.
+//! truncating, and a timestamp cast to text has a space, not ISO's `T`, before its
+//! time.
 
 use std::sync::Arc;
 
@@ -26,6 +27,9 @@ pub const DIVISOR: &str = "pg_divisor";
 /// ties to even (PostgreSQL's `rint`, which its float-to-integer casts use; Arrow's
 /// cast truncates): `CAST(pg_rint(x) AS INTEGER)`.
 pub const RINT: &str = "pg_rint";
+
+/// PostgreSQL's text form of a timestamp (fractional seconds only when there are).
+const PG_TIMESTAMP: &str = "%Y-%m-%d %H:%M:%S%.f";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Which {
@@ -187,6 +191,22 @@ pub(crate) fn pg_semantics(
         return Ok(e);
     }
     if let Some(c) = e.downcast_ref::<CastExpr>() {
+        // A timestamp as text reads as PostgreSQL writes it: a space, not ISO's 'T',
+        // between date and time.
+        if c.cast_type() == &DataType::Utf8
+            && matches!(c.expr().data_type(schema)?, DataType::Timestamp(_, None))
+            && c.cast_options().format_options.timestamp_format() != Some(PG_TIMESTAMP)
+        {
+            let mut options = c.cast_options().clone();
+            options.format_options = options
+                .format_options
+                .with_timestamp_format(Some(PG_TIMESTAMP));
+            return Ok(Arc::new(CastExpr::new_with_target_field(
+                c.expr().clone(),
+                c.target_field().clone(),
+                Some(options),
+            )));
+        }
         // Float to integer rounds (ties to even) instead of truncating.
         if c.cast_type().is_integer()
             && is_float(&c.expr().data_type(schema)?)
